@@ -1,0 +1,49 @@
+//! Zero-copy inter-process communication: shared-memory regions handed between
+//! processes over UNIX sockets, safely.
+//!
+//! A [`Region`] is an anonymous memory file ([`memfd_create(2)`]) whose size is sealed,
+//! so no process can shrink it under a mapping. An [`Endpoint`] sends small messages with
+//! regions attached over an `AF_UNIX`/`SOCK_SEQPACKET` socket ([`unix(7)`]), passing a
+//! region's descriptor only the first time and its id afterwards. A receiver checks
+//! every descriptor (type, seals, size) before mapping it.
+//!
+//! Sending is a release and receiving an acquire: what one process wrote to a region
+//! before [`Endpoint::send`] is visible to the other after its receive. The argument,
+//! and what it assumes, is in `docs/MEMORY-MODEL.md`; the wire format is in
+//! `docs/PROTOCOL.md`.
+//!
+//! ```
+//! use shmlink::{Attach, Endpoint, Region};
+//!
+//! # fn main() -> Result<(), shmlink::Error> {
+//! let (parent, child) = Endpoint::pair()?;
+//! let frame = Region::create(1 << 20)?;
+//! frame.write(0, b"pixels")?;
+//! parent.send(b"frame 1", &[Attach::transfer(&frame)])?;
+//!
+//! let message = child.recv_timeout(None)?;
+//! let mut head = [0u8; 6];
+//! message.regions[0].region.read(0, &mut head)?;
+//! assert_eq!(&head, b"pixels");
+//! assert_eq!(message.payload, b"frame 1");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`memfd_create(2)`]: https://man7.org/linux/man-pages/man2/memfd_create.2.html
+//! [`unix(7)`]: https://man7.org/linux/man-pages/man7/unix.7.html
+
+mod endpoint;
+mod error;
+mod listener;
+mod region;
+mod sync;
+mod sys;
+pub mod wire;
+
+pub use endpoint::{Attach, Endpoint, Incoming, Message};
+pub use error::{Error, ErrorKind, Result};
+pub use listener::Listener;
+pub use region::{Mapping, Region};
+pub use sys::{Credentials, Readiness};
+pub use wire::Limits;

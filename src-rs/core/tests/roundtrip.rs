@@ -1,0 +1,454 @@
+//! Well-behaved conversations over a socketpair and over a listener.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use common::*;
+use shmlink::{Attach, Endpoint, ErrorKind, Limits, Listener, Region};
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+#[test]
+fn payload_and_region_contents_arrive() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(1 << 20).unwrap();
+    let pattern: Vec<u8> = (0..region.size()).map(|i| (i % 251) as u8).collect();
+    region.write(0, &pattern).unwrap();
+    a.send(b"hello", &[Attach::share(&region)]).unwrap();
+    let m = b.recv_timeout(WAIT).unwrap();
+    assert_eq!(m.payload, b"hello");
+    assert_eq!(m.regions.len(), 1);
+    assert!(!m.regions[0].transferred);
+    assert_eq!(region_bytes(&m.regions[0].region), pattern);
+}
+
+#[test]
+fn writes_after_the_handover_are_seen_by_both_sides() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    a.send(b"", &[Attach::share(&region)]).unwrap();
+    let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+    theirs.write(0, b"reply").unwrap();
+    b.send(b"done", &[]).unwrap();
+    a.recv_timeout(WAIT).unwrap();
+    let mut buf = [0u8; 5];
+    region.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"reply");
+}
+
+#[test]
+fn a_region_sent_twice_passes_its_descriptor_once() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    a.send(b"1", &[Attach::share(&region)]).unwrap();
+    let first = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+    let after_first = fd_count();
+    for _ in 0..100 {
+        a.send(b"again", &[Attach::share(&region)]).unwrap();
+        let again = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+        assert!(
+            again.same_as(&first),
+            "the receiver must resolve the id to the same region"
+        );
+    }
+    assert_eq!(
+        fd_count(),
+        after_first,
+        "a known region must not bring a new descriptor"
+    );
+}
+
+#[test]
+fn a_region_sent_back_is_the_senders_own_region_object() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let mine = Region::create(4096).unwrap();
+    a.send(b"", &[Attach::transfer(&mine)]).unwrap();
+    assert!(mine.is_transferred());
+    assert_eq!(
+        mine.write(0, b"x").unwrap_err().kind(),
+        ErrorKind::RegionTransferred
+    );
+    assert_eq!(
+        a.send(b"", &[Attach::share(&mine)]).unwrap_err().kind(),
+        ErrorKind::RegionTransferred
+    );
+    let m = b.recv_timeout(WAIT).unwrap();
+    assert!(m.regions[0].transferred);
+    let theirs = &m.regions[0].region;
+    theirs.write(0, b"edited").unwrap();
+    b.send(b"back", &[Attach::transfer(theirs)]).unwrap();
+    let returned = a.recv_timeout(WAIT).unwrap().regions.remove(0);
+    assert!(returned.transferred);
+    assert!(returned.region.same_as(&mine));
+    assert!(!mine.is_transferred());
+    let mut buf = [0u8; 6];
+    mine.read(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"edited");
+    // The second return trip passes no descriptor: both sides know each other's id now.
+    let before = fd_count();
+    a.send(b"", &[Attach::transfer(&mine)]).unwrap();
+    let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+    b.send(b"", &[Attach::transfer(&theirs)]).unwrap();
+    assert!(
+        a.recv_timeout(WAIT).unwrap().regions[0]
+            .region
+            .same_as(&mine)
+    );
+    assert_eq!(fd_count(), before);
+}
+
+#[test]
+fn a_frozen_region_arrives_frozen_and_copy_on_write() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    region.write(0, b"constant").unwrap();
+    region.freeze().unwrap();
+    a.send(b"", &[Attach::share(&region)]).unwrap();
+    let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+    assert!(theirs.is_frozen());
+    assert_eq!(
+        theirs.write(0, b"x").unwrap_err().kind(),
+        ErrorKind::RegionFrozen
+    );
+    assert!(theirs.as_mut_ptr().is_err());
+    let stray = theirs.map_again().unwrap();
+    // SAFETY: `stray` maps 4096 bytes of a copy-on-write mapping and lives for this block.
+    unsafe { stray.as_ptr().write(b'X') };
+    let mut buf = [0u8; 8];
+    region.read(0, &mut buf).unwrap();
+    assert_eq!(
+        &buf, b"constant",
+        "a stray write on the receiver must not reach the sender"
+    );
+}
+
+#[test]
+fn freezing_a_region_the_peer_maps_writable_is_refused() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    a.send(b"", &[Attach::share(&region)]).unwrap();
+    let _theirs = b.recv_timeout(WAIT).unwrap();
+    assert_eq!(region.freeze().unwrap_err().kind(), ErrorKind::RegionBusy);
+    region.write(0, b"still writable").unwrap();
+}
+
+#[test]
+fn release_lets_the_peer_unmap_and_the_next_send_passes_the_descriptor_again() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    a.send(b"", &[Attach::share(&region)]).unwrap();
+    drop(b.recv_timeout(WAIT).unwrap());
+    assert_eq!(b.bound_regions(), 1);
+    a.release(&region).unwrap();
+    a.send(b"after release", &[]).unwrap();
+    assert_eq!(b.recv_timeout(WAIT).unwrap().payload, b"after release");
+    assert_eq!(
+        b.bound_regions(),
+        0,
+        "the receiver must drop a released region"
+    );
+    region.write(0, b"again").unwrap();
+    a.send(b"", &[Attach::share(&region)]).unwrap();
+    let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+    assert_eq!(&region_bytes(&theirs)[..5], b"again");
+}
+
+#[test]
+fn releasing_and_dropping_unmaps_on_both_sides_without_leaking() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    assert_no_fd_leak(|| {
+        for _ in 0..200 {
+            let region = Region::create(64 * 1024).unwrap();
+            a.send(b"", &[Attach::share(&region)]).unwrap();
+            drop(b.recv_timeout(WAIT).unwrap());
+            a.release(&region).unwrap();
+        }
+        a.send(b"sync", &[]).unwrap();
+        b.recv_timeout(WAIT).unwrap();
+        assert_eq!(a.bound_regions(), 0);
+        assert_eq!(b.bound_regions(), 0);
+    });
+}
+
+#[test]
+fn the_same_region_twice_in_one_message_passes_one_descriptor() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    a.send(b"", &[Attach::share(&region), Attach::share(&region)])
+        .unwrap();
+    let m = b.recv_timeout(WAIT).unwrap();
+    assert!(m.regions[0].region.same_as(&m.regions[1].region));
+}
+
+#[test]
+fn limits_are_enforced_before_sending() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair_with_limits(Limits {
+        max_regions: 2,
+        max_payload: 100,
+    })
+    .unwrap();
+    assert_eq!(
+        a.send(&[0u8; 101], &[]).unwrap_err().kind(),
+        ErrorKind::PayloadTooLarge
+    );
+    let regions: Vec<Region> = (0..3).map(|_| Region::create(64).unwrap()).collect();
+    let attach: Vec<Attach> = regions.iter().map(Attach::share).collect();
+    assert_eq!(
+        a.send(b"", &attach).unwrap_err().kind(),
+        ErrorKind::TooManyRegions
+    );
+    a.send(&[7u8; 100], &attach[..2]).unwrap();
+    assert_eq!(b.recv_timeout(WAIT).unwrap().payload.len(), 100);
+}
+
+#[test]
+fn invalid_limits_are_refused() {
+    let _serial = serial();
+    for limits in [
+        Limits {
+            max_regions: 0,
+            max_payload: 1,
+        },
+        Limits {
+            max_regions: 1,
+            max_payload: 1 << 20,
+        },
+    ] {
+        assert_eq!(
+            Endpoint::pair_with_limits(limits).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+}
+
+#[test]
+fn a_full_socket_reports_would_block_and_loses_nothing() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let payload = vec![1u8; 60_000];
+    let mut sent = 0u32;
+    loop {
+        let mut numbered = payload.clone();
+        numbered[..4].copy_from_slice(&sent.to_le_bytes());
+        match a.send(&numbered, &[]) {
+            Ok(()) => sent += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(sent > 0);
+    for expected in 0..sent {
+        let m = b.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(m.payload[..4].try_into().unwrap()),
+            expected
+        );
+    }
+    assert_eq!(b.try_recv().unwrap_err().kind(), ErrorKind::WouldBlock);
+}
+
+#[test]
+fn send_blocking_waits_for_room() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut total = 0;
+        while total < 1000 {
+            b.recv_timeout(WAIT).unwrap();
+            total += 1;
+        }
+    });
+    for _ in 0..1000 {
+        a.send_blocking(&[0u8; 30_000], &[], WAIT).unwrap();
+    }
+    reader.join().unwrap();
+}
+
+#[test]
+fn recv_timeout_times_out() {
+    let _serial = serial();
+    let (_a, b) = Endpoint::pair().unwrap();
+    let e = b.recv_timeout(Some(Duration::from_millis(20))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+}
+
+#[test]
+fn close_is_seen_as_peer_closed_and_later_calls_fail_closed() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    a.send(b"last words", &[]).unwrap();
+    a.close();
+    assert_eq!(a.send(b"", &[]).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(a.try_recv().unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(b.recv_timeout(WAIT).unwrap().payload, b"last words");
+    assert_eq!(
+        b.recv_timeout(WAIT).unwrap_err().kind(),
+        ErrorKind::PeerClosed
+    );
+    assert_eq!(b.try_recv().unwrap_err().kind(), ErrorKind::PeerClosed);
+    assert_eq!(b.send(b"", &[]).unwrap_err().kind(), ErrorKind::PeerClosed);
+}
+
+#[test]
+fn regions_stay_valid_after_the_connection_ends() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let region = Region::create(4096).unwrap();
+    region.write(0, b"kept").unwrap();
+    a.send(b"", &[Attach::share(&region)]).unwrap();
+    let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+    drop(a);
+    drop(region);
+    assert_eq!(
+        b.recv_timeout(WAIT).unwrap_err().kind(),
+        ErrorKind::PeerClosed
+    );
+    assert_eq!(&region_bytes(&theirs)[..4], b"kept");
+}
+
+fn socket_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shmlink-test-{}-{name}.sock", std::process::id()))
+}
+
+#[test]
+fn listener_accepts_and_both_sides_converse() {
+    let _serial = serial();
+    let path = socket_path("converse");
+    let listener = Listener::bind(&path).unwrap();
+    let client = Endpoint::connect(&path).unwrap();
+    let server = listener.accept_timeout(WAIT).unwrap();
+    assert_eq!(client.handshake(WAIT).unwrap(), Limits::default());
+    let region = Region::create(8192).unwrap();
+    region.write(100, b"via listener").unwrap();
+    client.send(b"hi", &[Attach::share(&region)]).unwrap();
+    let m = server.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        &region_bytes(&m.regions[0].region)[100..112],
+        b"via listener"
+    );
+    let creds = server.peer_credentials().unwrap();
+    assert_eq!(creds.pid, std::process::id() as i32);
+    assert_eq!(creds.uid, nix::unistd::getuid().as_raw());
+}
+
+#[test]
+fn listener_socket_file_is_private_and_removed_on_drop() {
+    let _serial = serial();
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path("mode");
+    let listener = Listener::bind(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    drop(listener);
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
+    let _serial = serial();
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+    use std::os::fd::AsRawFd;
+    let path = socket_path("stale");
+    // A socket file whose listener died without removing it, as after a crash.
+    let dead = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(dead.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    drop(dead);
+    let live = Listener::bind(&path).unwrap();
+    let e = Listener::bind(&path).unwrap_err();
+    assert_eq!(e.errno(), Some(nix::errno::Errno::EADDRINUSE as i32), "{e}");
+    // The refused bind probed the live listener with a connection that closed at once;
+    // its server side ends cleanly before the real client is served.
+    let probe = live.accept_timeout(WAIT).unwrap();
+    assert_eq!(
+        probe.recv_timeout(WAIT).unwrap_err().kind(),
+        ErrorKind::PeerClosed
+    );
+    let client = Endpoint::connect(&path).unwrap();
+    let server = live.accept_timeout(WAIT).unwrap();
+    client.send(b"still served", &[]).unwrap();
+    assert_eq!(server.recv_timeout(WAIT).unwrap().payload, b"still served");
+}
+
+#[test]
+fn abstract_names_leave_no_file() {
+    let _serial = serial();
+    let name = format!("\0shmlink-test-{}", std::process::id());
+    let listener = Listener::bind(&name).unwrap();
+    let client = Endpoint::connect(&name).unwrap();
+    let server = listener.accept_timeout(WAIT).unwrap();
+    client.send(b"abstract", &[]).unwrap();
+    assert_eq!(server.recv_timeout(WAIT).unwrap().payload, b"abstract");
+}
+
+#[test]
+fn connect_to_nothing_fails_with_the_os_error() {
+    let _serial = serial();
+    let e = Endpoint::connect(socket_path("nobody")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Os);
+    assert!(e.to_string().contains("ENOENT"), "{e}");
+}
+
+#[test]
+fn from_fd_refuses_what_is_not_a_seqpacket_socket() {
+    let _serial = serial();
+    let region = Region::create(64).unwrap();
+    let fd = region.as_fd().try_clone_to_owned().unwrap();
+    assert_eq!(
+        Endpoint::from_fd(fd).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let (s, _t) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert_eq!(
+        Endpoint::from_fd(s.into()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn an_endpoint_can_receive_on_one_thread_while_another_sends() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    let b = std::sync::Arc::new(b);
+    let echo = {
+        let b = std::sync::Arc::clone(&b);
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                let m = b.recv_timeout(WAIT).unwrap();
+                let attach: Vec<Attach> = m
+                    .regions
+                    .iter()
+                    .map(|r| Attach::transfer(&r.region))
+                    .collect();
+                b.send_blocking(&m.payload, &attach, WAIT).unwrap();
+            }
+        })
+    };
+    let region = Region::create(4096).unwrap();
+    for i in 0u32..500 {
+        region.write(0, &i.to_le_bytes()).unwrap();
+        a.send_blocking(&i.to_le_bytes(), &[Attach::transfer(&region)], WAIT)
+            .unwrap();
+        let m = a.recv_timeout(WAIT).unwrap();
+        assert_eq!(m.payload, i.to_le_bytes());
+        assert!(m.regions[0].region.same_as(&region));
+    }
+    echo.join().unwrap();
+}
