@@ -52,6 +52,10 @@ pub struct Incoming {
     pub region: Region,
     /// The peer gave up access to it (see [`Attach::transfer`]).
     pub transferred: bool,
+    /// The id the peer gave it (the peer's namespace, `docs/PROTOCOL.md` §5.2).
+    pub id: u32,
+    /// Whether its file descriptor came with this message (the `NEW` flag).
+    pub new: bool,
 }
 
 /// A received message.
@@ -731,6 +735,8 @@ impl Connection {
                     regions.push(Incoming {
                         region,
                         transferred: d.is_transfer(),
+                        id: d.id,
+                        new: d.is_new(),
                     });
                 }
                 Ok(Some(Message {

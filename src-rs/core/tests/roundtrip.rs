@@ -452,3 +452,57 @@ fn an_endpoint_can_receive_on_one_thread_while_another_sends() {
     }
     echo.join().unwrap();
 }
+
+#[test]
+fn send_produces_the_frame_documented_in_protocol_md() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let _serial = serial();
+    let peer = hostile_pair(Limits::default(), true);
+    let transferred = Region::create(4096).unwrap();
+    let frozen = Region::create(65536).unwrap();
+    frozen.freeze().unwrap();
+    peer.endpoint
+        .send(
+            b"hello",
+            &[Attach::transfer(&transferred), Attach::share(&frozen)],
+        )
+        .unwrap();
+    let mut buf = [0u8; 128];
+    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let (len, fds) = {
+        // The endpoint's own HELLO comes first.
+        recvmsg::<()>(peer.raw.as_raw_fd(), &mut iov, None, MsgFlags::empty()).unwrap();
+        let msg = recvmsg::<()>(
+            peer.raw.as_raw_fd(),
+            &mut iov,
+            Some(&mut control),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fds: Vec<i32> = msg
+            .cmsgs()
+            .unwrap()
+            .flat_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds,
+                _ => Vec::new(),
+            })
+            .collect();
+        (msg.bytes, fds)
+    };
+    let documented: [u8; 45] = [
+        0x02, 0x00, 0x02, 0x00, 0x05, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00,
+        0x00, //
+        0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00,
+        0x00, //
+        0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, b'h', b'e', b'l', b'l', b'o',
+    ];
+    assert_eq!(&buf[..len], &documented[..]);
+    assert_eq!(fds.len(), 2);
+    for fd in fds {
+        // SAFETY: SCM_RIGHTS installed `fd` for this test alone; closing it once is sound.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+}
