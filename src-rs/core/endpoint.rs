@@ -146,6 +146,15 @@ impl Endpoint {
         Ok((Endpoint::start(a, limits)?, Endpoint::start(b, limits)?))
     }
 
+    /// An endpoint and the raw socket of its peer, for a child process: pass the
+    /// descriptor down (clearing close-on-exec in the child) and let the child call
+    /// [`Endpoint::from_fd`], which sends the child's HELLO. Close this process's copy of
+    /// the descriptor once the child has started.
+    pub fn pair_for_child() -> Result<(Endpoint, OwnedFd)> {
+        let (mine, theirs) = sys::seqpacket_pair()?;
+        Ok((Endpoint::start(mine, Limits::default())?, theirs))
+    }
+
     /// Connects to a [`crate::Listener`] at `path` (a leading NUL byte names a Linux
     /// abstract socket). The handshake completes on the first send or receive, or
     /// explicitly with [`Endpoint::handshake`].
@@ -564,20 +573,30 @@ impl Connection {
     fn read_record(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<usize> {
         self.fds.clear();
         let max_fds = usize::from(self.own_limits.max_regions);
-        let received = sys::recv_frame(
+        let mut received = sys::recv_frame(
             fd,
             &mut self.recv_buf,
             &mut self.control,
             max_fds,
             &mut self.fds,
         );
+        if received == Err(nix::errno::Errno::ECONNRESET) {
+            // The peer closed with records of ours still unread; Linux reports that once,
+            // then hands over what the peer sent before closing, then end-of-file.
+            received = sys::recv_frame(
+                fd,
+                &mut self.recv_buf,
+                &mut self.control,
+                max_fds,
+                &mut self.fds,
+            );
+        }
         // SYNC POINT: acquire (MEMORY-MODEL.md §4). The peer's writes before its send
         // happen-before every read this thread makes after this point.
         fence(Ordering::Acquire);
         let received = match received {
             Ok(r) => r,
             Err(nix::errno::Errno::EAGAIN) => return Err(Error::would_block(op)),
-            Err(nix::errno::Errno::ECONNRESET) => return Err(self.peer_gone(fd, op)),
             Err(e) => {
                 return Err(Error::os(
                     "recvmsg",

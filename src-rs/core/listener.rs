@@ -126,11 +126,19 @@ impl AsFd for Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
+impl Listener {
+    /// Removes the socket file now, if it is still the one this listener created, so no
+    /// new client can find it. Also done on drop.
+    pub fn remove_socket_file(&self) {
         if self.file.is_some() && path_identity(&self.path) == self.file {
             // Another process may have removed it meanwhile; nothing is left to clean then.
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.remove_socket_file();
     }
 }

@@ -54,7 +54,7 @@ pub enum Readiness {
 }
 
 /// The outcome of one `recvmsg`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Received {
     pub(crate) len: usize,
     /// `MSG_TRUNC`: the record was longer than the buffer.

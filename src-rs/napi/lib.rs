@@ -1,0 +1,517 @@
+//! The Node-API binding: it converts arguments, calls the `shmlink` core and maps its
+//! errors. `index.ts` builds the public API (promises, iteration, `AbortSignal`) on these
+//! classes; nothing here is meant to be used directly.
+#![deny(unsafe_code)]
+
+mod buffer;
+mod error;
+mod fd;
+mod poll;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::{BufferSlice, ClassInstance, JsValue, Object, ToNapiValue, Unknown};
+use napi::{Env, sys};
+use napi_derive::napi;
+use shmlink::{Attach, Endpoint, Listener, Region};
+
+use crate::poll::{Deliver, Event, Poller, Source};
+
+/// Event kinds passed as the first argument of a `watch` callback.
+const EVENT_MESSAGE: u32 = 0;
+const EVENT_WRITABLE: u32 = 1;
+const EVENT_FAILURE: u32 = 2;
+const EVENT_CONNECTION: u32 = 3;
+const EVENT_HANDSHAKE: u32 = 4;
+
+fn invalid(env: &Env, message: &str) -> napi::Error {
+    error::throw_code(env, error::INVALID_ARG, message)
+}
+
+/// A non-negative integer argument that JavaScript passed as a number.
+fn to_usize(env: &Env, value: f64, what: &str) -> napi::Result<usize> {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0 {
+        Ok(value as usize)
+    } else {
+        Err(invalid(env, &format!("{what} must be a non-negative safe integer, not {value}")))
+    }
+}
+
+/// A timeout in milliseconds; negative means "wait forever".
+fn to_timeout(env: &Env, millis: f64) -> napi::Result<Option<Duration>> {
+    if millis.is_nan() {
+        return Err(invalid(env, "timeoutMs must be a number"));
+    }
+    Ok((millis >= 0.0).then(|| Duration::from_secs_f64(millis.min(1e12) / 1000.0)))
+}
+
+/// A region handle (one JavaScript `Region`).
+#[napi]
+pub struct NativeRegion {
+    region: Option<Region>,
+    /// Whether the primary mapping has been exposed already; later buffers get mappings
+    /// of their own, so that each mapping backs exactly one `ArrayBuffer`.
+    primary_exposed: bool,
+}
+
+impl NativeRegion {
+    fn wrap(region: Region) -> Self {
+        NativeRegion { region: Some(region), primary_exposed: false }
+    }
+
+    fn get(&self, env: &Env) -> napi::Result<&Region> {
+        self.region.as_ref().ok_or_else(|| {
+            error::throw_code(env, error::REGION_CLOSED, "the region is closed; create a new one with Region.create()")
+        })
+    }
+}
+
+#[napi]
+impl NativeRegion {
+    /// A new sealed region of `size` bytes.
+    #[napi(factory)]
+    pub fn create(env: Env, size: f64) -> napi::Result<Self> {
+        let size = to_usize(&env, size, "size")?;
+        Region::create(size).map(NativeRegion::wrap).map_err(|e| error::throw(&env, e))
+    }
+
+    #[napi(getter)]
+    pub fn size(&self) -> f64 {
+        self.region.as_ref().map_or(0.0, |r| r.size() as f64)
+    }
+
+    #[napi(getter)]
+    pub fn frozen(&self) -> bool {
+        self.region.as_ref().is_some_and(Region::is_frozen)
+    }
+
+    #[napi(getter)]
+    pub fn transferred(&self) -> bool {
+        self.region.as_ref().is_some_and(Region::is_transferred)
+    }
+
+    #[napi(getter)]
+    pub fn closed(&self) -> bool {
+        self.region.is_none()
+    }
+
+    /// Identifies the underlying region within this process.
+    #[napi(getter)]
+    pub fn serial(&self) -> f64 {
+        self.region.as_ref().map_or(0.0, |r| r.serial() as f64)
+    }
+
+    #[napi]
+    pub fn freeze(&self, env: Env) -> napi::Result<()> {
+        self.get(&env)?.freeze().map_err(|e| error::throw(&env, e))
+    }
+
+    /// Copies `length` bytes at `offset` into a new Buffer.
+    #[napi]
+    pub fn read<'env>(&self, env: &'env Env, offset: f64, length: f64) -> napi::Result<BufferSlice<'env>> {
+        let offset = to_usize(env, offset, "offset")?;
+        let length = to_usize(env, length, "length")?;
+        let region = self.get(env)?;
+        if offset.checked_add(length).is_none_or(|end| end > region.size()) {
+            return Err(invalid(env, &format!("{offset}+{length} lies outside the region's {} bytes", region.size())));
+        }
+        let mut bytes = vec![0u8; length];
+        region.read(offset, &mut bytes).map_err(|e| error::throw(env, e))?;
+        BufferSlice::copy_from(env, bytes)
+    }
+
+    /// Copies `data` into the region at `offset`.
+    #[napi]
+    pub fn write(&self, env: Env, offset: f64, data: BufferSlice) -> napi::Result<()> {
+        let offset = to_usize(&env, offset, "offset")?;
+        self.get(&env)?.write(offset, &data).map_err(|e| error::throw(&env, e))
+    }
+
+    /// A zero-copy `ArrayBuffer` over the region (one per mapping).
+    #[napi]
+    pub fn expose<'env>(&mut self, env: &'env Env) -> napi::Result<Unknown<'env>> {
+        let region = self.get(env)?;
+        if region.is_transferred() {
+            return Err(error::throw(
+                env,
+                shmlink::Error::new(
+                    shmlink::ErrorKind::RegionTransferred,
+                    "Region.bytes",
+                    "the region was transferred to a peer; wait until the peer sends it back",
+                ),
+            ));
+        }
+        let mapping = if self.primary_exposed {
+            region.map_again().map_err(|e| error::throw(env, e))?
+        } else {
+            region.mapping()
+        };
+        match buffer::expose(env, mapping) {
+            Ok(value) => {
+                self.primary_exposed = true;
+                Ok(value)
+            }
+            Err(buffer::ExposeError::NotAllowed) => Err(error::throw_code(
+                env,
+                error::ZERO_COPY_UNAVAILABLE,
+                "this runtime refuses external buffers (Electron's V8 memory cage); use region.read() and region.write()",
+            )),
+            Err(buffer::ExposeError::Failed(status)) => {
+                Err(napi::Error::from_reason(format!("napi_create_external_arraybuffer failed (status {status})")))
+            }
+        }
+    }
+
+    /// Detaches an `ArrayBuffer` made by `expose`.
+    #[napi]
+    pub fn detach(env: Env, buffer: Unknown) -> napi::Result<()> {
+        buffer::detach(env.raw(), buffer.raw())
+            .map_err(|status| napi::Error::from_reason(format!("napi_detach_arraybuffer failed (status {status})")))
+    }
+
+    /// Drops this handle. The memory is unmapped once no buffer, endpoint or other
+    /// handle uses it.
+    #[napi]
+    pub fn close(&mut self) {
+        self.region = None;
+    }
+}
+
+/// Whether this runtime lets native code lend memory to `ArrayBuffer`s.
+#[napi]
+pub fn external_buffers_allowed(env: Env) -> bool {
+    buffer::external_buffers_allowed(env.raw())
+}
+
+/// Converts endpoint events into `callback(kind, ...)` arguments.
+struct EndpointEvents;
+
+impl Deliver for EndpointEvents {
+    fn arguments(&self, env: &Env, event: Event) -> napi::Result<Vec<sys::napi_value>> {
+        let kind = |k: u32| k.into_unknown(env).map(|v| v.raw());
+        match event {
+            Event::Message(message) => {
+                let [payload, regions, descriptors] = message_values(env, message)?;
+                Ok(vec![kind(EVENT_MESSAGE)?, payload.raw(), regions.raw(), descriptors.raw()])
+            }
+            Event::Writable => Ok(vec![kind(EVENT_WRITABLE)?]),
+            Event::Handshake => Ok(vec![kind(EVENT_HANDSHAKE)?]),
+            Event::Failure(e) => Ok(vec![kind(EVENT_FAILURE)?, error::to_js(env, &e)?.raw()]),
+            Event::Connection(endpoint) => {
+                let endpoint = NativeEndpoint::wrap(endpoint).into_unknown(env)?;
+                Ok(vec![kind(EVENT_CONNECTION)?, endpoint.raw()])
+            }
+        }
+    }
+}
+
+/// `payload` (a Buffer), `regions` (NativeRegion[] or undefined) and `descriptors`
+/// (`[id, flags, id, flags, ...]` with the wire's flag bits, or undefined).
+fn message_values(env: &Env, message: shmlink::Message) -> napi::Result<[Unknown<'_>; 3]> {
+    let payload = BufferSlice::copy_from(env, &message.payload)?.to_unknown();
+    if message.regions.is_empty() {
+        let undefined = ().into_unknown(env)?;
+        return Ok([payload, undefined, undefined]);
+    }
+    let mut descriptors = Vec::with_capacity(message.regions.len() * 2);
+    let mut regions = Vec::with_capacity(message.regions.len());
+    for incoming in message.regions {
+        let mut flags = 0u32;
+        if incoming.new {
+            flags |= shmlink::wire::FLAG_NEW;
+        }
+        if incoming.region.is_frozen() {
+            flags |= shmlink::wire::FLAG_FROZEN;
+        }
+        if incoming.transferred {
+            flags |= shmlink::wire::FLAG_TRANSFER;
+        }
+        descriptors.push(incoming.id);
+        descriptors.push(flags);
+        regions.push(NativeRegion::wrap(incoming.region));
+    }
+    Ok([payload, regions.into_unknown(env)?, descriptors.into_unknown(env)?])
+}
+
+/// An endpoint handle (one JavaScript `Endpoint`). `close()` lets go of the socket,
+/// which is closed as soon as the event loop has stopped watching it.
+#[napi]
+pub struct NativeEndpoint {
+    endpoint: Option<Arc<Endpoint>>,
+    poller: Option<Poller>,
+}
+
+impl NativeEndpoint {
+    fn wrap(endpoint: Endpoint) -> Self {
+        NativeEndpoint { endpoint: Some(Arc::new(endpoint)), poller: None }
+    }
+
+    fn get(&self, env: &Env) -> napi::Result<&Arc<Endpoint>> {
+        self.endpoint.as_ref().ok_or_else(|| error::throw(env, closed_endpoint()))
+    }
+}
+
+fn closed_endpoint() -> shmlink::Error {
+    shmlink::Error::new(shmlink::ErrorKind::Closed, "Endpoint", "the endpoint is closed; create or accept a new one")
+}
+
+/// Regions and their transfer flags as the core wants them.
+fn attachments<'a>(
+    env: &Env,
+    regions: &'a [ClassInstance<'_, NativeRegion>],
+    transfer: &[bool],
+) -> napi::Result<Vec<Attach<'a>>> {
+    if regions.len() != transfer.len() {
+        return Err(invalid(env, "regions and transfer flags differ in length"));
+    }
+    regions
+        .iter()
+        .zip(transfer)
+        .map(|(native, &transfer)| Ok(Attach { region: native.get(env)?, transfer }))
+        .collect()
+}
+
+#[napi]
+impl NativeEndpoint {
+    /// A connected pair.
+    #[napi]
+    pub fn pair(env: Env) -> napi::Result<Vec<NativeEndpoint>> {
+        let (a, b) = Endpoint::pair().map_err(|e| error::throw(&env, e))?;
+        Ok(vec![NativeEndpoint::wrap(a), NativeEndpoint::wrap(b)])
+    }
+
+    /// An endpoint and the raw socket of its peer, to hand to a child process.
+    #[napi]
+    pub fn pair_for_child(env: Env) -> napi::Result<(NativeEndpoint, NativeSocket)> {
+        let (mine, theirs) = Endpoint::pair_for_child().map_err(|e| error::throw(&env, e))?;
+        Ok((NativeEndpoint::wrap(mine), NativeSocket { fd: Some(theirs) }))
+    }
+
+    /// Connects to a listener at `path` (a leading NUL byte: Linux abstract name).
+    #[napi]
+    pub fn connect(env: Env, path: String) -> napi::Result<NativeEndpoint> {
+        Endpoint::connect(path).map(NativeEndpoint::wrap).map_err(|e| error::throw(&env, e))
+    }
+
+    /// Takes over the connected `SOCK_SEQPACKET` socket `fd`.
+    #[napi]
+    pub fn from_fd(env: Env, fd: i32) -> napi::Result<NativeEndpoint> {
+        let owned = fd::claim(fd).map_err(|why| invalid(&env, why))?;
+        Endpoint::from_fd(owned).map(NativeEndpoint::wrap).map_err(|e| error::throw(&env, e))
+    }
+
+    /// The socket's descriptor, or -1 once closed.
+    #[napi(getter)]
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.endpoint.as_ref().map_or(-1, |e| e.as_fd().as_raw_fd())
+    }
+
+    #[napi(getter)]
+    pub fn handshake_complete(&self) -> bool {
+        self.endpoint.as_ref().is_some_and(|e| e.is_handshake_complete())
+    }
+
+    /// `{ pid, uid, gid }` of the peer (`SO_PEERCRED`).
+    #[napi]
+    pub fn peer<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
+        let creds = self.get(env)?.peer_credentials().map_err(|e| error::throw(env, e))?;
+        let mut peer = Object::new(env)?;
+        peer.set("pid", creds.pid)?;
+        peer.set("uid", creds.uid)?;
+        peer.set("gid", creds.gid)?;
+        Ok(peer)
+    }
+
+    /// Sends now if the socket has room: `true` when sent, `false` when the caller must
+    /// wait (the socket is full, or the peer's HELLO has not arrived).
+    #[napi]
+    pub fn send(
+        &self,
+        env: Env,
+        payload: BufferSlice,
+        regions: Vec<ClassInstance<NativeRegion>>,
+        transfer: Vec<bool>,
+    ) -> napi::Result<bool> {
+        let endpoint = self.get(&env)?;
+        let attach = attachments(&env, &regions, &transfer)?;
+        match endpoint.send(&payload, &attach) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(error::throw(&env, e)),
+        }
+    }
+
+    /// Sends, blocking up to `timeoutMs` (negative: forever) for room.
+    #[napi]
+    pub fn send_sync(
+        &self,
+        env: Env,
+        payload: BufferSlice,
+        regions: Vec<ClassInstance<NativeRegion>>,
+        transfer: Vec<bool>,
+        timeout_ms: f64,
+    ) -> napi::Result<()> {
+        let endpoint = self.get(&env)?;
+        let attach = attachments(&env, &regions, &transfer)?;
+        let timeout = to_timeout(&env, timeout_ms)?;
+        endpoint.send_blocking(&payload, &attach, timeout).map_err(|e| error::throw(&env, e))
+    }
+
+    /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only
+    /// what is there). Returns `[payload, regions, descriptors]`.
+    #[napi]
+    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<Vec<Unknown<'env>>> {
+        let timeout = to_timeout(env, timeout_ms)?;
+        let message = self.get(env)?.recv_timeout(timeout).map_err(|e| error::throw(env, e))?;
+        Ok(message_values(env, message)?.into())
+    }
+
+    /// Tells the peer this side no longer refers to `region` (RELEASE).
+    #[napi]
+    pub fn release(&self, env: Env, region: &NativeRegion) -> napi::Result<()> {
+        match (&self.endpoint, &region.region) {
+            (Some(endpoint), Some(r)) => endpoint.release(r).map_err(|e| error::throw(&env, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends queued RELEASE frames; `false` while some still wait for room.
+    #[napi]
+    pub fn flush(&self, env: Env) -> napi::Result<bool> {
+        match self.get(&env)?.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(error::throw(&env, e)),
+        }
+    }
+
+    #[napi(getter)]
+    pub fn has_pending_output(&self) -> bool {
+        self.endpoint.as_ref().is_some_and(|e| e.has_pending_output())
+    }
+
+    /// Starts delivering events to `callback(kind, ...)` from the event loop.
+    #[napi]
+    pub fn watch(&mut self, env: Env, callback: Unknown, resource: Unknown) -> napi::Result<()> {
+        let endpoint = self.get(&env)?;
+        if self.poller.is_none() {
+            let source = Source::Endpoint(Arc::clone(endpoint));
+            self.poller =
+                Some(Poller::start(env.raw(), source, Box::new(EndpointEvents), callback.raw(), resource.raw())?);
+        }
+        Ok(())
+    }
+
+    /// Which readiness to wait for.
+    #[napi]
+    pub fn set_interest(&self, readable: bool, writable: bool) {
+        if let Some(poller) = &self.poller {
+            let mut events = 0;
+            if readable {
+                events |= poll::READABLE | poll::DISCONNECT;
+            }
+            if writable {
+                events |= poll::WRITABLE;
+            }
+            poller.watch(events);
+        }
+    }
+
+    /// Whether waiting keeps the process alive.
+    #[napi]
+    pub fn set_ref(&self, referenced: bool) {
+        if let Some(poller) = &self.poller {
+            poller.set_ref(referenced);
+        }
+    }
+
+    /// Closes the connection and stops watching it.
+    #[napi]
+    pub fn close(&mut self) {
+        if let Some(poller) = self.poller.take() {
+            poller.close();
+        }
+        if let Some(endpoint) = self.endpoint.take() {
+            endpoint.close();
+        }
+    }
+}
+
+/// A socket descriptor on its way to a child process.
+#[napi]
+pub struct NativeSocket {
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+#[napi]
+impl NativeSocket {
+    /// The descriptor, or -1 once closed.
+    #[napi(getter)]
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// Closes this process's copy; the child keeps its own.
+    #[napi]
+    pub fn close(&mut self) {
+        self.fd = None;
+    }
+}
+
+/// A listening socket (one JavaScript `Server`).
+#[napi]
+pub struct NativeListener {
+    listener: Option<Arc<Listener>>,
+    poller: Option<Poller>,
+}
+
+#[napi]
+impl NativeListener {
+    /// Listens at `path` (a leading NUL byte: Linux abstract name).
+    #[napi]
+    pub fn bind(env: Env, path: String) -> napi::Result<NativeListener> {
+        Listener::bind(path)
+            .map(|listener| NativeListener { listener: Some(Arc::new(listener)), poller: None })
+            .map_err(|e| error::throw(&env, e))
+    }
+
+    #[napi(getter)]
+    pub fn path(&self) -> String {
+        self.listener.as_ref().map_or_else(String::new, |l| l.path().to_string_lossy().into_owned())
+    }
+
+    /// Starts delivering accepted connections to `callback(kind, endpoint)`.
+    #[napi]
+    pub fn watch(&mut self, env: Env, callback: Unknown, resource: Unknown) -> napi::Result<()> {
+        let listener = self.listener.as_ref().ok_or_else(|| error::throw(&env, closed_endpoint()))?;
+        if self.poller.is_none() {
+            let source = Source::Listener(Arc::clone(listener));
+            let poller = Poller::start(env.raw(), source, Box::new(EndpointEvents), callback.raw(), resource.raw())?;
+            poller.watch(poll::READABLE);
+            self.poller = Some(poller);
+        }
+        Ok(())
+    }
+
+    #[napi]
+    pub fn set_ref(&self, referenced: bool) {
+        if let Some(poller) = &self.poller {
+            poller.set_ref(referenced);
+        }
+    }
+
+    /// Stops listening. The socket is closed and its file removed as soon as the event
+    /// loop has stopped watching it.
+    #[napi]
+    pub fn close(&mut self) {
+        if let Some(poller) = self.poller.take() {
+            poller.close();
+        }
+        if let Some(listener) = self.listener.take() {
+            listener.remove_socket_file();
+        }
+    }
+}
