@@ -8,11 +8,6 @@ export function fdCount(): number {
   return readdirSync('/proc/self/fd').length
 }
 
-/** Lines of /proc/self/maps: one per mapping. */
-export function mappingCount(): number {
-  return readFileSync('/proc/self/maps', 'utf8').split('\n').filter(Boolean).length
-}
-
 /** Mappings of memfd regions (the kernel names them `/memfd:shmlink`). */
 export function regionMappingCount(): number {
   return readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('memfd:shmlink')).length
