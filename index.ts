@@ -270,7 +270,7 @@ export class Region implements Disposable {
 
   #detach(): void {
     if (this.#buffer !== undefined) {
-      binding.NativeRegion.detach(this.#buffer)
+      this.#native!.detach(this.#buffer)
       this.#buffer = undefined
       this.#view = undefined
     }

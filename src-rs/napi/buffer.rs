@@ -63,18 +63,22 @@ pub fn expose<'env>(env: &'env napi::Env, mapping: Arc<Mapping>) -> Result<Unkno
     }
 }
 
-/// Detaches `buffer`: every view of it reads as length 0 from now on.
-pub fn detach(env: sys::napi_env, buffer: sys::napi_value) -> Result<(), sys::napi_status> {
+/// Detaches `buffer`: every view of it reads as length 0 from now on. Returns the
+/// memory it pointed at (null if it was detached already).
+pub fn detach(env: sys::napi_env, buffer: sys::napi_value) -> Result<*mut c_void, sys::napi_status> {
     let mut is_arraybuffer = false;
     // SAFETY: `buffer` is a value of `env` passed in by the current call.
     unsafe { sys::napi_is_arraybuffer(env, buffer, &mut is_arraybuffer) };
     if !is_arraybuffer {
         return Err(sys::Status::napi_arraybuffer_expected);
     }
-    // SAFETY: `buffer` is an ArrayBuffer of `env` (checked above); detaching an already
-    // detached buffer is a no-op in V8.
+    let mut data = ptr::null_mut();
+    let mut len = 0;
+    // SAFETY: `buffer` is an ArrayBuffer of `env` (checked above); the out pointers are valid.
+    unsafe { sys::napi_get_arraybuffer_info(env, buffer, &mut data, &mut len) };
+    // SAFETY: as above; detaching an already detached buffer is a no-op in V8.
     match unsafe { sys::napi_detach_arraybuffer(env, buffer) } {
-        sys::Status::napi_ok => Ok(()),
+        sys::Status::napi_ok => Ok(if len == 0 { ptr::null_mut() } else { data }),
         other => Err(other),
     }
 }
@@ -89,6 +93,7 @@ pub fn external_buffers_allowed(env: sys::napi_env) -> bool {
         sys::napi_create_external_arraybuffer(env, probe.cast(), 1, Some(free_probe), probe.cast(), &mut buffer)
     };
     if status == sys::Status::napi_ok {
+        // Detaching can only fail for a non-ArrayBuffer, which this is not.
         let _ = detach(env, buffer);
         true
     } else {

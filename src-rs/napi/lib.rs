@@ -50,14 +50,13 @@ fn to_timeout(env: &Env, millis: f64) -> napi::Result<Option<Duration>> {
 #[napi]
 pub struct NativeRegion {
     region: Option<Region>,
-    /// Whether the primary mapping has been exposed already; later buffers get mappings
-    /// of their own, so that each mapping backs exactly one `ArrayBuffer`.
-    primary_exposed: bool,
+    /// Whether an attached `ArrayBuffer` lends the region's own mapping.
+    primary_attached: std::cell::Cell<bool>,
 }
 
 impl NativeRegion {
     fn wrap(region: Region) -> Self {
-        NativeRegion { region: Some(region), primary_exposed: false }
+        NativeRegion { region: Some(region), primary_attached: std::cell::Cell::new(false) }
     }
 
     fn get(&self, env: &Env) -> napi::Result<&Region> {
@@ -130,7 +129,7 @@ impl NativeRegion {
 
     /// A zero-copy `ArrayBuffer` over the region (one per mapping).
     #[napi]
-    pub fn expose<'env>(&mut self, env: &'env Env) -> napi::Result<Unknown<'env>> {
+    pub fn expose<'env>(&self, env: &'env Env) -> napi::Result<Unknown<'env>> {
         let region = self.get(env)?;
         if region.is_transferred() {
             return Err(error::throw(
@@ -142,14 +141,19 @@ impl NativeRegion {
                 ),
             ));
         }
-        let mapping = if self.primary_exposed {
+        // Each mapping backs one attached ArrayBuffer at a time: the region's own mapping
+        // unless a buffer over it is still attached, a fresh mapping otherwise. A detached
+        // buffer no longer reaches the memory, so the mapping can back a new one at once;
+        // it stays mapped until V8 finalizes every buffer over it.
+        let mapping = if self.primary_attached.get() {
             region.map_again().map_err(|e| error::throw(env, e))?
         } else {
             region.mapping()
         };
+        let is_primary = mapping.as_ptr() == region.mapping().as_ptr();
         match buffer::expose(env, mapping) {
             Ok(value) => {
-                self.primary_exposed = true;
+                self.primary_attached.set(self.primary_attached.get() || is_primary);
                 Ok(value)
             }
             Err(buffer::ExposeError::NotAllowed) => Err(error::throw_code(
@@ -165,9 +169,13 @@ impl NativeRegion {
 
     /// Detaches an `ArrayBuffer` made by `expose`.
     #[napi]
-    pub fn detach(env: Env, buffer: Unknown) -> napi::Result<()> {
-        buffer::detach(env.raw(), buffer.raw())
-            .map_err(|status| napi::Error::from_reason(format!("napi_detach_arraybuffer failed (status {status})")))
+    pub fn detach(&self, env: Env, buffer: Unknown) -> napi::Result<()> {
+        let data = buffer::detach(env.raw(), buffer.raw())
+            .map_err(|status| napi::Error::from_reason(format!("napi_detach_arraybuffer failed (status {status})")))?;
+        if self.region.as_ref().is_some_and(|r| r.mapping().as_ptr().cast() == data) {
+            self.primary_attached.set(false);
+        }
+        Ok(())
     }
 
     /// Drops this handle. The memory is unmapped once no buffer, endpoint or other
