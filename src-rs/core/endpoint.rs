@@ -690,19 +690,18 @@ impl Connection {
         })
     }
 
+    /// Judges one record in the order `docs/PROTOCOL.md` §7 gives and applies it.
     fn apply(&mut self, record: &[u8]) -> std::result::Result<Option<Message>, Rejection> {
-        let frame = wire::parse(record).map_err(Rejection::Refused)?;
         let fds_arrived = self.fds.len();
         if self.peer_limits.is_none() {
-            if frame.header.kind != wire::KIND_HELLO {
-                return Err(violation("the peer's first frame is not a HELLO"));
-            }
+            let limits = wire::parse_first(record).map_err(Rejection::Refused)?;
             if fds_arrived != 0 {
                 return Err(violation("descriptors arrived with the HELLO"));
             }
-            self.peer_limits = Some(wire::parse_hello(frame.payload).map_err(Rejection::Refused)?);
+            self.peer_limits = Some(limits);
             return Ok(None);
         }
+        let frame = wire::parse(record).map_err(Rejection::Refused)?;
         let new_count = frame.descriptors().filter(Descriptor::is_new).count();
         if new_count != fds_arrived {
             return Err(violation(format!(

@@ -393,7 +393,7 @@ fn inspect(fd: BorrowedFd<'_>, size: u64, frozen: bool) -> Result<sys::FileInfo>
             "the peer marked a region frozen but did not add F_SEAL_WRITE",
         ));
     }
-    if !frozen && seals.write {
+    if !frozen && (seals.write || seals.future_write) {
         return Err(Error::protocol(
             OP,
             "the peer sent a write-sealed region without the frozen flag",

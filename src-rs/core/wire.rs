@@ -231,19 +231,46 @@ pub fn parse(record: &[u8]) -> Result<Frame<'_>, Refusal> {
     Ok(frame)
 }
 
-/// Decodes and checks a HELLO payload.
-pub fn parse_hello(payload: &[u8]) -> Result<Limits, Refusal> {
-    if payload.len() != HELLO_LEN || payload[..8] != MAGIC {
+/// Checks the first record of a connection, which must be a HELLO, and returns the
+/// peer's limits. Magic and version are judged before anything else, so a peer of
+/// another version (whose HELLO may be laid out differently after them) is reported as
+/// incompatible rather than as breaking this version's rules.
+pub fn parse_first(record: &[u8]) -> Result<Limits, Refusal> {
+    let version_end = HEADER_LEN + 10;
+    if record.len() >= version_end && record[0] == KIND_HELLO {
+        check_magic_and_version(&record[HEADER_LEN..version_end])?;
+    }
+    let frame = parse(record)?;
+    if frame.header.kind != KIND_HELLO {
+        return Err(violation("the peer's first frame is not a HELLO"));
+    }
+    parse_hello(frame.payload)
+}
+
+fn check_magic_and_version(start: &[u8]) -> Result<(), Refusal> {
+    if start[..8] != MAGIC {
         return Err(Refusal::Incompatible(
             "the peer's first frame is not a shmlink HELLO (wrong magic)".into(),
         ));
     }
-    let version = u16_at(payload, 8);
+    let version = u16_at(start, 8);
     if version != VERSION {
         return Err(Refusal::Incompatible(format!(
             "the peer speaks shmlink protocol version {version}; this side speaks {VERSION}"
         )));
     }
+    Ok(())
+}
+
+/// Decodes and checks a HELLO payload.
+pub fn parse_hello(payload: &[u8]) -> Result<Limits, Refusal> {
+    if payload.len() != HELLO_LEN {
+        return Err(violation(format!(
+            "a HELLO payload of {} bytes",
+            payload.len()
+        )));
+    }
+    check_magic_and_version(&payload[..10])?;
     let limits = Limits {
         max_regions: u16_at(payload, 10),
         max_payload: u32_at(payload, 12),
@@ -453,6 +480,37 @@ mod tests {
         assert!(
             matches!(parse_hello(&hello[8..]), Err(Refusal::Incompatible(t)) if t.contains("version 2"))
         );
+    }
+
+    #[test]
+    fn a_first_frame_of_another_version_is_incompatible_whatever_its_layout() {
+        let mut later = hello_frame(Limits::default());
+        later[16] = 2;
+        later.extend_from_slice(&[0; 8]);
+        later[4] = 24;
+        assert!(
+            matches!(parse_first(&later), Err(Refusal::Incompatible(t)) if t.contains("version 2"))
+        );
+        let mut garbage = hello_frame(Limits::default());
+        garbage[2] = 1;
+        garbage[8] = b'X';
+        assert!(matches!(
+            parse_first(&garbage),
+            Err(Refusal::Incompatible(_))
+        ));
+    }
+
+    #[test]
+    fn a_first_frame_that_is_not_a_hello_is_a_violation() {
+        let mut message = Vec::new();
+        put_header(&mut message, KIND_MESSAGE, 0, 0);
+        assert!(matches!(parse_first(&message), Err(Refusal::Violation(_))));
+        let hello = hello_frame(Limits::default());
+        assert!(matches!(
+            parse_first(&hello[..12]),
+            Err(Refusal::Violation(_))
+        ));
+        assert_eq!(parse_first(&hello).unwrap(), Limits::default());
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub(crate) fn seals(fd: BorrowedFd<'_>) -> Result<Option<Seals>> {
                 shrink: flags.contains(SealFlag::F_SEAL_SHRINK),
                 grow: flags.contains(SealFlag::F_SEAL_GROW),
                 write: flags.contains(SealFlag::F_SEAL_WRITE),
+                future_write: flags.contains(SealFlag::F_SEAL_FUTURE_WRITE),
             }))
         }
         Err(Errno::EINVAL) => Ok(None),

@@ -22,6 +22,8 @@ pub(crate) struct Seals {
     pub(crate) shrink: bool,
     pub(crate) grow: bool,
     pub(crate) write: bool,
+    /// `F_SEAL_FUTURE_WRITE`: no new writable mapping, though old ones still write.
+    pub(crate) future_write: bool,
 }
 
 /// What `fstat` says about a descriptor.

@@ -542,3 +542,26 @@ fn hostile_endpoints_are_send_and_sync() {
     assert_bounds::<Endpoint>();
     assert_bounds::<Region>();
 }
+
+#[test]
+fn a_region_that_refuses_new_writable_mappings_is_refused_unless_frozen() {
+    let _serial = serial();
+    let fd = memfd(
+        4096,
+        SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_FUTURE_WRITE,
+    );
+    let kind = expect_refusal(Limits::default(), &[], &one_new(4096), &[fd.as_raw_fd()]);
+    assert_eq!(kind, ErrorKind::Protocol);
+}
+
+#[test]
+fn what_a_peer_sent_before_closing_unread_arrives_before_end_of_file() {
+    let _serial = serial();
+    let peer = hostile_pair(Limits::default(), true);
+    send_raw(&peer.raw, &message(&[], b"parting words"), &[]);
+    // The raw side never read the endpoint's HELLO: closing it makes Linux report
+    // ECONNRESET once, ahead of the record still queued.
+    drop(peer.raw);
+    assert_eq!(peer.endpoint.try_recv().unwrap().payload, b"parting words");
+    assert_eq!(peer.endpoint.try_recv().unwrap_err().kind(), ErrorKind::PeerClosed);
+}
