@@ -263,10 +263,8 @@ fn responder(socket: &str, transcript_path: &str) -> Outcome {
             .collect();
         for (incoming, digest) in message.regions.iter().zip(&digests[1..]) {
             if incoming.transferred && !incoming.region.is_frozen() {
-                incoming
-                    .region
-                    .write(0, digest)
-                    .map_err(|e| e.to_string())?;
+                let stamp = &digest[..digest.len().min(incoming.region.size())];
+                incoming.region.write(0, stamp).map_err(|e| e.to_string())?;
             }
         }
         let attach: Vec<Attach> = back.iter().map(|r| Attach::transfer(r)).collect();
@@ -382,7 +380,11 @@ fn hostile(socket: &str, cases_path: &str, name: &str) -> Outcome {
     }
     let mut frame = unhex(case["frame"].as_str().unwrap_or(""))?;
     if frame.is_empty() {
-        return Ok(());
+        // Half-close and drain, so the other side reads our HELLO (if any) before its
+        // end-of-file instead of a reset.
+        nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        return wait_for_eof(&sock);
     }
     frame.resize(frame.len() + case["pad"].as_u64().unwrap_or(0) as usize, 0);
     let raw: Vec<i32> = keep.iter().map(|fd| fd.as_raw_fd()).collect();
