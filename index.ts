@@ -327,9 +327,15 @@ export interface Message {
 }
 
 export interface SendOptions {
-  /** Regions to share: both sides keep access and agree who writes when. */
+  /**
+   * Regions to attach, in the order the peer receives them. Shared regions stay
+   * accessible on both sides, which agree who writes when.
+   */
   regions?: readonly Region[]
-  /** Regions to hand over: they are detached here until the peer sends them back. */
+  /**
+   * Regions to hand over: they are detached here until the peer sends them back. A region
+   * also in `regions` keeps its place there; the others are attached after `regions`.
+   */
   transfer?: readonly Region[]
   /** Aborts a send still waiting for room in the socket. */
   signal?: AbortSignal
@@ -373,6 +379,12 @@ interface Waiter<T> {
   reject(error: Error): void
 }
 
+/** A send with nothing attached shares these (never written to). */
+const NONE: never[] = []
+const noop = (): void => {}
+/** What `send()` returns when the message left at once. */
+const SENT = Promise.resolve()
+
 interface PendingSend {
   payload: Buffer
   natives: NativeRegion[]
@@ -411,6 +423,9 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
   #native: NativeEndpoint | undefined
   #referenced = true
   #reading = true
+  /** What the native handle was last told, so unchanged states cost no call. */
+  #interest = -1
+  #handleReferenced: boolean | undefined
   readonly #inbox: Message[] = []
   readonly #waiters: Waiter<Message>[] = []
   readonly #outbox: PendingSend[] = []
@@ -527,7 +542,10 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     }
   }
 
-  /** Hands a message to a waiting `recv()` or queues it; returns whether to keep reading. */
+  /**
+   * Hands a message to a waiting `recv()` or queues it. Returns whether another `recv()`
+   * is already waiting, so the binding reads on at once only when that helps.
+   */
   #deliver(message: Message): boolean {
     debug('recv %d bytes, %d regions', message.payload.length, message.regions.length)
     const waiter = this.#waiters.shift()
@@ -535,13 +553,13 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
       waiter.resolve(message)
     } else {
       this.#inbox.push(message)
+      if (this.#inbox.length >= HIGH_WATER_MARK) {
+        this.#reading = false
+        this.#updateInterest()
+      }
     }
     this.#updateRef()
-    if (this.#inbox.length >= HIGH_WATER_MARK) {
-      this.#reading = false
-      return false
-    }
-    return true
+    return this.#waiters.length > 0
   }
 
   #settleHandshake(): void {
@@ -576,13 +594,22 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
   /** Resumes reading once the queue has drained below half the high-water mark. */
   #updateInterest(): void {
     if (!this.#reading && this.#inbox.length < HIGH_WATER_MARK / 2) this.#reading = true
-    this.#native?.setInterest(this.#reading, this.#outbox.length > 0 && this.#native.handshakeComplete)
+    const writing = this.#outbox.length > 0 && this.#native !== undefined && this.#native.handshakeComplete
+    const interest = (this.#reading ? 1 : 0) | (writing ? 2 : 0)
+    if (interest !== this.#interest && this.#native !== undefined) {
+      this.#interest = interest
+      this.#native.setInterest(this.#reading, writing)
+    }
   }
 
   /** The handle keeps the process alive only while something here waits for the peer. */
   #updateRef(): void {
     const waiting = this.#waiters.length > 0 || this.#outbox.length > 0 || this.#handshakeWaiters.length > 0
-    this.#native?.setRef(this.#referenced && waiting)
+    const referenced = this.#referenced && waiting
+    if (referenced !== this.#handleReferenced && this.#native !== undefined) {
+      this.#handleReferenced = referenced
+      this.#native.setRef(referenced)
+    }
   }
 
   /**
@@ -598,10 +625,25 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     } catch (error) {
       return Promise.reject(error)
     }
+    if (this.#outbox.length === 0) {
+      let sent: boolean
+      try {
+        const native = this.#live()
+        sent = pending.natives.length === 0
+          ? native.sendBytes(pending.payload)
+          : native.send(pending.payload, pending.natives, pending.transferFlags)
+      } catch (error) {
+        this.#failSend(pending, error as Error)
+        return Promise.reject(error)
+      }
+      if (sent) {
+        debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
+        return SENT
+      }
+    }
     return new Promise<void>((resolve, reject) => {
       pending.resolve = resolve
       pending.reject = reject
-      if (this.#outbox.length === 0 && this.#trySend(pending)) return
       this.#enqueue(pending, options.signal)
     })
   }
@@ -609,12 +651,18 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
   #prepare(payload: string | ArrayBufferView | ArrayBuffer, options: SendSyncOptions): PendingSend {
     this.#live()
     const bytes = toBytes(payload, 'payload')
-    const shared = options.regions ?? []
-    const transferred = options.transfer ?? []
+    const shared = options.regions ?? NONE
+    const transferred = options.transfer ?? NONE
     if (!Array.isArray(shared) || !Array.isArray(transferred)) {
       throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'options.regions and options.transfer must be arrays', TypeError)
     }
-    const regions = [...shared, ...transferred]
+    if (shared.length === 0 && transferred.length === 0) {
+      return { payload: bytes, natives: NONE, transferFlags: NONE, regions: NONE, resolve: noop, reject: noop }
+    }
+    // Attachments keep the order of `regions`; a region listed in `transfer` too is
+    // transferred in its place, the others in `transfer` follow (as with postMessage's
+    // transfer list).
+    const regions = [...shared, ...transferred.filter((region) => !shared.includes(region))]
     for (const region of regions) {
       if (!(region instanceof Region)) {
         throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'options.regions and options.transfer hold Regions only', TypeError)
@@ -623,14 +671,12 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
         throw shmlinkError('ERR_SHMLINK_REGION_CLOSED', 'a closed region cannot be sent; create a new one')
       }
     }
-    for (const region of transferred) {
-      if (shared.includes(region)) {
-        throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'a region is either shared or transferred, not both')
-      }
+    const transferFlags = regions.map((region) => transferred.includes(region))
+    if (transferFlags.some((transfer, i) => transfer && regions.indexOf(regions[i]) !== i)) {
+      throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'a transferred region can be attached only once')
     }
-    const transferFlags = regions.map((_, i) => i >= shared.length)
     const natives = regions.map((region, i) => region._forSend(this, transferFlags[i]))
-    return { payload: bytes, natives, transferFlags, regions, resolve: () => {}, reject: () => {} }
+    return { payload: bytes, natives, transferFlags, regions, resolve: noop, reject: noop }
   }
 
   /** Tries to send now; true when the message left (or failed for good). */
@@ -722,24 +768,30 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     if (this.#native === undefined) {
       return Promise.reject(this.#ended ?? shmlinkError('ERR_SHMLINK_CLOSED', 'the endpoint is closed'))
     }
+    if (signal === undefined) {
+      return new Promise<Message>((resolve, reject) => {
+        this.#waiters.push({ resolve, reject })
+        this.#updateRef()
+      })
+    }
     return new Promise<Message>((resolve, reject) => {
       const onAbort = () => {
         const index = this.#waiters.indexOf(waiter)
         if (index >= 0) this.#waiters.splice(index, 1)
         this.#updateRef()
-        reject(abortError(signal!))
+        reject(abortError(signal))
       }
       const waiter: Waiter<Message> = {
         resolve: (message) => {
-          signal?.removeEventListener('abort', onAbort)
+          signal.removeEventListener('abort', onAbort)
           resolve(message)
         },
         reject: (error) => {
-          signal?.removeEventListener('abort', onAbort)
+          signal.removeEventListener('abort', onAbort)
           reject(error)
         },
       }
-      signal?.addEventListener('abort', onAbort, { once: true })
+      signal.addEventListener('abort', onAbort, { once: true })
       this.#waiters.push(waiter)
       this.#updateRef()
     })
@@ -773,14 +825,17 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     return error
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<Message> {
-    while (true) {
-      try {
-        yield await this.recv()
-      } catch (error) {
-        if ((error as ShmlinkError).code === 'ERR_SHMLINK_PEER_CLOSED' || (error as ShmlinkError).code === 'ERR_SHMLINK_CLOSED') return
-        throw error
+  /** Messages until the connection ends; ends quietly when either side closes it. */
+  [Symbol.asyncIterator](): AsyncIterator<Message> {
+    const finished = (error: ShmlinkError): IteratorResult<Message> => {
+      if (error.code === 'ERR_SHMLINK_PEER_CLOSED' || error.code === 'ERR_SHMLINK_CLOSED') {
+        return { value: undefined, done: true }
       }
+      throw error
+    }
+    return {
+      next: () => this.recv().then((value) => ({ value, done: false }), finished),
+      return: () => Promise.resolve({ value: undefined, done: true }),
     }
   }
 

@@ -141,8 +141,9 @@ function recv(endpoint: Endpoint): Promise<Message> {
   return endpoint.recv({ signal: AbortSignal.timeout(WAIT_MS) })
 }
 
-function send(endpoint: Endpoint, payload: Uint8Array, shared: Region[], transfer: Region[]): Promise<void> {
-  return endpoint.send(payload, { regions: shared, transfer, signal: AbortSignal.timeout(WAIT_MS) })
+/** Sends with `regions` attached in order; those also in `transfer` are handed over. */
+function send(endpoint: Endpoint, payload: Uint8Array, regions: Region[], transfer: Region[]): Promise<void> {
+  return endpoint.send(payload, { regions, transfer, signal: AbortSignal.timeout(WAIT_MS) })
 }
 
 // -- driver --------------------------------------------------------------------------
@@ -170,25 +171,14 @@ export function loadScenario(path: string): Scenario {
   return scenario
 }
 
-export interface DriverResult {
-  transcript: TranscriptLine[]
-  /**
-   * Steps whose regions the package could not attach in the scenario's order: `send()`
-   * attaches `regions` (shared) first, then `transfer`, so a shared region that follows a
-   * transferred one in a step moves behind it. One line per such step.
-   */
-  reordered: string[]
-}
-
 /**
  * Plays `driver` on `endpoint` (connected, handshake done or pending) and closes it.
  * Throws `step N: why` when a check fails; the transcript so far is on the error as
  * `transcript`.
  */
-export async function driver(endpoint: Endpoint, scenario: Scenario): Promise<DriverResult> {
+export async function driver(endpoint: Endpoint, scenario: Scenario): Promise<TranscriptLine[]> {
   const named = new Map<string, Region>()
   const transcript: TranscriptLine[] = []
-  const reordered: string[] = []
   try {
     for (const [index, step] of scenario.steps.entries()) {
       try {
@@ -199,7 +189,7 @@ export async function driver(endpoint: Endpoint, scenario: Scenario): Promise<Dr
           region.close()
           named.delete(step.name)
         } else if (step.op === 'send') {
-          await driverSend(endpoint, step, named, transcript, reordered, index)
+          await driverSend(endpoint, step, named, transcript)
         } else {
           throw new Error(`unknown op ${JSON.stringify((step as { op: unknown }).op)}`)
         }
@@ -212,7 +202,7 @@ export async function driver(endpoint: Endpoint, scenario: Scenario): Promise<Dr
     endpoint.close()
     for (const region of named.values()) region.close()
   }
-  return { transcript, reordered }
+  return transcript
 }
 
 async function driverSend(
@@ -220,8 +210,6 @@ async function driverSend(
   step: Extract<Step, { op: 'send' }>,
   named: Map<string, Region>,
   transcript: TranscriptLine[],
-  reordered: string[],
-  index: number,
 ): Promise<void> {
   const attached: Array<{ name: string; region: Region; transfer: boolean }> = []
   for (const spec of step.regions) {
@@ -243,22 +231,13 @@ async function driverSend(
     attached.push({ name: spec.name, region, transfer: spec.transfer })
   }
   const payload = pattern(step.payload.seed, step.payload.len)
-  const shared = attached.filter((a) => !a.transfer)
   const transfer = attached.filter((a) => a.transfer)
-  // The order in which the package attaches them; see DriverResult.reordered.
-  const sent = [...shared, ...transfer]
-  if (sent.some((a, i) => a !== attached[i])) {
-    reordered.push(
-      `step ${index}: scenario order ${attached.map((a) => a.name + (a.transfer ? '(transfer)' : '')).join(', ')}; ` +
-        `sent as ${sent.map((a) => a.name + (a.transfer ? '(transfer)' : '')).join(', ')}`,
-    )
-  }
-  // The responder must echo the digests of exactly what was sent, in the order sent.
-  const expected = Buffer.concat([sha256(payload), ...sent.map((a) => sha256(contents(a.region)))])
+  // The responder must echo the digests of exactly what was sent, in the step's order.
+  const expected = Buffer.concat([sha256(payload), ...attached.map((a) => sha256(contents(a.region)))])
   await send(
     endpoint,
     payload,
-    shared.map((a) => a.region),
+    attached.map((a) => a.region),
     transfer.map((a) => a.region),
   )
   const ack = await recv(endpoint)
@@ -399,9 +378,7 @@ async function main(args: string[]): Promise<void> {
   switch (role) {
     case 'driver': {
       const scenario = loadScenario(rest[0])
-      const { transcript, reordered } = await driver(endpoint, scenario)
-      writeTranscript(rest[1], transcript)
-      for (const line of reordered) process.stderr.write(`node-peer: note: ${line}\n`)
+      writeTranscript(rest[1], await driver(endpoint, scenario))
       break
     }
     case 'responder':

@@ -199,6 +199,10 @@ impl Deliver for EndpointEvents {
     fn arguments(&self, env: &Env, event: Event) -> napi::Result<Vec<sys::napi_value>> {
         let kind = |k: u32| k.into_unknown(env).map(|v| v.raw());
         match event {
+            Event::Message(message) if message.regions.is_empty() => {
+                let payload = BufferSlice::copy_from(env, &message.payload)?.raw();
+                Ok(vec![kind(EVENT_MESSAGE)?, payload])
+            }
             Event::Message(message) => {
                 let [payload, regions, descriptors] = message_values(env, message)?;
                 Ok(vec![kind(EVENT_MESSAGE)?, payload.raw(), regions.raw(), descriptors.raw()])
@@ -345,6 +349,16 @@ impl NativeEndpoint {
         let endpoint = self.get(&env)?;
         let attach = attachments(&env, &regions, &transfer)?;
         match endpoint.send(&payload, &attach) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(error::throw(&env, e)),
+        }
+    }
+
+    /// `send` of a message without regions, which skips converting two empty arrays.
+    #[napi]
+    pub fn send_bytes(&self, env: Env, payload: BufferSlice) -> napi::Result<bool> {
+        match self.get(&env)?.send(&payload, &[]) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(error::throw(&env, e)),

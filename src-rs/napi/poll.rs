@@ -288,7 +288,7 @@ impl Shared {
     }
 
     /// Calls the JavaScript callback with `event`; returns its result as a boolean
-    /// (`true` when it wants more messages now).
+    /// (`true` when it wants another message now).
     fn call(&self, event: Event) -> bool {
         if self.closing.get() {
             return false;
@@ -373,9 +373,11 @@ impl Shared {
                 return;
             }
             match endpoint.try_recv() {
+                // The callback answers whether someone is waiting for another message
+                // already; if not, the next one waits for the next readiness report
+                // instead of costing a receive that finds nothing.
                 Ok(message) => {
                     if !self.call(Event::Message(message)) {
-                        self.watch(self.events.get() & !(READABLE | DISCONNECT));
                         return;
                     }
                 }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# peers/build.sh - builds every interop peer of peers/SCENARIO.md for the comparison
+# matrix (__test__/interop.spec.ts). Run by `npm test` (pretest) and by CI.
+#
+#   Rust    cargo build --release -p shmlink-peer   -> $CARGO_TARGET_DIR/release/shmlink-peer
+#   Go      go build (golang.org/x/sys comes from the Go module proxy on a clean machine)
+#                                                    -> peers/go/build/shmlink-peer
+#   C       make -C peers/c                          -> peers/c/build/shmlink-peer
+#   Python  nothing to build; checks that python3 (or $PYTHON) runs
+#
+# Each tool skips work that is up to date, so a second run takes about a second. Any
+# build error stops the script with a non-zero exit and names the peer that failed.
+# A peer whose sources are not in the checkout at all is reported and skipped; only the C
+# peer may be missing (the matrix skips its tests then), the others are required.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+
+step=""
+trap 'status=$?; [ $status -ne 0 ] && echo "peers/build.sh: FAILED: $step (exit $status)" >&2' EXIT
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || { echo "peers/build.sh: $1 not found; it is needed to build the $2 peer" >&2; exit 1; }
+}
+
+started=$(date +%s)
+
+step="Rust peer (cargo build --release -p shmlink-peer)"
+need cargo Rust
+echo "peers/build.sh: $step"
+(cd "$root" && cargo build --release -p shmlink-peer)
+
+step="Go peer (go build in peers/go)"
+need go Go
+echo "peers/build.sh: $step"
+# -buildvcs=false: the peer needs no VCS stamp, and stamping fails in checkouts that git
+# does not consider safe (another owner, as in some CI containers).
+(cd "$here/go" && go build -buildvcs=false -o build/shmlink-peer ./cmd/shmlink-peer)
+
+if [ -f "$here/c/Makefile" ]; then
+    step="C peer (make -C peers/c)"
+    need make C
+    echo "peers/build.sh: $step"
+    make -C "$here/c" --no-print-directory
+else
+    echo "peers/build.sh: no peers/c/Makefile: C peer skipped (its interop tests will be skipped)"
+fi
+
+step="Python peer (interpreter check)"
+python=${PYTHON:-python3}
+need "$python" Python
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10 or later is needed, found " + sys.version.split()[0])'
+[ -f "$here/python/peer.py" ] || { echo "peers/build.sh: peers/python/peer.py is missing" >&2; exit 1; }
+
+step=""
+echo "peers/build.sh: all peers built ($(($(date +%s) - started)) s)"
