@@ -211,7 +211,7 @@ impl Deliver for EndpointEvents {
             Event::Handshake => Ok(vec![kind(EVENT_HANDSHAKE)?]),
             Event::Failure(e) => Ok(vec![kind(EVENT_FAILURE)?, error::to_js(env, &e)?.raw()]),
             Event::Connection(endpoint) => {
-                let endpoint = NativeEndpoint::wrap(endpoint).into_unknown(env)?;
+                let endpoint = NativeEndpoint::wrap(*endpoint).into_unknown(env)?;
                 Ok(vec![kind(EVENT_CONNECTION)?, endpoint.raw()])
             }
         }

@@ -56,7 +56,7 @@ pub enum Event {
     /// A message arrived.
     Message(shmlink::Message),
     /// A listener accepted a connection.
-    Connection(shmlink::Endpoint),
+    Connection(Box<shmlink::Endpoint>),
     /// The connection ended: end-of-file, a protocol violation or an OS error.
     Failure(shmlink::Error),
     /// The socket has room again.
@@ -357,7 +357,7 @@ impl Shared {
                     }
                     match listener.accept() {
                         Ok(endpoint) => {
-                            self.call(Event::Connection(endpoint));
+                            self.call(Event::Connection(Box::new(endpoint)));
                         }
                         Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => return,
                         Err(e) => return self.fail(e),
