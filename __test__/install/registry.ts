@@ -68,8 +68,15 @@ export function dependencyClosure(root: string, deps: string[]): string[] {
 }
 
 /** `npm pack`s directories (without running their scripts) into `outDir`. */
-export async function packDirectories(dirs: string[], outDir: string, env: NodeJS.ProcessEnv): Promise<PackedPackage[]> {
-  const result = await npm(['pack', '--ignore-scripts', '--json', '--pack-destination', outDir, ...dirs], { cwd: outDir, env })
+export async function packDirectories(
+  dirs: string[],
+  outDir: string,
+  env: NodeJS.ProcessEnv,
+): Promise<PackedPackage[]> {
+  const result = await npm(['pack', '--ignore-scripts', '--json', '--pack-destination', outDir, ...dirs], {
+    cwd: outDir,
+    env,
+  })
   if (result.code !== 0) throw new Error(`npm pack failed:\n${result.stderr}`)
   const manifests = new Map<string, Record<string, unknown>>()
   for (const dir of dirs) {
@@ -117,12 +124,19 @@ export async function startRegistry(packages: PackedPackage[]): Promise<Registry
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 
-  const packuments = new Map<string, { name: string; 'dist-tags': { latest: string }; versions: Record<string, unknown> }>()
+  const packuments = new Map<
+    string,
+    { name: string; 'dist-tags': { latest: string }; versions: Record<string, unknown> }
+  >()
   for (const p of packages) {
     const tarballPath = `/${p.name}/-/${basename(p.tarball)}`
     tarballs.set(tarballPath, p.tarball)
     const doc = packuments.get(p.name) ?? { name: p.name, 'dist-tags': { latest: p.version }, versions: {} }
-    doc.versions[p.version] = { ...p.manifest, _id: `${p.name}@${p.version}`, dist: { tarball: `${url}${tarballPath}`, ...integrity(p.tarball) } }
+    doc.versions[p.version] = {
+      ...p.manifest,
+      _id: `${p.name}@${p.version}`,
+      dist: { tarball: `${url}${tarballPath}`, ...integrity(p.tarball) },
+    }
     const versions = Object.keys(doc.versions).sort((a, b) => a.localeCompare(b, 'en', { numeric: true }))
     doc['dist-tags'].latest = versions[versions.length - 1]
     packuments.set(p.name, doc)

@@ -16,12 +16,34 @@ export interface Result {
 }
 
 /** Tools a compile step would call. Each shim records its call and fails. */
-const COMPILERS = ['cargo', 'rustc', 'rustup', 'cc', 'gcc', 'g++', 'c++', 'clang', 'make', 'cmake', 'node-gyp', 'zig', 'napi']
+const COMPILERS = [
+  'cargo',
+  'rustc',
+  'rustup',
+  'cc',
+  'gcc',
+  'g++',
+  'c++',
+  'clang',
+  'make',
+  'cmake',
+  'node-gyp',
+  'zig',
+  'napi',
+]
 
 /** Runs a command to completion without blocking this process (the test's servers must answer). */
-export function run(command: string, args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Result> {
+export function run(
+  command: string,
+  args: string[],
+  options: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number },
+): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(command, args, {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -54,7 +76,10 @@ export function npmCli(): string {
   throw new Error('npm not found on PATH')
 }
 
-export function npm(args: string[], options: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<Result> {
+export function npm(
+  args: string[],
+  options: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number },
+): Promise<Result> {
   return run(process.execPath, [npmCli(), ...args], options)
 }
 
@@ -77,14 +102,19 @@ export function sandbox(dir: string, registryUrl: string, extraEnv: NodeJS.Proce
   const log = join(dir, 'compiler-calls.log')
   for (const name of COMPILERS) {
     const shim = join(shims, name)
-    writeFileSync(shim, `#!/bin/sh\necho "${name} $*" >> '${log}'\necho "${name}: hidden by the shmlink install test" >&2\nexit 127\n`)
+    writeFileSync(
+      shim,
+      `#!/bin/sh\necho "${name} $*" >> '${log}'\necho "${name}: hidden by the shmlink install test" >&2\nexit 127\n`,
+    )
     chmodSync(shim, 0o755)
   }
   symlinkSync(process.execPath, join(tools, 'node'))
   symlinkSync(npmCli(), join(tools, 'npm'))
   const kept = (process.env.PATH ?? '')
     .split(delimiter)
-    .filter((d) => d !== '' && !d.includes('node_modules') && !existsSync(join(d, 'cargo')) && !existsSync(join(d, 'rustc')))
+    .filter(
+      (d) => d !== '' && !d.includes('node_modules') && !existsSync(join(d, 'cargo')) && !existsSync(join(d, 'rustc')),
+    )
   writeFileSync(join(dir, 'npmrc'), '')
   writeFileSync(join(dir, 'npmrc-global'), '')
 
@@ -92,7 +122,14 @@ export function sandbox(dir: string, registryUrl: string, extraEnv: NodeJS.Proce
   for (const [key, value] of Object.entries(process.env)) {
     const k = key.toLowerCase()
     // npm's own settings from the test runner (npm test), proxies and Rust's variables stay out.
-    if (k.startsWith('npm_') || k.includes('proxy') || k.startsWith('cargo') || k.startsWith('rust') || k.startsWith('napi_rs')) continue
+    if (
+      k.startsWith('npm_') ||
+      k.includes('proxy') ||
+      k.startsWith('cargo') ||
+      k.startsWith('rust') ||
+      k.startsWith('napi_rs')
+    )
+      continue
     env[key] = value
   }
   Object.assign(env, {

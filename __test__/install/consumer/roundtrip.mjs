@@ -7,8 +7,12 @@ const common = {
   module: 'esm',
   entry: import.meta.resolve('shmlink'),
   sameModule: shmlink.Region === Region && shmlink === require('shmlink'),
-  esmNames: Object.keys(await import('shmlink')).filter((name) => name !== 'default').sort(),
-  cjsNames: Object.keys(require('shmlink')).filter((name) => name !== '__esModule').sort(),
+  esmNames: Object.keys(await import('shmlink'))
+    .filter((name) => name !== 'default')
+    .sort(),
+  cjsNames: Object.keys(require('shmlink'))
+    .filter((name) => name !== '__esModule')
+    .sort(),
 }
 const binaries = () => Object.keys(require.cache).filter((file) => file.endsWith('.node'))
 

@@ -2,6 +2,7 @@
 //! that the connection ends as `docs/PROTOCOL.md` §6 says (this side reports `Closed`
 //! afterwards and the peer reads end-of-file), and that every descriptor the kernel
 //! installed for the bad message was closed.
+#![cfg(target_os = "linux")]
 
 mod common;
 

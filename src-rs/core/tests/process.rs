@@ -17,6 +17,10 @@ const SOCKET: &str = "SHMLINK_TEST_SOCKET";
 const WAIT: Option<Duration> = Some(Duration::from_secs(30));
 
 fn main() {
+    if !cfg!(target_os = "linux") {
+        println!("skipped: these tests need Linux (memfd seals, SOCK_SEQPACKET)");
+        return;
+    }
     match std::env::var(ROLE).as_deref() {
         Ok("echo") => echo_child(&socket_from_env()),
         Ok("litmus") => litmus_reader(&socket_from_env()),

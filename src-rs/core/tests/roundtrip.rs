@@ -1,4 +1,5 @@
 //! Well-behaved conversations over a socketpair and over a listener.
+#![cfg(target_os = "linux")]
 
 mod common;
 
