@@ -305,6 +305,14 @@ test('fromFd refuses descriptors that are not seqpacket sockets', (t) => {
   t.throws(() => Endpoint.fromFd(-1), { code: 'ERR_SHMLINK_INVALID_ARG' })
 })
 
+test('NODE_DEBUG=shmlink logs traffic through util.debuglog', async (t) => {
+  const quiet = await runNode([fixture('debuglog.cjs')], { NODE_DEBUG: '' })
+  t.is(quiet.stderr, '')
+  const logged = await runNode([fixture('debuglog.cjs')], { NODE_DEBUG: 'shmlink' })
+  t.regex(logged.stderr, /SHMLINK \d+: send 6 bytes, 0 regions/)
+  t.regex(logged.stderr, /SHMLINK \d+: recv 6 bytes, 0 regions/)
+})
+
 test('inherited() outside spawnWithEndpoint explains itself', (t) => {
   t.throws(() => Endpoint.inherited(), { code: 'ERR_SHMLINK_INVALID_ARG', message: /spawnWithEndpoint/ })
 })
