@@ -1,0 +1,375 @@
+// Measures every transport in one placement and writes the raw results as JSON.
+// bench/run.mjs starts it (under `taskset -c 0` for the pinned placement; every process it
+// starts inherits that). Not meant to be run by hand, but it can be:
+//
+//   node --expose-gc bench/driver.mjs --plan quick|full --placement pinned|unpinned --out FILE
+//        [--only id,id] [--sizes bytes,bytes] [--skip-cross] [--skip-region] [--socket-dir DIR]
+//
+// Interleaving: for each size, every transport runs one block in turn (A B C … then
+// another order of A B C …), each pass in a fixed pseudo-random order (see shuffled()),
+// so that slow drift of the machine, and whatever one transport leaves behind for the
+// next, lands on all of them alike. Before the passes: per-size setup, one checksummed
+// round per transport, and one warm-up block per transport, all discarded; the first
+// round of every block is discarded too. Between blocks the receiver and this process
+// collect garbage and then idle for 20 ms (see settle()), so that one transport's garbage
+// is not collected on another's time.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+import { EchoPeer, LANGUAGES } from './lib/cross.mjs'
+import { expected, MiB, patternBuffer, sizeLabel } from './lib/data.mjs'
+import { plan as getPlan } from './lib/plan.mjs'
+import { summarize } from './lib/stats.mjs'
+import {
+  BENCH_DIR,
+  ChildProcessTransport,
+  children,
+  CPingPongTransport,
+  CProcess,
+  CRegionCreate,
+  MemcpyTransport,
+  NetTransport,
+  NodeRegionCreate,
+  NodeRegionCreateBare,
+  ShmlinkConn,
+  ShmlinkTransport,
+  WorkerTransport,
+} from './lib/transports.mjs'
+
+const args = parseArgs(process.argv.slice(2))
+const plan = getPlan(args.plan ?? 'quick')
+const placement = args.placement ?? 'unpinned'
+const BLOCK_TIMEOUT_MS = 180_000
+const BUILD = path.join(BENCH_DIR, 'build')
+
+function parseArgs(argv) {
+  const out = {}
+  for (let i = 0; i < argv.length; i++) {
+    const key = argv[i].replace(/^--/, '')
+    if (['skip-cross', 'skip-region'].includes(key)) out[key] = true
+    else out[key] = argv[++i]
+  }
+  return out
+}
+
+function log(message) {
+  process.stderr.write(`[${placement}] ${message}\n`)
+}
+
+const gc = globalThis.gc ?? (() => {})
+const socketDir = args['socket-dir'] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'shmlink-bench-'))
+
+function cleanup() {
+  for (const child of children) {
+    try {
+      child.kill('SIGKILL')
+    } catch {}
+  }
+  // Sockets only: run.mjs owns the directory (the results file is in it) and removes it.
+  try {
+    for (const name of fs.readdirSync(socketDir, { withFileTypes: true })) {
+      if (name.isSocket()) fs.rmSync(path.join(socketDir, name.name), { force: true })
+    }
+  } catch {}
+  if (args['socket-dir'] === undefined) fs.rmSync(socketDir, { recursive: true, force: true })
+}
+process.on('exit', cleanup)
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(signal, () => {
+    cleanup()
+    process.exit(130)
+  })
+}
+
+/** Runs `fn` with a watchdog that aborts `target` if it takes longer than `ms`. */
+async function guarded(target, what, fn, ms = BLOCK_TIMEOUT_MS) {
+  let timer
+  const error = new Error(`${what}: timed out after ${ms} ms`)
+  try {
+    timer = setTimeout(() => target.abort(error), ms)
+    return await fn()
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/**
+ * Between blocks, untimed: the receiver and this process collect their garbage, then
+ * everything idles for SETTLE_MS so that V8's concurrent sweeping (background threads, on
+ * the same CPU when pinned) is over before the next block starts. Without the pause the
+ * rounds after a collection measured up to twice their steady time.
+ */
+const SETTLE_MS = Number(process.env.BENCH_SETTLE_MS ?? 20) // the variable is for experiments
+async function settle(t) {
+  await t?.barrier()
+  gc()
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS))
+}
+
+/**
+ * The order of pass `pass`: a permutation drawn from a generator seeded with (`salt`, pass),
+ * so every run uses the same orders while each transport follows every other one about
+ * equally often. (Rotating one fixed order would keep the same neighbours in every pass,
+ * and some transports leave the machine slower for the next one: see docs/BENCHMARKS.md.)
+ */
+function shuffled(list, salt, pass) {
+  let state = (Math.imul(salt | 0, 0x9e3779b1) ^ Math.imul(pass + 1, 0x85ebca6b)) >>> 0 || 1
+  const random = () => {
+    state ^= state << 13
+    state >>>= 0
+    state ^= state >>> 17
+    state ^= state << 5
+    state >>>= 0
+    return state / 2 ** 32
+  }
+  const out = [...list]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[out[i], out[j]] = [out[j], out[i]]
+  }
+  return out
+}
+
+function append(store, samples) {
+  for (const x of samples) store.push(x)
+}
+
+async function measureTransports(results) {
+  const cPingPong = new CProcess(path.join(BUILD, 'pingpong'))
+  const loop = new ShmlinkConn('loop')
+  const sync = new ShmlinkConn('sync')
+  let transports = [
+    new ShmlinkTransport(loop, 'inline'),
+    new ShmlinkTransport(sync, 'inline'),
+    new ShmlinkTransport(loop, 'first'),
+    new ShmlinkTransport(loop, 'known'),
+    new ShmlinkTransport(sync, 'known'),
+    new ChildProcessTransport('json'),
+    new ChildProcessTransport('advanced'),
+    new NetTransport(path.join(socketDir, 'net.sock')),
+    new WorkerTransport(),
+    new CPingPongTransport(cPingPong, 'inline'),
+    new CPingPongTransport(cPingPong, 'shared'),
+    new MemcpyTransport(),
+  ]
+  if (args.only) {
+    const only = new Set(args.only.split(','))
+    transports = transports.filter((t) => only.has(t.id))
+  }
+  const table = {}
+  for (const t of transports) table[t.id] = { label: t.label, family: t.family, sizes: {} }
+  results.transports = table
+  const failed = new Map()
+  const fail = (t, error) => {
+    log(`FAILED ${t.id}: ${error.message}`)
+    failed.set(t.id, error.message)
+    results.errors.push({ transport: t.id, error: error.message })
+    try {
+      t.abort(error)
+    } catch {}
+  }
+
+  for (const t of transports) {
+    try {
+      await guarded(t, `${t.id} start`, () => t.start(), 30_000)
+    } catch (error) {
+      fail(t, error)
+    }
+  }
+
+  const sizes = args.sizes ? args.sizes.split(',').map(Number) : plan.sizes
+  for (const size of sizes) {
+    const { warm, passes, block } = plan.rounds(size)
+    const data = patternBuffer(size)
+    const want = expected(data)
+    const active = transports.filter((t) => t.supports(size) && !failed.has(t.id))
+    const samples = new Map(active.map((t) => [t.id, []]))
+    const started = Date.now()
+    for (const t of active) {
+      try {
+        await guarded(t, `${t.id} ${sizeLabel(size)} prepare`, () => t.prepare(size, data, want))
+        await guarded(t, `${t.id} ${sizeLabel(size)} warm-up`, () => t.runBlock(warm))
+        await settle(t)
+      } catch (error) {
+        fail(t, error)
+      }
+    }
+    for (let pass = 0; pass < passes; pass++) {
+      for (const t of shuffled(active, Math.log2(size), pass)) {
+        if (failed.has(t.id)) continue
+        try {
+          const s = await guarded(t, `${t.id} ${sizeLabel(size)} block`, () => t.runBlock(block))
+          append(samples.get(t.id), s)
+          await settle(t)
+        } catch (error) {
+          fail(t, error)
+        }
+      }
+    }
+    for (const t of active) {
+      if (!failed.has(t.id)) {
+        try {
+          await guarded(t, `${t.id} finish`, () => t.finishSize(), 30_000)
+        } catch (error) {
+          fail(t, error)
+        }
+      }
+      const s = samples.get(t.id)
+      table[t.id].sizes[size] = failed.has(t.id)
+        ? { error: failed.get(t.id) }
+        : { ...summarize(s), blocks: passes, block_rounds: block, warmup_rounds: warm }
+    }
+    gc()
+    const medians = active
+      .map((t) => `${t.id}=${table[t.id].sizes[size].median ?? 'x'}`)
+      .join(' ')
+    log(`${sizeLabel(size)} done in ${((Date.now() - started) / 1000).toFixed(1)} s: ${medians}`)
+  }
+  for (const t of transports) {
+    try {
+      await t.stop()
+    } catch (error) {
+      log(`stop ${t.id}: ${error.message}`)
+    }
+  }
+}
+
+async function measureRegionCreate(results) {
+  const cRegion = new CProcess(path.join(BUILD, 'region'))
+  const impls = [new NodeRegionCreate(), new NodeRegionCreateBare(), new CRegionCreate(cRegion)]
+  const out = {}
+  for (const impl of impls) out[impl.id] = { label: impl.label, sizes: {} }
+  results.region_create = out
+  const { sizes, warm, passes, block } = plan.region
+  try {
+    for (const size of sizes) {
+      const samples = new Map(impls.map((i) => [i.id, []]))
+      for (const impl of impls) await guarded(cRegion, 'region warm-up', () => impl.runBlock(size, warm))
+      for (let pass = 0; pass < passes; pass++) {
+        for (const impl of shuffled(impls, 100 + Math.log2(size), pass)) {
+          append(samples.get(impl.id), await guarded(cRegion, 'region block', () => impl.runBlock(size, block)))
+          await settle()
+        }
+      }
+      for (const impl of impls) {
+        out[impl.id].sizes[size] = { ...summarize(samples.get(impl.id)), blocks: passes, block_rounds: block, warmup_rounds: warm }
+      }
+      log(`region create ${sizeLabel(size)}: ${impls.map((i) => `${i.id}=${out[i.id].sizes[size].median}`).join(' ')}`)
+    }
+  } catch (error) {
+    log(`FAILED region create: ${error.message}`)
+    results.errors.push({ transport: 'region_create', error: error.message })
+  } finally {
+    await cRegion.stop()
+  }
+}
+
+async function measureCrossLanguage(results) {
+  const out = { peers: {}, skipped: {} }
+  results.cross_language = out
+  const peers = []
+  for (const spec of LANGUAGES) {
+    const peer = new EchoPeer(spec, socketDir)
+    const missing = peer.missing()
+    if (missing !== undefined) {
+      out.skipped[spec.lang] = missing
+      log(`cross-language: skipping ${spec.lang}: ${missing}`)
+      continue
+    }
+    try {
+      await peer.start()
+      peers.push(peer)
+      out.peers[spec.lang] = { command: [spec.command, ...spec.args, 'echo', '<socket>'].join(' '), rows: {} }
+    } catch (error) {
+      out.skipped[spec.lang] = `peer failed to start: ${error.message}`
+      results.errors.push({ transport: `cross-${spec.lang}`, error: error.message })
+      peer.abort()
+    }
+  }
+  const rows = [
+    { row: 'rtt16', kind: 'inline', size: 16, rounds: plan.cross.rtt16 },
+    { row: 'known64m', kind: 'known', size: 64 * MiB, rounds: plan.cross.known64m },
+  ]
+  const failed = new Set()
+  const fail = (peer, error) => {
+    log(`FAILED cross ${peer.lang}: ${error.message}`)
+    failed.add(peer.lang)
+    out.peers[peer.lang].error = error.message
+    results.errors.push({ transport: `cross-${peer.lang}`, error: error.message })
+    peer.abort()
+  }
+  for (const { row, kind, size, rounds } of rows) {
+    const samples = new Map(peers.map((p) => [p.lang, []]))
+    for (const peer of peers) {
+      if (failed.has(peer.lang)) continue
+      try {
+        await guarded(peer, `${peer.lang} prepare`, () => peer.prepare(kind, size), 30_000)
+        await guarded(peer, `${peer.lang} warm-up`, () => peer.runBlock(rounds.warm), 60_000)
+      } catch (error) {
+        fail(peer, error)
+      }
+    }
+    for (let pass = 0; pass < rounds.passes; pass++) {
+      for (const peer of shuffled(peers, 200 + size, pass)) {
+        if (failed.has(peer.lang)) continue
+        try {
+          append(
+            samples.get(peer.lang),
+            await guarded(peer, `${peer.lang} ${row}`, () => peer.runBlock(rounds.block), 60_000),
+          )
+          await settle()
+        } catch (error) {
+          fail(peer, error)
+        }
+      }
+    }
+    for (const peer of peers) {
+      peer.finish()
+      if (!failed.has(peer.lang)) {
+        out.peers[peer.lang].rows[row] = {
+          ...summarize(samples.get(peer.lang)),
+          size,
+          blocks: rounds.passes,
+          block_rounds: rounds.block,
+          warmup_rounds: rounds.warm,
+        }
+      }
+    }
+    log(`cross ${row}: ${peers.map((p) => `${p.lang}=${out.peers[p.lang].rows[row]?.median ?? 'x'}`).join(' ')}`)
+  }
+  for (const peer of peers) await peer.stop().catch(() => {})
+}
+
+function allowedCpus() {
+  try {
+    return /Cpus_allowed_list:\s*(\S+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1]
+  } catch {
+    return undefined
+  }
+}
+
+const results = {
+  placement,
+  plan: args.plan,
+  cpus_allowed: allowedCpus(),
+  errors: [],
+  started: new Date().toISOString(),
+}
+if (placement === 'pinned' && results.cpus_allowed !== '0') {
+  log(`warning: placement "pinned" but this process may run on CPUs ${results.cpus_allowed}`)
+}
+const t0 = Date.now()
+try {
+  await measureTransports(results)
+  if (!args['skip-region']) await measureRegionCreate(results)
+  if (!args['skip-cross']) await measureCrossLanguage(results)
+} catch (error) {
+  log(`FAILED: ${error.stack}`)
+  results.errors.push({ transport: 'driver', error: error.message })
+}
+results.wall_seconds = (Date.now() - t0) / 1000
+fs.writeFileSync(args.out, JSON.stringify(results, null, 1))
+log(`done in ${results.wall_seconds.toFixed(1)} s`)
+cleanup()
+process.exit(0)
