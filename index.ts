@@ -150,15 +150,17 @@ export class Region implements Disposable {
     return region
   }
 
-  /** The `Region` for a native handle that arrived in a message. */
-  static fromNative(native: NativeRegion): Region {
-    const existing = regionsBySerial.get(native.serial)?.deref()
+  /**
+   * @internal The `Region` for the region with `serial` that arrived in a message: the
+   * live object this process already has for it, or a new one over the handle `take` gives.
+   */
+  static _arrived(serial: number, take: () => NativeRegion): Region {
+    const existing = regionsBySerial.get(serial)?.deref()
     if (existing !== undefined && !existing.closed) {
-      native.close()
       existing.#handedOver = false
       return existing
     }
-    const region = new Region(native)
+    const region = new Region(take())
     region.#remember()
     return region
   }
@@ -397,11 +399,17 @@ interface PendingSend {
   onAbort?: () => void
 }
 
-function toMessage(payload: Buffer, natives?: NativeRegion[], flat?: number[]): Message {
-  if (natives === undefined || flat === undefined) return { payload, regions: [], descriptors: [] }
-  const regions = natives.map((native) => Region.fromNative(native))
+/**
+ * A received message. `flat` holds `[id, flags, serial]` per region; the binding hands out
+ * a handle (`takeRegion`) only for a region this process holds no live `Region` for.
+ */
+function toMessage(native: NativeEndpoint, payload: Buffer, flat: number[] | undefined): Message {
+  if (flat === undefined) return { payload, regions: [], descriptors: [] }
+  const regions: Region[] = []
   const descriptors: Descriptor[] = []
-  for (let i = 0; i < flat.length; i += 2) {
+  for (let i = 0; i < flat.length; i += 3) {
+    const index = i / 3
+    regions.push(Region._arrived(flat[i + 2], () => native.takeRegion(index)))
     const flags = flat[i + 1]
     descriptors.push({
       id: flat[i],
@@ -526,10 +534,10 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     this.#updateRef()
   }
 
-  readonly #onEvent = (kind: number, a?: unknown, b?: unknown, c?: unknown): boolean => {
+  readonly #onEvent = (kind: number, a?: unknown, b?: unknown): boolean => {
     switch (kind) {
       case EVENT_MESSAGE:
-        return this.#deliver(toMessage(a as Buffer, b as NativeRegion[] | undefined, c as number[] | undefined))
+        return this.#deliver(toMessage(this.#native!, a as Buffer, b as number[] | undefined))
       case EVENT_WRITABLE:
       case EVENT_HANDSHAKE:
         if (kind === EVENT_HANDSHAKE) this.#settleHandshake()
@@ -629,10 +637,7 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     if (this.#outbox.length === 0) {
       let sent: boolean
       try {
-        const native = this.#live()
-        sent = pending.natives.length === 0
-          ? native.sendBytes(pending.payload)
-          : native.send(pending.payload, pending.natives, pending.transferFlags)
+        sent = this.#nativeSend(this.#live(), pending)
       } catch (error) {
         this.#failSend(pending, error as Error)
         return Promise.reject(error)
@@ -680,11 +685,17 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     return { payload: bytes, natives, transferFlags, regions, resolve: noop, reject: noop }
   }
 
+  /** Sends without waiting; false when the socket is full. Regions travel only if there are any. */
+  #nativeSend(native: NativeEndpoint, pending: PendingSend): boolean {
+    return pending.natives.length === 0
+      ? native.send(pending.payload)
+      : native.send(pending.payload, pending.natives, pending.transferFlags)
+  }
+
   /** Tries to send now; true when the message left (or failed for good). */
   #trySend(pending: PendingSend): boolean {
     try {
-      const native = this.#live()
-      if (!native.send(pending.payload, pending.natives, pending.transferFlags)) return false
+      if (!this.#nativeSend(this.#live(), pending)) return false
     } catch (error) {
       this.#failSend(pending, error as Error)
       return true
@@ -739,10 +750,11 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     const native = this.#live()
     try {
       for (const queued of this.#outbox.splice(0)) {
-        native.sendSync(queued.payload, queued.natives, queued.transferFlags, timeoutMs)
+        native.sendSync(queued.payload, timeoutMs, queued.natives, queued.transferFlags)
         queued.resolve()
       }
-      native.sendSync(pending.payload, pending.natives, pending.transferFlags, timeoutMs)
+      if (pending.natives.length === 0) native.sendSync(pending.payload, timeoutMs)
+      else native.sendSync(pending.payload, timeoutMs, pending.natives, pending.transferFlags)
     } catch (error) {
       this.#failSend(pending, error as Error)
       throw this.#observe(error as ShmlinkError)
@@ -808,8 +820,10 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     }
     const native = this.#live()
     try {
-      const [payload, regions, descriptors] = native.recvSync(timeoutMs)
-      return toMessage(payload as Buffer, regions as NativeRegion[] | undefined, descriptors as number[] | undefined)
+      const received = native.recvSync(timeoutMs)
+      if (Buffer.isBuffer(received)) return { payload: received, regions: [], descriptors: [] }
+      const [payload, descriptors] = received as [Buffer, number[]]
+      return toMessage(native, payload, descriptors)
     } catch (error) {
       throw this.#observe(error as ShmlinkError)
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::region::Region;
-use crate::sync::{Ordering, fence};
+use crate::sync::{AtomicBool, Ordering, fence};
 use crate::sys::{self, Credentials, Readiness};
 use crate::wire::{self, Descriptor, Limits, Refusal};
 
@@ -115,6 +115,8 @@ struct Connection {
 pub struct Endpoint {
     fd: OwnedFd,
     conn: Mutex<Connection>,
+    /// Whether the last blocking receive had to wait (see [`Endpoint::recv_timeout`]).
+    receive_found_nothing: AtomicBool,
 }
 
 fn validate_limits(limits: Limits, op: &'static str) -> Result<()> {
@@ -210,6 +212,7 @@ impl Endpoint {
         Ok(Endpoint {
             fd,
             conn: Mutex::new(conn),
+            receive_found_nothing: AtomicBool::new(false),
         })
     }
 
@@ -307,14 +310,28 @@ impl Endpoint {
     }
 
     /// Receives one message, waiting up to `timeout` (`None`: forever).
+    ///
+    /// When the previous receive found nothing waiting (a conversation in lockstep), this
+    /// one waits for the socket first instead of trying a receive that would find nothing.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Message> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut wait_first = self.receive_found_nothing.load(Ordering::Relaxed);
         loop {
-            match self.try_recv() {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                other => return other,
+            if wait_first {
+                self.wait(Readiness::Readable, deadline, "recv")?;
             }
-            self.wait(Readiness::Readable, deadline, "recv")?;
+            match self.try_recv() {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.receive_found_nothing.store(true, Ordering::Relaxed);
+                    wait_first = true;
+                }
+                other => {
+                    if !wait_first {
+                        self.receive_found_nothing.store(false, Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
         }
     }
 

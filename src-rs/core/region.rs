@@ -7,12 +7,12 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::sys;
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);

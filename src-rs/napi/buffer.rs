@@ -33,7 +33,10 @@ unsafe extern "C" fn release_mapping(_env: sys::napi_env, _data: *mut c_void, hi
 }
 
 /// Creates an `ArrayBuffer` over `mapping`'s memory.
-pub fn expose<'env>(env: &'env napi::Env, mapping: Arc<Mapping>) -> Result<Unknown<'env>, ExposeError> {
+pub fn expose<'env>(
+    env: &'env napi::Env,
+    mapping: Arc<Mapping>,
+) -> Result<Unknown<'env>, ExposeError> {
     let env_raw = env.raw();
     let data = mapping.as_ptr().cast::<c_void>();
     let len = mapping.len();
@@ -42,8 +45,16 @@ pub fn expose<'env>(env: &'env napi::Env, mapping: Arc<Mapping>) -> Result<Unkno
     // SAFETY: `data..data + len` is a live mapping kept alive by `hint` until the
     // finalizer runs; nothing else frees or reuses it meanwhile (the Arc), and the
     // region's size never changes (sealed), so every byte V8 may touch stays mapped.
-    let status =
-        unsafe { sys::napi_create_external_arraybuffer(env_raw, data, len, Some(release_mapping), hint, &mut buffer) };
+    let status = unsafe {
+        sys::napi_create_external_arraybuffer(
+            env_raw,
+            data,
+            len,
+            Some(release_mapping),
+            hint,
+            &mut buffer,
+        )
+    };
     match status {
         // SAFETY: `buffer` is the ArrayBuffer Node just created in `env`.
         sys::Status::napi_ok => Ok(unsafe { Unknown::from_raw_unchecked(env_raw, buffer) }),
@@ -65,7 +76,10 @@ pub fn expose<'env>(env: &'env napi::Env, mapping: Arc<Mapping>) -> Result<Unkno
 
 /// Detaches `buffer`: every view of it reads as length 0 from now on. Returns the
 /// memory it pointed at (null if it was detached already).
-pub fn detach(env: sys::napi_env, buffer: sys::napi_value) -> Result<*mut c_void, sys::napi_status> {
+pub fn detach(
+    env: sys::napi_env,
+    buffer: sys::napi_value,
+) -> Result<*mut c_void, sys::napi_status> {
     let mut is_arraybuffer = false;
     // SAFETY: `buffer` is a value of `env` passed in by the current call.
     unsafe { sys::napi_is_arraybuffer(env, buffer, &mut is_arraybuffer) };
@@ -90,7 +104,14 @@ pub fn external_buffers_allowed(env: sys::napi_env) -> bool {
     // SAFETY: `probe` is one live heap byte, freed by `free_probe` when V8 lets the
     // buffer go; the buffer is detached before any script can see it.
     let status = unsafe {
-        sys::napi_create_external_arraybuffer(env, probe.cast(), 1, Some(free_probe), probe.cast(), &mut buffer)
+        sys::napi_create_external_arraybuffer(
+            env,
+            probe.cast(),
+            1,
+            Some(free_probe),
+            probe.cast(),
+            &mut buffer,
+        )
     };
     if status == sys::Status::napi_ok {
         // Detaching can only fail for a non-ArrayBuffer, which this is not.

@@ -1,7 +1,7 @@
 //! Core errors as JavaScript `Error`s with a stable `code` (`docs/ERRORS.md`).
 
-use napi::bindgen_prelude::{JsValue, Object, Unknown};
 use napi::Env;
+use napi::bindgen_prelude::{JsValue, Object, Unknown};
 use shmlink::ErrorKind;
 
 /// The stable code of a core error kind.

@@ -8,6 +8,8 @@ mod error;
 mod fd;
 mod poll;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +33,14 @@ fn invalid(env: &Env, message: &str) -> napi::Error {
 
 /// A non-negative integer argument that JavaScript passed as a number.
 fn to_usize(env: &Env, value: f64, what: &str) -> napi::Result<usize> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0 {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0
+    {
         Ok(value as usize)
     } else {
-        Err(invalid(env, &format!("{what} must be a non-negative safe integer, not {value}")))
+        Err(invalid(
+            env,
+            &format!("{what} must be a non-negative safe integer, not {value}"),
+        ))
     }
 }
 
@@ -56,12 +62,19 @@ pub struct NativeRegion {
 
 impl NativeRegion {
     fn wrap(region: Region) -> Self {
-        NativeRegion { region: Some(region), primary_attached: std::cell::Cell::new(false) }
+        NativeRegion {
+            region: Some(region),
+            primary_attached: std::cell::Cell::new(false),
+        }
     }
 
     fn get(&self, env: &Env) -> napi::Result<&Region> {
         self.region.as_ref().ok_or_else(|| {
-            error::throw_code(env, error::REGION_CLOSED, "the region is closed; create a new one with Region.create()")
+            error::throw_code(
+                env,
+                error::REGION_CLOSED,
+                "the region is closed; create a new one with Region.create()",
+            )
         })
     }
 }
@@ -72,7 +85,9 @@ impl NativeRegion {
     #[napi(factory)]
     pub fn create(env: Env, size: f64) -> napi::Result<Self> {
         let size = to_usize(&env, size, "size")?;
-        Region::create(size).map(NativeRegion::wrap).map_err(|e| error::throw(&env, e))
+        Region::create(size)
+            .map(NativeRegion::wrap)
+            .map_err(|e| error::throw(&env, e))
     }
 
     #[napi(getter)]
@@ -108,15 +123,31 @@ impl NativeRegion {
 
     /// Copies `length` bytes at `offset` into a new Buffer.
     #[napi]
-    pub fn read<'env>(&self, env: &'env Env, offset: f64, length: f64) -> napi::Result<BufferSlice<'env>> {
+    pub fn read<'env>(
+        &self,
+        env: &'env Env,
+        offset: f64,
+        length: f64,
+    ) -> napi::Result<BufferSlice<'env>> {
         let offset = to_usize(env, offset, "offset")?;
         let length = to_usize(env, length, "length")?;
         let region = self.get(env)?;
-        if offset.checked_add(length).is_none_or(|end| end > region.size()) {
-            return Err(invalid(env, &format!("{offset}+{length} lies outside the region's {} bytes", region.size())));
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end > region.size())
+        {
+            return Err(invalid(
+                env,
+                &format!(
+                    "{offset}+{length} lies outside the region's {} bytes",
+                    region.size()
+                ),
+            ));
         }
         let mut bytes = vec![0u8; length];
-        region.read(offset, &mut bytes).map_err(|e| error::throw(env, e))?;
+        region
+            .read(offset, &mut bytes)
+            .map_err(|e| error::throw(env, e))?;
         BufferSlice::copy_from(env, bytes)
     }
 
@@ -124,7 +155,9 @@ impl NativeRegion {
     #[napi]
     pub fn write(&self, env: Env, offset: f64, data: BufferSlice) -> napi::Result<()> {
         let offset = to_usize(&env, offset, "offset")?;
-        self.get(&env)?.write(offset, &data).map_err(|e| error::throw(&env, e))
+        self.get(&env)?
+            .write(offset, &data)
+            .map_err(|e| error::throw(&env, e))
     }
 
     /// A zero-copy `ArrayBuffer` over the region (one per mapping).
@@ -153,7 +186,8 @@ impl NativeRegion {
         let is_primary = mapping.as_ptr() == region.mapping().as_ptr();
         match buffer::expose(env, mapping) {
             Ok(value) => {
-                self.primary_attached.set(self.primary_attached.get() || is_primary);
+                self.primary_attached
+                    .set(self.primary_attached.get() || is_primary);
                 Ok(value)
             }
             Err(buffer::ExposeError::NotAllowed) => Err(error::throw_code(
@@ -161,18 +195,23 @@ impl NativeRegion {
                 error::ZERO_COPY_UNAVAILABLE,
                 "this runtime refuses external buffers (Electron's V8 memory cage); use region.read() and region.write()",
             )),
-            Err(buffer::ExposeError::Failed(status)) => {
-                Err(napi::Error::from_reason(format!("napi_create_external_arraybuffer failed (status {status})")))
-            }
+            Err(buffer::ExposeError::Failed(status)) => Err(napi::Error::from_reason(format!(
+                "napi_create_external_arraybuffer failed (status {status})"
+            ))),
         }
     }
 
     /// Detaches an `ArrayBuffer` made by `expose`.
     #[napi]
     pub fn detach(&self, env: Env, buffer: Unknown) -> napi::Result<()> {
-        let data = buffer::detach(env.raw(), buffer.raw())
-            .map_err(|status| napi::Error::from_reason(format!("napi_detach_arraybuffer failed (status {status})")))?;
-        if self.region.as_ref().is_some_and(|r| r.mapping().as_ptr().cast() == data) {
+        let data = buffer::detach(env.raw(), buffer.raw()).map_err(|status| {
+            napi::Error::from_reason(format!("napi_detach_arraybuffer failed (status {status})"))
+        })?;
+        if self
+            .region
+            .as_ref()
+            .is_some_and(|r| r.mapping().as_ptr().cast() == data)
+        {
             self.primary_attached.set(false);
         }
         Ok(())
@@ -192,42 +231,80 @@ pub fn external_buffers_allowed(env: Env) -> bool {
     buffer::external_buffers_allowed(env.raw())
 }
 
+/// The regions of the message being delivered, until the next one arrives: JavaScript
+/// takes a handle (`takeRegion`) only for a region it does not hold already, so a
+/// region sent again costs no new JavaScript object.
+type Arrived = Rc<RefCell<Vec<Region>>>;
+
+fn kind(env: &Env, kind: u32) -> napi::Result<sys::napi_value> {
+    kind.into_unknown(env).map(|v| v.raw())
+}
+
 /// Converts endpoint events into `callback(kind, ...)` arguments.
-struct EndpointEvents;
+struct EndpointEvents {
+    arrived: Arrived,
+}
 
 impl Deliver for EndpointEvents {
     fn arguments(&self, env: &Env, event: Event) -> napi::Result<Vec<sys::napi_value>> {
-        let kind = |k: u32| k.into_unknown(env).map(|v| v.raw());
         match event {
             Event::Message(message) if message.regions.is_empty() => {
                 let payload = BufferSlice::copy_from(env, &message.payload)?.raw();
-                Ok(vec![kind(EVENT_MESSAGE)?, payload])
+                Ok(vec![kind(env, EVENT_MESSAGE)?, payload])
             }
             Event::Message(message) => {
-                let [payload, regions, descriptors] = message_values(env, message)?;
-                Ok(vec![kind(EVENT_MESSAGE)?, payload.raw(), regions.raw(), descriptors.raw()])
+                let [payload, descriptors] = message_values(env, message, &self.arrived)?;
+                Ok(vec![
+                    kind(env, EVENT_MESSAGE)?,
+                    payload.raw(),
+                    descriptors.raw(),
+                ])
             }
-            Event::Writable => Ok(vec![kind(EVENT_WRITABLE)?]),
-            Event::Handshake => Ok(vec![kind(EVENT_HANDSHAKE)?]),
-            Event::Failure(e) => Ok(vec![kind(EVENT_FAILURE)?, error::to_js(env, &e)?.raw()]),
-            Event::Connection(endpoint) => {
-                let endpoint = NativeEndpoint::wrap(*endpoint).into_unknown(env)?;
-                Ok(vec![kind(EVENT_CONNECTION)?, endpoint.raw()])
-            }
+            Event::Writable => Ok(vec![kind(env, EVENT_WRITABLE)?]),
+            Event::Handshake => Ok(vec![kind(env, EVENT_HANDSHAKE)?]),
+            Event::Failure(e) => Ok(vec![
+                kind(env, EVENT_FAILURE)?,
+                error::to_js(env, &e)?.raw(),
+            ]),
+            Event::Connection(_) => Err(napi::Error::from_reason(
+                "an endpoint does not accept connections",
+            )),
         }
     }
 }
 
-/// `payload` (a Buffer), `regions` (NativeRegion[] or undefined) and `descriptors`
-/// (`[id, flags, id, flags, ...]` with the wire's flag bits, or undefined).
-fn message_values(env: &Env, message: shmlink::Message) -> napi::Result<[Unknown<'_>; 3]> {
-    let payload = BufferSlice::copy_from(env, &message.payload)?.to_unknown();
-    if message.regions.is_empty() {
-        let undefined = ().into_unknown(env)?;
-        return Ok([payload, undefined, undefined]);
+/// Converts listener events into `callback(kind, ...)` arguments.
+struct ListenerEvents;
+
+impl Deliver for ListenerEvents {
+    fn arguments(&self, env: &Env, event: Event) -> napi::Result<Vec<sys::napi_value>> {
+        match event {
+            Event::Connection(endpoint) => {
+                let endpoint = NativeEndpoint::wrap(*endpoint).into_unknown(env)?;
+                Ok(vec![kind(env, EVENT_CONNECTION)?, endpoint.raw()])
+            }
+            Event::Failure(e) => Ok(vec![
+                kind(env, EVENT_FAILURE)?,
+                error::to_js(env, &e)?.raw(),
+            ]),
+            _ => Err(napi::Error::from_reason(
+                "a listener only accepts connections",
+            )),
+        }
     }
-    let mut descriptors = Vec::with_capacity(message.regions.len() * 2);
-    let mut regions = Vec::with_capacity(message.regions.len());
+}
+
+/// `payload` (a Buffer) and `descriptors` (`[id, flags, serial, ...]`: the wire's id and
+/// flag bits and the region's serial, per region); the regions themselves go to `arrived`.
+fn message_values<'env>(
+    env: &'env Env,
+    message: shmlink::Message,
+    arrived: &RefCell<Vec<Region>>,
+) -> napi::Result<[Unknown<'env>; 2]> {
+    let payload = BufferSlice::copy_from(env, &message.payload)?.to_unknown();
+    let mut descriptors = Vec::with_capacity(message.regions.len() * 3);
+    let mut regions = arrived.borrow_mut();
+    regions.clear();
     for incoming in message.regions {
         let mut flags = 0u32;
         if incoming.new {
@@ -239,11 +316,12 @@ fn message_values(env: &Env, message: shmlink::Message) -> napi::Result<[Unknown
         if incoming.transferred {
             flags |= shmlink::wire::FLAG_TRANSFER;
         }
-        descriptors.push(incoming.id);
-        descriptors.push(flags);
-        regions.push(NativeRegion::wrap(incoming.region));
+        descriptors.push(f64::from(incoming.id));
+        descriptors.push(f64::from(flags));
+        descriptors.push(incoming.region.serial() as f64);
+        regions.push(incoming.region);
     }
-    Ok([payload, regions.into_unknown(env)?, descriptors.into_unknown(env)?])
+    Ok([payload, descriptors.into_unknown(env)?])
 }
 
 /// An endpoint handle (one JavaScript `Endpoint`). `close()` lets go of the socket,
@@ -252,20 +330,31 @@ fn message_values(env: &Env, message: shmlink::Message) -> napi::Result<[Unknown
 pub struct NativeEndpoint {
     endpoint: Option<Arc<Endpoint>>,
     poller: Option<Poller>,
+    arrived: Arrived,
 }
 
 impl NativeEndpoint {
     fn wrap(endpoint: Endpoint) -> Self {
-        NativeEndpoint { endpoint: Some(Arc::new(endpoint)), poller: None }
+        NativeEndpoint {
+            endpoint: Some(Arc::new(endpoint)),
+            poller: None,
+            arrived: Arrived::default(),
+        }
     }
 
     fn get(&self, env: &Env) -> napi::Result<&Arc<Endpoint>> {
-        self.endpoint.as_ref().ok_or_else(|| error::throw(env, closed_endpoint()))
+        self.endpoint
+            .as_ref()
+            .ok_or_else(|| error::throw(env, closed_endpoint()))
     }
 }
 
 fn closed_endpoint() -> shmlink::Error {
-    shmlink::Error::new(shmlink::ErrorKind::Closed, "Endpoint", "the endpoint is closed; create or accept a new one")
+    shmlink::Error::new(
+        shmlink::ErrorKind::Closed,
+        "Endpoint",
+        "the endpoint is closed; create or accept a new one",
+    )
 }
 
 /// Regions and their transfer flags as the core wants them.
@@ -274,13 +363,21 @@ fn attachments<'a>(
     regions: &'a [ClassInstance<'_, NativeRegion>],
     transfer: &[bool],
 ) -> napi::Result<Vec<Attach<'a>>> {
+    if regions.is_empty() && transfer.is_empty() {
+        return Ok(Vec::new());
+    }
     if regions.len() != transfer.len() {
         return Err(invalid(env, "regions and transfer flags differ in length"));
     }
     regions
         .iter()
         .zip(transfer)
-        .map(|(native, &transfer)| Ok(Attach { region: native.get(env)?, transfer }))
+        .map(|(native, &transfer)| {
+            Ok(Attach {
+                region: native.get(env)?,
+                transfer,
+            })
+        })
         .collect()
 }
 
@@ -297,20 +394,27 @@ impl NativeEndpoint {
     #[napi]
     pub fn pair_for_child(env: Env) -> napi::Result<(NativeEndpoint, NativeSocket)> {
         let (mine, theirs) = Endpoint::pair_for_child().map_err(|e| error::throw(&env, e))?;
-        Ok((NativeEndpoint::wrap(mine), NativeSocket { fd: Some(theirs) }))
+        Ok((
+            NativeEndpoint::wrap(mine),
+            NativeSocket { fd: Some(theirs) },
+        ))
     }
 
     /// Connects to a listener at `path` (a leading NUL byte: Linux abstract name).
     #[napi]
     pub fn connect(env: Env, path: String) -> napi::Result<NativeEndpoint> {
-        Endpoint::connect(path).map(NativeEndpoint::wrap).map_err(|e| error::throw(&env, e))
+        Endpoint::connect(path)
+            .map(NativeEndpoint::wrap)
+            .map_err(|e| error::throw(&env, e))
     }
 
     /// Takes over the connected `SOCK_SEQPACKET` socket `fd`.
     #[napi]
     pub fn from_fd(env: Env, fd: i32) -> napi::Result<NativeEndpoint> {
         let owned = fd::claim(fd).map_err(|why| invalid(&env, why))?;
-        Endpoint::from_fd(owned).map(NativeEndpoint::wrap).map_err(|e| error::throw(&env, e))
+        Endpoint::from_fd(owned)
+            .map(NativeEndpoint::wrap)
+            .map_err(|e| error::throw(&env, e))
     }
 
     /// The socket's descriptor, or -1 once closed.
@@ -322,13 +426,18 @@ impl NativeEndpoint {
 
     #[napi(getter)]
     pub fn handshake_complete(&self) -> bool {
-        self.endpoint.as_ref().is_some_and(|e| e.is_handshake_complete())
+        self.endpoint
+            .as_ref()
+            .is_some_and(|e| e.is_handshake_complete())
     }
 
     /// `{ pid, uid, gid }` of the peer (`SO_PEERCRED`).
     #[napi]
     pub fn peer<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
-        let creds = self.get(env)?.peer_credentials().map_err(|e| error::throw(env, e))?;
+        let creds = self
+            .get(env)?
+            .peer_credentials()
+            .map_err(|e| error::throw(env, e))?;
         let mut peer = Object::new(env)?;
         peer.set("pid", creds.pid)?;
         peer.set("uid", creds.uid)?;
@@ -343,22 +452,13 @@ impl NativeEndpoint {
         &self,
         env: Env,
         payload: BufferSlice,
-        regions: Vec<ClassInstance<NativeRegion>>,
-        transfer: Vec<bool>,
+        regions: Option<Vec<ClassInstance<NativeRegion>>>,
+        transfer: Option<Vec<bool>>,
     ) -> napi::Result<bool> {
         let endpoint = self.get(&env)?;
+        let (regions, transfer) = (regions.unwrap_or_default(), transfer.unwrap_or_default());
         let attach = attachments(&env, &regions, &transfer)?;
         match endpoint.send(&payload, &attach) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(error::throw(&env, e)),
-        }
-    }
-
-    /// `send` of a message without regions, which skips converting two empty arrays.
-    #[napi]
-    pub fn send_bytes(&self, env: Env, payload: BufferSlice) -> napi::Result<bool> {
-        match self.get(&env)?.send(&payload, &[]) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(error::throw(&env, e)),
@@ -371,23 +471,43 @@ impl NativeEndpoint {
         &self,
         env: Env,
         payload: BufferSlice,
-        regions: Vec<ClassInstance<NativeRegion>>,
-        transfer: Vec<bool>,
         timeout_ms: f64,
+        regions: Option<Vec<ClassInstance<NativeRegion>>>,
+        transfer: Option<Vec<bool>>,
     ) -> napi::Result<()> {
         let endpoint = self.get(&env)?;
+        let (regions, transfer) = (regions.unwrap_or_default(), transfer.unwrap_or_default());
         let attach = attachments(&env, &regions, &transfer)?;
         let timeout = to_timeout(&env, timeout_ms)?;
-        endpoint.send_blocking(&payload, &attach, timeout).map_err(|e| error::throw(&env, e))
+        endpoint
+            .send_blocking(&payload, &attach, timeout)
+            .map_err(|e| error::throw(&env, e))
     }
 
     /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only
-    /// what is there). Returns `[payload, regions, descriptors]`.
+    /// what is there). Returns the payload Buffer when no regions came with it, else
+    /// `[payload, regions, descriptors]`.
     #[napi]
-    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<Vec<Unknown<'env>>> {
+    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<Unknown<'env>> {
         let timeout = to_timeout(env, timeout_ms)?;
-        let message = self.get(env)?.recv_timeout(timeout).map_err(|e| error::throw(env, e))?;
-        Ok(message_values(env, message)?.into())
+        let message = self
+            .get(env)?
+            .recv_timeout(timeout)
+            .map_err(|e| error::throw(env, e))?;
+        if message.regions.is_empty() {
+            return Ok(BufferSlice::copy_from(env, &message.payload)?.to_unknown());
+        }
+        Vec::from(message_values(env, message, &self.arrived)?).into_unknown(env)
+    }
+
+    /// A handle to region `index` of the message just delivered.
+    #[napi]
+    pub fn take_region(&self, env: Env, index: u32) -> napi::Result<NativeRegion> {
+        let arrived = self.arrived.borrow();
+        let region = arrived
+            .get(index as usize)
+            .ok_or_else(|| invalid(&env, "no such region in the last message"))?;
+        Ok(NativeRegion::wrap(region.clone()))
     }
 
     /// Tells the peer this side no longer refers to `region` (RELEASE).
@@ -411,7 +531,9 @@ impl NativeEndpoint {
 
     #[napi(getter)]
     pub fn has_pending_output(&self) -> bool {
-        self.endpoint.as_ref().is_some_and(|e| e.has_pending_output())
+        self.endpoint
+            .as_ref()
+            .is_some_and(|e| e.has_pending_output())
     }
 
     /// Starts delivering events to `callback(kind, ...)` from the event loop.
@@ -420,8 +542,16 @@ impl NativeEndpoint {
         let endpoint = self.get(&env)?;
         if self.poller.is_none() {
             let source = Source::Endpoint(Arc::clone(endpoint));
-            self.poller =
-                Some(Poller::start(env.raw(), source, Box::new(EndpointEvents), callback.raw(), resource.raw())?);
+            let events = Box::new(EndpointEvents {
+                arrived: Rc::clone(&self.arrived),
+            });
+            self.poller = Some(Poller::start(
+                env.raw(),
+                source,
+                events,
+                callback.raw(),
+                resource.raw(),
+            )?);
         }
         Ok(())
     }
@@ -496,22 +626,36 @@ impl NativeListener {
     #[napi]
     pub fn bind(env: Env, path: String) -> napi::Result<NativeListener> {
         Listener::bind(path)
-            .map(|listener| NativeListener { listener: Some(Arc::new(listener)), poller: None })
+            .map(|listener| NativeListener {
+                listener: Some(Arc::new(listener)),
+                poller: None,
+            })
             .map_err(|e| error::throw(&env, e))
     }
 
     #[napi(getter)]
     pub fn path(&self) -> String {
-        self.listener.as_ref().map_or_else(String::new, |l| l.path().to_string_lossy().into_owned())
+        self.listener
+            .as_ref()
+            .map_or_else(String::new, |l| l.path().to_string_lossy().into_owned())
     }
 
     /// Starts delivering accepted connections to `callback(kind, endpoint)`.
     #[napi]
     pub fn watch(&mut self, env: Env, callback: Unknown, resource: Unknown) -> napi::Result<()> {
-        let listener = self.listener.as_ref().ok_or_else(|| error::throw(&env, closed_endpoint()))?;
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| error::throw(&env, closed_endpoint()))?;
         if self.poller.is_none() {
             let source = Source::Listener(Arc::clone(listener));
-            let poller = Poller::start(env.raw(), source, Box::new(EndpointEvents), callback.raw(), resource.raw())?;
+            let poller = Poller::start(
+                env.raw(),
+                source,
+                Box::new(ListenerEvents),
+                callback.raw(),
+                resource.raw(),
+            )?;
             poller.watch(poll::READABLE);
             self.poller = Some(poller);
         }

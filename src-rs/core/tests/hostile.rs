@@ -564,5 +564,8 @@ fn what_a_peer_sent_before_closing_unread_arrives_before_end_of_file() {
     // ECONNRESET once, ahead of the record still queued.
     drop(peer.raw);
     assert_eq!(peer.endpoint.try_recv().unwrap().payload, b"parting words");
-    assert_eq!(peer.endpoint.try_recv().unwrap_err().kind(), ErrorKind::PeerClosed);
+    assert_eq!(
+        peer.endpoint.try_recv().unwrap_err().kind(),
+        ErrorKind::PeerClosed
+    );
 }
