@@ -15,6 +15,8 @@ import * as binding from './binding'
 import type { NativeEndpoint, NativeListener, NativeRegion } from './binding'
 
 const debug = debuglog('shmlink')
+/** Checked before each hot-path `debug()` call, which would otherwise gather its arguments every time. */
+const debugging = debug.enabled
 
 /** Every `code` a shmlink error can carry; `docs/ERRORS.md` says what to do about each. */
 export type ErrorCode =
@@ -556,7 +558,7 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
    * is already waiting, so the binding reads on at once only when that helps.
    */
   #deliver(message: Message): boolean {
-    debug('recv %d bytes, %d regions', message.payload.length, message.regions.length)
+    if (debugging) debug('recv %d bytes, %d regions', message.payload.length, message.regions.length)
     const waiter = this.#waiters.shift()
     if (waiter !== undefined) {
       waiter.resolve(message)
@@ -643,7 +645,7 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
         return Promise.reject(error)
       }
       if (sent) {
-        debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
+        if (debugging) debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
         return SENT
       }
     }
@@ -700,7 +702,7 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
       this.#failSend(pending, error as Error)
       return true
     }
-    debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
+    if (debugging) debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
     pending.signal?.removeEventListener('abort', pending.onAbort!)
     pending.resolve()
     return true
