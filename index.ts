@@ -262,7 +262,7 @@ export class Region implements Disposable {
   close(): void {
     const native = this.#native
     if (native === undefined) return
-    for (const endpoint of this.#sentOn) endpoint._forget(native)
+    for (const endpoint of this.#sentOn) endpoint._forget(this, native)
     this.#sentOn.clear()
     this.#detach()
     this.#native = undefined
@@ -290,7 +290,10 @@ export class Region implements Disposable {
         'a region was already transferred; only its current owner may send it',
       )
     }
-    this.#sentOn.add(endpoint)
+    if (!this.#sentOn.has(endpoint)) {
+      this.#sentOn.add(endpoint)
+      endpoint._sent(this)
+    }
     if (transfer) {
       this.#handedOver = true
       this.#detach()
@@ -303,7 +306,7 @@ export class Region implements Disposable {
     if (!(this.#native?.transferred ?? false)) this.#handedOver = false
   }
 
-  /** @internal An endpoint that closed no longer needs telling. */
+  /** @internal An endpoint that ended no longer needs telling. */
   _unlink(endpoint: Endpoint): void {
     this.#sentOn.delete(endpoint)
   }
@@ -441,6 +444,8 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
   readonly #waiters: Waiter<Message>[] = []
   readonly #outbox: PendingSend[] = []
   readonly #handshakeWaiters: Waiter<void>[] = []
+  /** Regions sent here that are still open; each holds this endpoint until one of them closes. */
+  readonly #regionsSent = new Set<Region>()
   /** Why the connection ended, once it has. */
   #ended: ShmlinkError | undefined
 
@@ -856,10 +861,16 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     }
   }
 
+  /** @internal `region` was sent here: it tells this endpoint when it closes. */
+  _sent(region: Region): void {
+    this.#regionsSent.add(region)
+  }
+
   /** @internal Tells the peer this side will not refer to `region` again. */
-  _forget(region: NativeRegion): void {
+  _forget(region: Region, native: NativeRegion): void {
+    this.#regionsSent.delete(region)
     try {
-      this.#native?.release(region)
+      this.#native?.release(native)
     } catch (error) {
       debug('release failed: %s', (error as Error).message)
     }
@@ -882,6 +893,8 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     const native = this.#native!
     this.#native = undefined
     native.close()
+    for (const region of this.#regionsSent) region._unlink(this)
+    this.#regionsSent.clear()
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error)
     for (const waiter of this.#handshakeWaiters.splice(0)) waiter.reject(error)
     for (const pending of this.#outbox.splice(0)) this.#failSend(pending, error)

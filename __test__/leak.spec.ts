@@ -71,3 +71,22 @@ test.serial('1000 endpoint pairs opened and closed leave descriptors flat', asyn
   await settle()
   t.true(fdCount() <= fds, `descriptors grew from ${fds} to ${fdCount()}`)
 })
+
+/** Sends `region` once over a new pair, closes the pair and returns a weak reference to it. */
+async function sendOverShortLivedPair(region: Region): Promise<WeakRef<Endpoint>> {
+  const [a, b] = Endpoint.pair()
+  await a.send('', { regions: [region] })
+  await b.recv()
+  a.close()
+  b.close()
+  return new WeakRef(a)
+}
+
+test.serial('a long-lived region does not keep the endpoints it was sent on alive', async (t) => {
+  const region = Region.create(4096)
+  const gone: WeakRef<Endpoint>[] = []
+  for (let i = 0; i < 20; i++) gone.push(await sendOverShortLivedPair(region))
+  await settle(6)
+  t.is(gone.filter((ref) => ref.deref() !== undefined).length, 0)
+  region.close()
+})
