@@ -1,5 +1,5 @@
 // The demo's child: reads one byte of every 4 KiB page of what it is given and answers
-// with their sum, over shmlink (handing the region back) and over child_process IPC.
+// with their sum, over shmlink and over child_process IPC.
 const { Endpoint } = require('../index.js')
 
 const touchPages = (bytes) => {
@@ -14,6 +14,6 @@ const endpoint = Endpoint.inherited()
 ;(async () => {
   for await (const message of endpoint) {
     const region = message.regions[0]
-    await endpoint.send(String(touchPages(region.bytes)), { transfer: [region] })
+    await endpoint.send(String(touchPages(region.bytes)))
   }
 })()

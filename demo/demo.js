@@ -20,11 +20,12 @@ async function main() {
   const expected = bytes.reduce((sum, byte, index) => (index % 4096 === 0 ? sum + byte : sum), 0)
 
   // shmlink: the first hand-over passes the region's descriptor and the child maps it;
-  // later ones pass only its id. Either way the child reads every page and sends it back.
+  // later ones pass only its id. Either way the child reads every page and answers; the
+  // parent does not write the region until that answer has come (the hand-over rule).
   const handoffs = []
   for (let round = 0; round <= ROUNDS; round++) {
     const start = process.hrtime.bigint()
-    await endpoint.send('touch every page', { transfer: [region] })
+    await endpoint.send('touch every page', { regions: [region] })
     const reply = await endpoint.recv()
     handoffs.push(ms(process.hrtime.bigint() - start))
     if (Number(reply.payload.toString()) !== expected) throw new Error('the child read other bytes')
