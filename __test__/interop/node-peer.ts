@@ -277,7 +277,7 @@ export async function responder(endpoint: Endpoint): Promise<TranscriptLine[]> {
       message.regions.forEach((region, i) => {
         const descriptor = message.descriptors[i]
         if (!descriptor.transferred) return
-        if (!descriptor.frozen) region.write(0, digests[i + 1])
+        if (!descriptor.frozen) region.write(0, digests[i + 1].subarray(0, region.size))
         back.push(region)
       })
       await send(endpoint, Buffer.concat(digests), [], back)
