@@ -836,14 +836,9 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
     }
   }
 
-  /** Ends the connection when a synchronous call reports that it is over. */
+  /** Ends this endpoint too when the error of a synchronous call ended the connection. */
   #observe(error: ShmlinkError): ShmlinkError {
-    if (error.code === 'ERR_SHMLINK_PEER_CLOSED' || error.code === 'ERR_SHMLINK_PROTOCOL_VIOLATION' ||
-      error.code === 'ERR_SHMLINK_PEER_INCOMPATIBLE' || error.code.startsWith('ERR_SHMLINK_REGION_NOT') ||
-      error.code === 'ERR_SHMLINK_REGION_UNSEALED' || error.code === 'ERR_SHMLINK_REGION_SIZE_MISMATCH' ||
-      error.code === 'ERR_SHMLINK_FDS_TRUNCATED') {
-      this.#end(error)
-    }
+    if (this.#native !== undefined && !this.#native.open) this.#end(error)
     return error
   }
 

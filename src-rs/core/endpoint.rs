@@ -370,9 +370,10 @@ impl Endpoint {
         }
     }
 
-    /// Whether [`Endpoint::close`] was called or a protocol violation closed the connection.
-    pub fn is_closed(&self) -> bool {
-        self.lock().status == Status::Closed
+    /// Whether the connection can still carry messages: neither side closed it and no
+    /// protocol violation ended it.
+    pub fn is_open(&self) -> bool {
+        self.lock().status == Status::Open
     }
 }
 

@@ -424,6 +424,13 @@ impl NativeEndpoint {
         self.endpoint.as_ref().map_or(-1, |e| e.as_fd().as_raw_fd())
     }
 
+    /// Whether the connection can still carry messages (false after end-of-file, a
+    /// protocol violation or `close()`).
+    #[napi(getter)]
+    pub fn open(&self) -> bool {
+        self.endpoint.as_ref().is_some_and(|e| e.is_open())
+    }
+
     #[napi(getter)]
     pub fn handshake_complete(&self) -> bool {
         self.endpoint
