@@ -5,6 +5,8 @@
 //!
 //! `cargo bench -p shmlink --bench roundtrip`
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
