@@ -1,333 +1,647 @@
-//! Endpoints: one side of a `SOCK_SEQPACKET` connection that speaks `docs/PROTOCOL.md`.
+//! Endpoints: one side of a `SOCK_SEQPACKET` connection, readiness-driven.
 //!
-//! Sending is a release and receiving an acquire (`docs/MEMORY-MODEL.md`). Every call
-//! is non-blocking; `*_timeout` and `send_blocking` wait with `poll(2)` for callers
-//! without an event loop.
+//! An endpoint owns its socket, the [`Session`] that holds the protocol state, one
+//! ordered output queue for every send (asynchronous and blocking alike), and a bounded
+//! queue of received messages. An event loop drives it: it asks for the endpoint's
+//! [`Endpoint::interest`], reports readiness with [`Endpoint::on_ready`] and takes
+//! [`Event`]s with [`Endpoint::poll_event`] until there are none. Programs without an
+//! event loop use the blocking calls ([`Endpoint::send_blocking`],
+//! [`Endpoint::recv_timeout`]), which drive the same state with `poll(2)`.
+//!
+//! Sending is a release and receiving an acquire (`docs/MEMORY-MODEL.md`).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::region::Region;
-use crate::sync::{AtomicBool, Ordering, fence};
-use crate::sys::{self, Credentials, Readiness};
-use crate::wire::{self, Descriptor, Limits, Refusal};
+use crate::limits::Limits;
+use crate::region::{Binder, Realm, Region};
+use crate::session::{Attach, Control, Inbound, Message, Record, Session};
+use crate::sync::{AtomicU64, Ordering, fence};
+use crate::sys::{self, Credentials, Interest, Io};
+use crate::wire::Announced;
 
-/// A region attached to an outgoing message.
+/// Received messages an endpoint holds for its application before it stops reading
+/// (the peer's sends then wait for room in the socket).
+const INBOX_MESSAGES: usize = 256;
+/// Payload bytes an endpoint holds for its application before it stops reading.
+const INBOX_BYTES: usize = 4 << 20;
+/// How long a blocking call waits between checks that its caller still wants it.
+const INTERRUPT_SLICE: Duration = Duration::from_millis(25);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which peers a listener accepts, or which server a client connects to, judged by the
+/// credentials the kernel recorded for the socket (`SO_PEERCRED`) before anything is
+/// read from it or mapped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PeerFilter {
+    /// This process's effective user, or root (which can reach this process anyway).
+    #[default]
+    SameUser,
+    /// Any local user.
+    AnyUser,
+    /// Only these user ids (root is not implied).
+    Users(Vec<u32>),
+}
+
+impl PeerFilter {
+    /// Whether `peer` passes.
+    pub fn admits(&self, peer: &Credentials) -> bool {
+        match self {
+            PeerFilter::SameUser => peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw(),
+            PeerFilter::AnyUser => true,
+            PeerFilter::Users(uids) => uids.contains(&peer.uid),
+        }
+    }
+
+    pub(crate) fn check(&self, fd: BorrowedFd<'_>, op: &'static str) -> Result<Credentials> {
+        let peer = sys::peer_credentials(fd)?;
+        if self.admits(&peer) {
+            Ok(peer)
+        } else {
+            Err(Error::new(
+                ErrorKind::PeerRejected,
+                op,
+                format!(
+                    "the peer runs as uid {} (pid {}), which this side's filter does not allow \
+                     ({self:?}); the connection was closed",
+                    peer.uid, peer.pid
+                ),
+            ))
+        }
+    }
+}
+
+/// How an endpoint treats its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// What the peer may send and make this side hold.
+    pub limits: Limits,
+    /// Whether the peer may send regions it can still write (not frozen). Code this
+    /// process started is trusted with that by default (`pair`, `from_fd`); a peer
+    /// reached by name is not (`connect`, a listener's connections), because memory
+    /// another process can change at any time is unsafe to parse.
+    pub accept_writable: bool,
+    /// Sends that go out at once between two turns of the driving event loop; the next
+    /// one waits for the loop to turn, so a loop of awaited sends lets other work run.
+    /// 0: never wait (programs without an event loop).
+    pub yield_every: u32,
+    /// The realm received regions resolve in (see [`Realm`]).
+    pub realm: Realm,
+}
+
+impl Options {
+    /// For a peer this process started: writable regions accepted.
+    pub fn trusted() -> Options {
+        Options {
+            limits: Limits::default(),
+            accept_writable: true,
+            yield_every: 0,
+            realm: Realm::default(),
+        }
+    }
+
+    /// For a peer reached by name: frozen regions only.
+    pub fn untrusted() -> Options {
+        Options {
+            accept_writable: false,
+            ..Options::trusted()
+        }
+    }
+}
+
+/// Bytes to send. Only the kernel reads them (`sendmsg` copies them out), or one copy
+/// when the send has to wait, so they may lie in memory another agent can change: a
+/// JavaScript view, which may alias a region, is passed this way without ever forming a
+/// `&[u8]` over it.
 #[derive(Debug, Clone, Copy)]
-pub struct Attach<'a> {
-    /// The region.
-    pub region: &'a Region,
-    /// Hand ownership to the peer: this side may not touch the region until it comes back.
-    pub transfer: bool,
+pub struct Bytes<'a> {
+    ptr: *const u8,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a [u8]>,
 }
 
-impl<'a> Attach<'a> {
-    /// Both sides keep access; they agree between themselves who writes when.
-    pub fn share(region: &'a Region) -> Self {
-        Attach {
-            region,
-            transfer: false,
+impl<'a> Bytes<'a> {
+    /// Bytes that no Rust reference covers.
+    ///
+    /// # Safety
+    /// - `ptr` must be valid for reads of `len` bytes for as long as the returned value
+    ///   is used (the call it is passed to).
+    /// - Other agents may write the bytes meanwhile; the receiver then gets some mix of
+    ///   old and new bytes, as with any memory shared between processes.
+    pub unsafe fn from_raw(ptr: *const u8, len: usize) -> Bytes<'a> {
+        Bytes {
+            ptr,
+            len,
+            _borrow: std::marker::PhantomData,
         }
     }
 
-    /// Ownership moves to the peer until it sends the region back.
-    pub fn transfer(region: &'a Region) -> Self {
-        Attach {
-            region,
-            transfer: true,
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    fn to_vec(self) -> Vec<u8> {
+        let mut copy = Vec::with_capacity(self.len);
+        // SAFETY: `ptr` is valid for `len` reads (the constructor's contract) and `copy`
+        // has room for `len` bytes in a separate allocation; `set_len` follows the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr, copy.as_mut_ptr(), self.len);
+            copy.set_len(self.len);
         }
+        copy
     }
 }
 
-/// A region that arrived with a message.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    /// The region; the same region object each time the peer sends it again.
-    pub region: Region,
-    /// The peer gave up access to it (see [`Attach::transfer`]).
-    pub transferred: bool,
-    /// The id the peer gave it (the peer's namespace, `docs/PROTOCOL.md` §5.2).
-    pub id: u32,
-    /// Whether its file descriptor came with this message (the `NEW` flag).
-    pub new: bool,
+impl<'a> From<&'a [u8]> for Bytes<'a> {
+    fn from(slice: &'a [u8]) -> Self {
+        // SAFETY: a slice is valid for reads of its length while it is borrowed.
+        unsafe { Bytes::from_raw(slice.as_ptr(), slice.len()) }
+    }
 }
 
-/// A received message.
-#[derive(Debug)]
-pub struct Message {
-    /// The inline payload.
-    pub payload: Vec<u8>,
-    /// The regions, in the order the sender attached them.
-    pub regions: Vec<Incoming>,
+impl<'a, const N: usize> From<&'a [u8; N]> for Bytes<'a> {
+    fn from(array: &'a [u8; N]) -> Self {
+        Bytes::from(&array[..])
+    }
 }
 
+impl<'a> From<&'a Vec<u8>> for Bytes<'a> {
+    fn from(vec: &'a Vec<u8>) -> Self {
+        Bytes::from(vec.as_slice())
+    }
+}
+
+/// A send's place in an endpoint's output queue.
+pub type Ticket = u64;
+
+/// What became of a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// The message is in the socket.
+    Sent,
+    /// The message waits in the output queue; an [`Event::Sent`] or [`Event::SendFailed`]
+    /// reports it.
+    Queued(Ticket),
+}
+
+/// What a driving event loop has to tell the application.
+#[derive(Debug)]
+pub enum Event {
+    /// A message arrived (only while the application wants messages).
+    Message(Message),
+    /// Every queued send up to and including this ticket left, except those reported by
+    /// [`Event::SendFailed`].
+    Sent {
+        /// The last ticket that left.
+        through: Ticket,
+    },
+    /// A queued send could not go out; nothing of it was sent and its regions are usable
+    /// again.
+    SendFailed {
+        /// The send.
+        ticket: Ticket,
+        /// Why.
+        error: Error,
+    },
+    /// The peer's HELLO arrived: sends go out.
+    Handshake,
+    /// The connection ended: the peer closed it ([`ErrorKind::PeerClosed`]), this side
+    /// closed it ([`ErrorKind::Closed`]), or a failure did (any other kind). Messages
+    /// received before are still delivered.
+    Closed(Error),
+}
+
+/// Traffic counters of one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// This side's regions the peer has bound now.
+    pub own_regions: u64,
+    /// The peer's regions bound on this connection now.
+    pub peer_regions: u64,
+    /// Bytes of distinct regions the peer's bindings hold mapped now.
+    pub peer_mapped_bytes: u64,
+    /// Sends waiting in the output queue.
+    pub queued: u64,
+    /// Received messages waiting for the application.
+    pub inbox: u64,
+}
+
+#[derive(Debug, Clone)]
 enum Status {
     Open,
-    /// The peer's end-of-file was read.
-    PeerClosed,
-    /// Closed by `close()` or after a protocol violation.
-    Closed,
-}
-
-/// A region the peer knows, with how many of this connection's bindings use it.
-#[derive(Debug)]
-struct Known {
-    region: Region,
-    bindings: u32,
+    Ended(Error),
 }
 
 #[derive(Debug)]
-struct Connection {
-    status: Status,
-    own_limits: Limits,
-    peer_limits: Option<Limits>,
-    /// Ids of this side's namespace, by region serial, for regions the peer has mapped.
-    sent_ids: HashMap<u64, u32>,
-    sent: HashMap<u32, Region>,
-    next_id: u32,
-    /// The peer's ids, resolved.
-    received: HashMap<u32, Region>,
-    /// Every region bound on this connection, by file identity: a descriptor for one
-    /// of them resolves to the same region object.
-    by_identity: HashMap<(u64, u64), Known>,
-    /// Ids this side forgot whose RELEASE is not sent yet.
-    pending_release: Vec<Descriptor>,
-    recv_buf: Vec<u8>,
-    control: Vec<u64>,
-    fds: Vec<OwnedFd>,
+struct Queued {
+    ticket: Ticket,
+    payload: Vec<u8>,
+    attachments: Vec<(Region, bool)>,
+    /// A blocking caller waits for this one: its failure is returned to it, not reported
+    /// as an event.
+    blocking: bool,
+}
+
+impl Queued {
+    fn attachments(&self) -> Vec<Attach<'_>> {
+        self.attachments
+            .iter()
+            .map(|(region, transfer)| Attach {
+                region,
+                transfer: *transfer,
+            })
+            .collect()
+    }
+
+    /// The send will never leave: regions it transferred are usable here again.
+    fn abandon(self) {
+        for (region, transfer) in self.attachments {
+            if transfer {
+                region.come_back();
+            }
+        }
+    }
+}
+
+/// Buffers reused for every record, passed explicitly to what fills them.
+#[derive(Debug)]
+struct Scratch {
     frame: Vec<u8>,
-    out_fds: Vec<RawFd>,
-    new_bindings: Vec<(u32, usize)>,
+    record: Vec<u8>,
+    control: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    session: Session,
+    status: Status,
+    outbox: VecDeque<Queued>,
+    inbox: VecDeque<Message>,
+    inbox_bytes: usize,
+    notices: VecDeque<Event>,
+    /// An event loop drives this endpoint (it takes notices).
+    driven: bool,
+    /// The application wants messages delivered as events.
+    wanted: bool,
+    /// The socket was reported readable and no receive has found it empty since.
+    readable: bool,
+    delivered_this_turn: bool,
+    sends_this_turn: u32,
+    yield_every: u32,
+    /// The last blocking receive had to wait: the next waits before trying.
+    last_receive_waited: bool,
+    next_ticket: Ticket,
+    sent_through: Ticket,
+    reported_through: Ticket,
+    blocking_failure: Option<(Ticket, Error)>,
+    stats: Stats,
+    scratch: Scratch,
+    binder: Weak<dyn Binder>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    id: u64,
+    fd: OwnedFd,
+    conn: Mutex<Conn>,
+}
+
+impl Binder for Shared {
+    fn region_closed(&self, region: &Region) {
+        let mut conn = self.lock();
+        if conn.session.release(region) && conn.is_open() {
+            // The RELEASE waits in the session if the socket is full; it leaves with the
+            // next send or when the loop next finds the socket writable.
+            let _ = conn.send_control(self.fd.as_fd());
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Conn> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// One side of a connection.
 ///
 /// An endpoint is `Send + Sync`: one thread may block in [`Endpoint::recv_timeout`]
-/// while another sends.
+/// while another sends. Dropping it closes the connection.
 #[derive(Debug)]
 pub struct Endpoint {
-    fd: OwnedFd,
-    conn: Mutex<Connection>,
-    /// Whether the last blocking receive had to wait (see [`Endpoint::recv_timeout`]).
-    receive_found_nothing: AtomicBool,
+    shared: Arc<Shared>,
 }
 
-fn validate_limits(limits: Limits, op: &'static str) -> Result<()> {
-    if limits.is_valid() {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::InvalidArgument,
-            op,
-            format!(
-                "limits must allow 1 to {} regions and at most {} payload bytes",
-                wire::MAX_REGIONS_CEILING,
-                wire::MAX_PAYLOAD_CEILING
-            ),
-        ))
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 impl Endpoint {
-    /// A connected pair of endpoints (`socketpair(2)`), for a child process or a thread.
+    /// A connected pair of endpoints (`socketpair(2)`), for a thread or a child process
+    /// this program starts; both accept writable regions.
     pub fn pair() -> Result<(Endpoint, Endpoint)> {
-        Self::pair_with_limits(Limits::default())
+        Self::pair_with(Options::trusted())
     }
 
-    /// [`Endpoint::pair`] where both ends accept at most `limits` per message.
-    pub fn pair_with_limits(limits: Limits) -> Result<(Endpoint, Endpoint)> {
-        validate_limits(limits, "Endpoint::pair")?;
+    /// [`Endpoint::pair`] with both ends using `options`.
+    pub fn pair_with(options: Options) -> Result<(Endpoint, Endpoint)> {
+        options.limits.validate("Endpoint.pair")?;
         let (a, b) = sys::seqpacket_pair()?;
-        Ok((Endpoint::start(a, limits)?, Endpoint::start(b, limits)?))
+        Ok((
+            Endpoint::start(a, options.clone())?,
+            Endpoint::start(b, options)?,
+        ))
     }
 
     /// An endpoint and the raw socket of its peer, for a child process: pass the
     /// descriptor down (clearing close-on-exec in the child) and let the child call
     /// [`Endpoint::from_fd`], which sends the child's HELLO. Close this process's copy of
     /// the descriptor once the child has started.
-    pub fn pair_for_child() -> Result<(Endpoint, OwnedFd)> {
+    pub fn pair_for_child(options: Options) -> Result<(Endpoint, OwnedFd)> {
+        options.limits.validate("spawnWithEndpoint")?;
         let (mine, theirs) = sys::seqpacket_pair()?;
-        Ok((Endpoint::start(mine, Limits::default())?, theirs))
+        Ok((Endpoint::start(mine, options)?, theirs))
     }
 
     /// Connects to a [`crate::Listener`] at `path` (a leading NUL byte names a Linux
-    /// abstract socket). The handshake completes on the first send or receive, or
-    /// explicitly with [`Endpoint::handshake`].
-    pub fn connect(path: impl AsRef<Path>) -> Result<Endpoint> {
-        Self::connect_with_limits(path, Limits::default())
-    }
-
-    /// [`Endpoint::connect`] accepting at most `limits` per message.
-    pub fn connect_with_limits(path: impl AsRef<Path>, limits: Limits) -> Result<Endpoint> {
-        validate_limits(limits, "Endpoint::connect")?;
-        Endpoint::start(sys::connect_to(path.as_ref())?, limits)
+    /// abstract socket) whose owner passes `server` (checked with `SO_PEERCRED` before
+    /// anything is sent or read). The handshake completes on the first send or receive,
+    /// or explicitly with [`Endpoint::handshake`].
+    pub fn connect(path: impl AsRef<Path>, server: &PeerFilter, options: Options) -> Result<Endpoint> {
+        const OP: &str = "Endpoint.connect";
+        options.limits.validate(OP)?;
+        let fd = sys::connect_to(path.as_ref())?;
+        server.check(fd.as_fd(), OP)?;
+        Endpoint::start(fd, options)
     }
 
     /// Takes over a connected `SOCK_SEQPACKET` socket, such as one a parent process
     /// passed down. It is made non-blocking.
-    pub fn from_fd(fd: OwnedFd) -> Result<Endpoint> {
-        Self::from_fd_with_limits(fd, Limits::default())
-    }
-
-    /// [`Endpoint::from_fd`] accepting at most `limits` per message.
-    pub fn from_fd_with_limits(fd: OwnedFd, limits: Limits) -> Result<Endpoint> {
-        validate_limits(limits, "Endpoint::from_fd")?;
+    pub fn from_fd(fd: OwnedFd, options: Options) -> Result<Endpoint> {
+        options.limits.validate("Endpoint.fromFd")?;
         sys::adopt_socket(fd.as_fd())?;
-        Endpoint::start(fd, limits)
+        Endpoint::start(fd, options)
     }
 
     /// Wraps a connected socket and sends this side's HELLO.
-    pub(crate) fn start(fd: OwnedFd, limits: Limits) -> Result<Endpoint> {
-        let hello = wire::hello_frame(limits);
-        match sys::send_frame(fd.as_fd(), &[IoSlice::new(&hello)], &[]) {
-            // A peer that is already gone is reported by the first receive, after
-            // whatever it sent before leaving.
-            Ok(_) | Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => {}
-            Err(e) => return Err(Error::os("sendmsg", e, "the socket cannot send its HELLO")),
-        }
-        let conn = Connection {
-            status: Status::Open,
-            own_limits: limits,
-            peer_limits: None,
-            sent_ids: HashMap::new(),
-            sent: HashMap::new(),
-            next_id: 1,
-            received: HashMap::new(),
-            by_identity: HashMap::new(),
-            pending_release: Vec::new(),
-            recv_buf: vec![0; limits.max_frame_len() + 1],
-            control: sys::control_buffer(usize::from(limits.max_regions)),
-            fds: Vec::new(),
-            frame: Vec::new(),
-            out_fds: Vec::new(),
-            new_bindings: Vec::new(),
-        };
-        Ok(Endpoint {
-            fd,
-            conn: Mutex::new(conn),
-            receive_found_nothing: AtomicBool::new(false),
-        })
+    pub(crate) fn start(fd: OwnedFd, options: Options) -> Result<Endpoint> {
+        let limits = options.limits;
+        let max_fds = usize::from(limits.max_regions);
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| {
+            let binder: Weak<dyn Binder> = weak.clone();
+            Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                fd,
+                conn: Mutex::new(Conn {
+                    session: Session::new(limits, options.accept_writable, options.realm),
+                    status: Status::Open,
+                    outbox: VecDeque::new(),
+                    inbox: VecDeque::new(),
+                    inbox_bytes: 0,
+                    notices: VecDeque::new(),
+                    driven: false,
+                    wanted: false,
+                    readable: true,
+                    delivered_this_turn: false,
+                    sends_this_turn: 0,
+                    yield_every: options.yield_every,
+                    last_receive_waited: false,
+                    next_ticket: 1,
+                    sent_through: 0,
+                    reported_through: 0,
+                    blocking_failure: None,
+                    stats: Stats::default(),
+                    scratch: Scratch {
+                        frame: Vec::new(),
+                        record: vec![0; limits.announced().max_frame_len() + 1],
+                        control: sys::control_buffer(max_fds),
+                    },
+                    binder,
+                }),
+            }
+        });
+        shared.lock().send_control(shared.fd.as_fd())?;
+        Ok(Endpoint { shared })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves the tables consistent or the connection
-        // closed: every mutation either completes or is followed by `fail`.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn conn(&self) -> MutexGuard<'_, Conn> {
+        self.shared.lock()
     }
 
-    /// The limits this side announced.
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.shared.fd.as_fd()
+    }
+
+    /// A number that identifies this connection within the process, for logs.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The limits this side applies.
     pub fn limits(&self) -> Limits {
-        self.lock().own_limits
+        self.conn().session.limits()
     }
 
     /// The limits the peer announced, once its HELLO has arrived.
-    pub fn peer_limits(&self) -> Option<Limits> {
-        self.lock().peer_limits
+    pub fn peer_limits(&self) -> Option<Announced> {
+        self.conn().session.peer_limits()
     }
 
-    /// Whether the peer's HELLO has been received. Until then a send that cannot proceed
-    /// waits for the socket to become readable, not writable.
+    /// Whether the peer's HELLO has been received.
     pub fn is_handshake_complete(&self) -> bool {
-        self.lock().peer_limits.is_some()
+        self.conn().session.peer_limits().is_some()
+    }
+
+    /// Whether the connection can still carry messages: neither side closed it and no
+    /// failure ended it.
+    pub fn is_open(&self) -> bool {
+        self.conn().is_open()
     }
 
     /// Who is at the other end (`SO_PEERCRED`): for a socketpair, its creator.
     pub fn peer_credentials(&self) -> Result<Credentials> {
-        sys::peer_credentials(self.fd.as_fd())
+        sys::peer_credentials(self.fd())
     }
 
-    /// Waits until the peer's HELLO has arrived and returns its limits.
-    pub fn handshake(&self, timeout: Option<Duration>) -> Result<Limits> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            match self.lock().peer_limits(self.fd.as_fd()) {
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                other => return other,
-            }
-            self.wait(Readiness::Readable, deadline, "handshake")?;
+    /// This side's id for `region` on this connection, while the peer has it bound (the
+    /// id the peer sees in its descriptors).
+    pub fn region_id(&self, region: &Region) -> Option<u32> {
+        self.conn().session.own_id(region)
+    }
+
+    /// Traffic and binding counters.
+    pub fn stats(&self) -> Stats {
+        let conn = self.conn();
+        let (peer_regions, peer_mapped_bytes) = conn.session.peer_held();
+        Stats {
+            own_regions: conn.session.own_bound() as u64,
+            peer_regions: peer_regions as u64,
+            peer_mapped_bytes,
+            queued: conn.outbox.len() as u64,
+            inbox: conn.inbox.len() as u64,
+            ..conn.stats
         }
     }
 
-    fn wait(
-        &self,
-        readiness: Readiness,
-        deadline: Option<Instant>,
-        op: &'static str,
-    ) -> Result<()> {
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if remaining == Some(Duration::ZERO) || !sys::wait(self.fd.as_fd(), readiness, remaining)? {
-            return Err(Error::new(
-                ErrorKind::TimedOut,
-                op,
-                "the timeout passed first",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Sends `payload` with `regions` attached, without blocking.
+    /// Sends `payload` with `regions` attached, without blocking: at once when the
+    /// socket has room, otherwise after the messages queued before it.
     ///
     /// A region's descriptor travels only the first time this connection sees it; after
-    /// that the frame carries its id. Fails with [`ErrorKind::WouldBlock`] when the
-    /// socket buffer is full or the peer's HELLO has not arrived (see
-    /// [`Endpoint::is_handshake_complete`]); nothing is sent then.
-    pub fn send(&self, payload: &[u8], regions: &[Attach<'_>]) -> Result<()> {
-        self.lock().send(self.fd.as_fd(), payload, regions)
+    /// that the frame carries its id. A transferred region is unusable here from this
+    /// call on, until it comes back (or the send fails). Errors about the message itself
+    /// (too large, a closed or transferred region) leave everything as it was.
+    pub fn send<'p>(&self, payload: impl Into<Bytes<'p>>, regions: &[Attach<'_>]) -> Result<Submitted> {
+        self.conn()
+            .submit(self.fd(), "send", payload.into(), regions, false)
     }
 
-    /// [`Endpoint::send`] that waits up to `timeout` (`None`: forever) for room.
-    pub fn send_blocking(
+    /// Sends, waiting up to `timeout` (`None`: forever) for the messages queued before
+    /// it and for room. On timeout the message is withdrawn, unsent.
+    pub fn send_blocking<'p>(
         &self,
-        payload: &[u8],
+        payload: impl Into<Bytes<'p>>,
         regions: &[Attach<'_>],
         timeout: Option<Duration>,
     ) -> Result<()> {
+        self.send_blocking_interruptible(payload.into(), regions, timeout, &mut || false)
+    }
+
+    /// [`Endpoint::send_blocking`] that gives up with [`ErrorKind::Closed`] when
+    /// `interrupted` says so (checked every few milliseconds while waiting).
+    pub fn send_blocking_interruptible(
+        &self,
+        payload: Bytes<'_>,
+        regions: &[Attach<'_>],
+        timeout: Option<Duration>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<()> {
+        const OP: &str = "sendSync";
         let deadline = timeout.map(|t| Instant::now() + t);
+        let ticket = match self.conn().submit(self.fd(), OP, payload, regions, true)? {
+            Submitted::Sent => return Ok(()),
+            Submitted::Queued(ticket) => ticket,
+        };
         loop {
-            let readiness = {
-                let mut conn = self.lock();
-                match conn.send(self.fd.as_fd(), payload, regions) {
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => conn.send_readiness(),
-                    other => return other,
+            let interest = {
+                let mut conn = self.conn();
+                conn.advance_for_blocking_caller(self.fd());
+                if let Some(result) = conn.outcome(ticket) {
+                    return result.map_err(|e| e.during(OP));
                 }
+                conn.blocking_interest()
             };
-            self.wait(readiness, deadline, "send")?;
+            if let Err(e) = self.wait(interest, deadline, OP, interrupted) {
+                let mut conn = self.conn();
+                if conn.cancel(ticket) {
+                    return Err(e);
+                }
+                return conn.outcome(ticket).unwrap_or(Err(e));
+            }
         }
+    }
+
+    /// Sends what is queued while the socket has room, for programs without an event
+    /// loop; `true` when nothing remains queued.
+    pub fn flush(&self) -> Result<bool> {
+        let mut conn = self.conn();
+        conn.check_open("flush")?;
+        if !conn.session.is_established() {
+            conn.read_for_handshake(self.fd(), "flush")?;
+        }
+        conn.flush(self.fd());
+        conn.check_open("flush")?;
+        Ok(conn.outbox.is_empty() && !conn.session.has_control())
+    }
+
+    /// Withdraws a queued send that has not left. False when it already left or failed.
+    pub fn cancel(&self, ticket: Ticket) -> bool {
+        self.conn().cancel(ticket)
     }
 
     /// Receives one message without blocking; [`ErrorKind::WouldBlock`] when none is there.
     pub fn try_recv(&self) -> Result<Message> {
-        self.lock().recv(self.fd.as_fd())
+        let mut conn = self.conn();
+        conn.readable = true;
+        conn.take_message(self.fd(), "recv")
+    }
+
+    /// For an event loop's receive: a message if one is there, otherwise `None`, and
+    /// from then on messages are delivered as [`Event::Message`] until
+    /// [`Endpoint::set_wanted`] says otherwise.
+    pub fn recv_or_want(&self) -> Result<Option<Message>> {
+        let mut conn = self.conn();
+        match conn.take_message(self.fd(), "recv") {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                conn.wanted = true;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the application wants messages delivered as [`Event::Message`].
+    pub fn set_wanted(&self, wanted: bool) {
+        self.conn().wanted = wanted;
     }
 
     /// Receives one message, waiting up to `timeout` (`None`: forever).
-    ///
-    /// When the previous receive found nothing waiting (a conversation in lockstep), this
-    /// one waits for the socket first instead of trying a receive that would find nothing.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Message> {
+        self.recv_interruptible(timeout, &mut || false)
+    }
+
+    /// [`Endpoint::recv_timeout`] that gives up with [`ErrorKind::Closed`] when
+    /// `interrupted` says so (checked every few milliseconds while waiting).
+    pub fn recv_interruptible(
+        &self,
+        timeout: Option<Duration>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Message> {
+        const OP: &str = "recvSync";
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut wait_first = self.receive_found_nothing.load(Ordering::Relaxed);
+        let mut wait_first = self.conn().last_receive_waited;
         loop {
             if wait_first {
-                self.wait(Readiness::Readable, deadline, "recv")?;
+                self.wait(Interest::READABLE, deadline, OP, interrupted)?;
             }
-            match self.try_recv() {
+            let mut conn = self.conn();
+            conn.readable = true;
+            match conn.take_message(self.fd(), OP) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.receive_found_nothing.store(true, Ordering::Relaxed);
+                    conn.last_receive_waited = true;
                     wait_first = true;
                 }
                 other => {
                     if !wait_first {
-                        self.receive_found_nothing.store(false, Ordering::Relaxed);
+                        conn.last_receive_waited = false;
                     }
                     return other;
                 }
@@ -335,536 +649,516 @@ impl Endpoint {
         }
     }
 
-    /// Forgets this side's id for `region`: the peer is told (RELEASE) and may unmap it.
-    /// Sending the region again later passes its descriptor again. Does nothing for a
-    /// region this side never sent.
-    pub fn release(&self, region: &Region) -> Result<()> {
-        self.lock().release(self.fd.as_fd(), region)
-    }
-
-    /// Sends RELEASE frames still queued because the socket was full.
-    /// [`ErrorKind::WouldBlock`] means some remain; wait for writability and retry.
-    pub fn flush(&self) -> Result<()> {
-        self.lock().flush_releases(self.fd.as_fd())
-    }
-
-    /// Whether RELEASE frames wait for room in the socket.
-    pub fn has_pending_output(&self) -> bool {
-        !self.lock().pending_release.is_empty()
-    }
-
-    /// How many regions this connection keeps mapped for the peer's ids and its own.
-    pub fn bound_regions(&self) -> usize {
-        self.lock().by_identity.len()
-    }
-
-    /// Closes the connection: the peer sees end-of-file, every region bound to it is
-    /// dropped (regions still held elsewhere stay valid). The descriptor itself is closed
-    /// when the endpoint is dropped, so an event loop can stop watching it first.
-    pub fn close(&self) {
-        let mut conn = self.lock();
-        if conn.status != Status::Closed {
-            sys::shutdown_both(self.fd.as_fd());
-            conn.status = Status::Closed;
-            conn.forget_all();
+    /// Waits until the peer's HELLO has arrived and returns its limits.
+    pub fn handshake(&self, timeout: Option<Duration>) -> Result<Announced> {
+        const OP: &str = "handshake";
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            {
+                let mut conn = self.conn();
+                if let Some(limits) = conn.session.peer_limits() {
+                    return Ok(limits);
+                }
+                conn.check_open(OP)?;
+                conn.readable = true;
+                conn.read_for_handshake(self.fd(), OP)?;
+                if let Some(limits) = conn.session.peer_limits() {
+                    return Ok(limits);
+                }
+            }
+            self.wait(Interest::READABLE, deadline, OP, &mut || false)?;
         }
     }
 
-    /// Whether the connection can still carry messages: neither side closed it and no
-    /// protocol violation ended it.
-    pub fn is_open(&self) -> bool {
-        self.lock().status == Status::Open
+    fn wait(
+        &self,
+        interest: Interest,
+        deadline: Option<Instant>,
+        op: &'static str,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<()> {
+        loop {
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if remaining == Some(Duration::ZERO) {
+                return Err(Error::timed_out(op));
+            }
+            let slice = remaining.map_or(INTERRUPT_SLICE, |r| r.min(INTERRUPT_SLICE));
+            if sys::wait(self.fd(), interest, Some(slice))? {
+                return Ok(());
+            }
+            if interrupted() {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    op,
+                    "the calling thread is being stopped (a worker thread was terminated)",
+                ));
+            }
+        }
+    }
+
+    /// Forgets this side's id for `region`: the peer is told (RELEASE) and may unmap it.
+    /// Sending the region again later passes its descriptor again. Does nothing for a
+    /// region the peer does not have bound.
+    pub fn release(&self, region: &Region) {
+        let mut conn = self.conn();
+        if conn.session.release(region) && conn.is_open() {
+            let _ = conn.send_control(self.fd());
+        }
+    }
+
+    /// Closes the connection: the peer sees end-of-file; queued sends fail (their
+    /// regions are usable here again); received messages not yet taken are dropped;
+    /// the peer's regions are unbound (regions still held elsewhere stay valid). The
+    /// descriptor itself is closed when the endpoint is dropped, so an event loop can
+    /// stop watching it first.
+    pub fn close(&self) {
+        let mut conn = self.conn();
+        if conn.is_open() {
+            conn.end(self.fd(), Error::closed("close"));
+        }
+        conn.inbox.clear();
+        conn.inbox_bytes = 0;
+    }
+
+    /// What the driving event loop should wait for now.
+    pub fn interest(&self) -> Interest {
+        self.conn().interest()
+    }
+
+    /// The socket is ready: the event loop has turned. Writable readiness sends what is
+    /// queued. Then take events with [`Endpoint::poll_event`].
+    pub fn on_ready(&self, ready: Interest) {
+        let mut conn = self.conn();
+        conn.driven = true;
+        conn.sends_this_turn = 0;
+        conn.delivered_this_turn = false;
+        if ready.readable {
+            conn.readable = true;
+        }
+        if ready.writable {
+            conn.flush(self.fd());
+        }
+    }
+
+    /// The next event for the application, reading the socket when that is what comes
+    /// next. `None` when there is nothing more until the socket is ready again.
+    pub fn poll_event(&self) -> Option<Event> {
+        let mut conn = self.conn();
+        conn.driven = true;
+        conn.next_event(self.fd())
+    }
+
+    /// Whether events wait to be taken with [`Endpoint::poll_event`] without new
+    /// readiness (a blocking call or `close` produced them).
+    pub fn has_events(&self) -> bool {
+        let conn = self.conn();
+        !conn.notices.is_empty() || conn.sent_through > conn.reported_through
     }
 }
 
 impl AsFd for Endpoint {
     /// The socket, for an event loop to wait on. Do not read or write it directly.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd()
     }
 }
 
-impl Connection {
+/// Whether `error`, from sending one message, is about that message alone: the
+/// connection stays open and nothing was sent.
+fn concerns_message_only(error: &Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::PayloadTooLarge
+            | ErrorKind::TooManyRegions
+            | ErrorKind::RegionClosed
+            | ErrorKind::RegionTransferred
+            | ErrorKind::InvalidArgument
+    )
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        matches!(self.status, Status::Open)
+    }
+
     fn check_open(&self, op: &'static str) -> Result<()> {
-        match self.status {
+        match &self.status {
             Status::Open => Ok(()),
-            Status::PeerClosed => Err(Error::peer_closed(op)),
-            Status::Closed => Err(Error::closed(op)),
+            Status::Ended(reason) if reason.kind() == ErrorKind::PeerClosed => {
+                Err(Error::peer_closed(op))
+            }
+            Status::Ended(_) => Err(Error::closed(op)),
         }
     }
 
-    fn send_readiness(&self) -> Readiness {
-        if self.peer_limits.is_some() {
-            Readiness::Writable
+    fn interest(&self) -> Interest {
+        if !self.is_open() {
+            return Interest::default();
+        }
+        let established = self.session.is_established();
+        Interest {
+            readable: !established || self.inbox_has_room(),
+            writable: established
+                && (!self.outbox.is_empty() || self.session.has_control()),
+        }
+    }
+
+    fn blocking_interest(&self) -> Interest {
+        if self.session.is_established() {
+            Interest::WRITABLE
         } else {
-            Readiness::Readable
+            Interest::READABLE
         }
     }
 
-    /// The peer's limits, reading its HELLO first if it has not been read yet.
-    fn peer_limits(&mut self, fd: BorrowedFd<'_>) -> Result<Limits> {
-        if let Some(limits) = self.peer_limits {
-            return Ok(limits);
-        }
-        self.check_open("handshake")?;
-        // The HELLO is always the peer's first record, so reading one record here can
-        // never take a message away from `recv`: the first record is a HELLO or a
-        // violation that closes the connection.
-        let len = self.read_record(fd, "handshake")?;
-        self.handle(fd, len)?;
-        self.peer_limits
-            .ok_or_else(|| Error::would_block("handshake"))
+    fn inbox_has_room(&self) -> bool {
+        self.inbox.len() < INBOX_MESSAGES && self.inbox_bytes < INBOX_BYTES
     }
 
-    fn send(&mut self, fd: BorrowedFd<'_>, payload: &[u8], regions: &[Attach<'_>]) -> Result<()> {
-        const OP: &str = "send";
-        self.check_open(OP)?;
-        let peer = self.peer_limits(fd)?;
-        if payload.len() > peer.max_payload as usize {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                OP,
-                format!(
-                    "the payload has {} bytes but the peer accepts at most {}; put large data in a region",
-                    payload.len(),
-                    peer.max_payload
-                ),
-            ));
+    /// Queues or sends a message (see [`Endpoint::send`]).
+    fn submit(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        op: &'static str,
+        payload: Bytes<'_>,
+        attachments: &[Attach<'_>],
+        blocking: bool,
+    ) -> Result<Submitted> {
+        self.check_open(op)?;
+        if !self.session.is_established() && self.readable {
+            self.read_for_handshake(fd, op)?;
         }
-        if regions.len() > usize::from(peer.max_regions) {
-            return Err(Error::new(
-                ErrorKind::TooManyRegions,
-                OP,
-                format!(
-                    "{} regions attached but the peer accepts at most {} per message; send several messages",
-                    regions.len(),
-                    peer.max_regions
-                ),
-            ));
-        }
-        for attach in regions {
-            if attach.region.is_transferred() {
-                return Err(Error::new(
-                    ErrorKind::RegionTransferred,
-                    OP,
-                    "a region was already transferred; only its current owner may send it",
-                ));
+        self.session.check_message(op, payload.len(), attachments)?;
+        let may_go_now = self.outbox.is_empty()
+            && self.session.is_established()
+            && (blocking || self.yield_every == 0 || self.sends_this_turn < self.yield_every);
+        if may_go_now {
+            match self.transmit(fd, op, payload, attachments) {
+                Ok(Io::Done(())) => {
+                    self.sends_this_turn += 1;
+                    return Ok(Submitted::Sent);
+                }
+                Ok(Io::WouldBlock) => {}
+                Ok(Io::Disconnected) => {
+                    self.end(fd, Error::peer_closed(op));
+                    return Err(Error::peer_closed(op));
+                }
+                Err(e) if concerns_message_only(&e) => return Err(e),
+                Err(e) => {
+                    self.end(fd, e.clone());
+                    return Err(e);
+                }
             }
         }
-        self.flush_releases(fd)?;
-        self.encode_message(payload.len() as u32, regions);
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let ended = std::sync::Arc::clone(self.session.ended_flag());
+        for attach in attachments.iter().filter(|a| a.transfer) {
+            attach.region.send_away(&ended);
+        }
+        self.outbox.push_back(Queued {
+            ticket,
+            payload: payload.to_vec(),
+            attachments: attachments
+                .iter()
+                .map(|a| (a.region.clone(), a.transfer))
+                .collect(),
+            blocking,
+        });
+        Ok(Submitted::Queued(ticket))
+    }
+
+    /// Sends control frames the session has pending (HELLO, RELEASE).
+    fn send_control(&mut self, fd: BorrowedFd<'_>) -> Result<Io<()>> {
+        while let Some(control) = self.session.poll_control(&mut self.scratch.frame) {
+            match sys::send_record(fd, &[Bytes::from(self.scratch.frame.as_slice())], &[])? {
+                Io::Done(_) => self.session.control_sent(control),
+                // A peer already gone is reported by the first receive, after whatever it
+                // sent before leaving (PROTOCOL.md §3 rule 4).
+                Io::Disconnected if control == Control::Hello => self.session.control_sent(control),
+                Io::Disconnected => return Ok(Io::Disconnected),
+                Io::WouldBlock => return Ok(Io::WouldBlock),
+            }
+        }
+        Ok(Io::Done(()))
+    }
+
+    /// Puts one message in the socket now, or reports why it cannot go.
+    fn transmit(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        op: &'static str,
+        payload: Bytes<'_>,
+        attachments: &[Attach<'_>],
+    ) -> Result<Io<()>> {
+        match self.send_control(fd)? {
+            Io::Done(()) => {}
+            other => return Ok(other),
+        }
+        let plan = self
+            .session
+            .encode_message(op, payload.len(), attachments, &mut self.scratch.frame)?;
+        let files: Vec<BorrowedFd<'_>> = plan.files.iter().map(|f| f.as_fd()).collect();
+        let parts = [Bytes::from(self.scratch.frame.as_slice()), payload];
+        let expected = self.scratch.frame.len() + payload.len();
         // SYNC POINT: release (MEMORY-MODEL.md §3). Every write this thread made to the
         // attached regions happens-before the peer's reads after its receive.
         fence(Ordering::Release);
-        let iov = [IoSlice::new(&self.frame), IoSlice::new(payload)];
-        let expected = self.frame.len() + payload.len();
-        match sys::send_frame(fd, &iov, &self.out_fds) {
-            Ok(n) if n == expected => {}
-            Ok(n) => {
+        match sys::send_record(fd, &parts, &files)? {
+            Io::Done(n) if n == expected => {}
+            Io::Done(n) => {
                 return Err(Error::new(
                     ErrorKind::Os,
-                    "sendmsg",
-                    format!("the kernel took {n} of {expected} bytes of a record"),
+                    op,
+                    format!("the kernel took {n} of {expected} bytes of a record; the connection was closed"),
                 ));
             }
-            Err(e) => return Err(send_error(e)),
+            Io::WouldBlock => return Ok(Io::WouldBlock),
+            Io::Disconnected => return Ok(Io::Disconnected),
         }
-        self.commit_sent(regions);
-        Ok(())
+        drop(files);
+        let binder = Weak::clone(&self.binder);
+        self.session.message_sent(attachments, plan, &binder);
+        let ended = std::sync::Arc::clone(self.session.ended_flag());
+        for attach in attachments.iter().filter(|a| a.transfer) {
+            attach.region.send_away(&ended);
+        }
+        self.stats.messages_out += 1;
+        self.stats.bytes_out += payload.len() as u64;
+        Ok(Io::Done(()))
     }
 
-    /// Writes the header and descriptors of a MESSAGE into `self.frame`, the descriptors
-    /// to pass into `self.out_fds`, and the ids it assigns into `self.new_bindings`.
-    fn encode_message(&mut self, payload_len: u32, regions: &[Attach<'_>]) {
-        self.frame.clear();
-        self.out_fds.clear();
-        self.new_bindings.clear();
-        wire::put_header(
-            &mut self.frame,
-            wire::KIND_MESSAGE,
-            regions.len() as u16,
-            payload_len,
-        );
-        let mut next_id = self.next_id;
-        for (index, attach) in regions.iter().enumerate() {
-            let region = attach.region;
-            let earlier = self
-                .new_bindings
-                .iter()
-                .find(|(_, i)| regions[*i].region.same_as(region));
-            let (id, new) = match (self.sent_ids.get(&region.serial()), earlier) {
-                (Some(&id), _) => (id, false),
-                (None, Some(&(id, _))) => (id, false),
-                (None, None) => {
-                    let id = self.free_id(&mut next_id);
-                    self.new_bindings.push((id, index));
-                    self.out_fds.push(region.as_fd().as_raw_fd());
-                    (id, true)
+    /// Sends what is queued, in order, while the socket has room.
+    fn flush(&mut self, fd: BorrowedFd<'_>) {
+        if !self.is_open() || !self.session.is_established() {
+            return;
+        }
+        match self.send_control(fd) {
+            Ok(Io::Done(())) => {}
+            Ok(Io::WouldBlock) => return,
+            Ok(Io::Disconnected) => return self.end(fd, Error::peer_closed("send")),
+            Err(e) => return self.end(fd, e),
+        }
+        while let Some(queued) = self.outbox.pop_front() {
+            let attachments = queued.attachments();
+            let sent = self.transmit(fd, "send", Bytes::from(&queued.payload), &attachments);
+            drop(attachments);
+            match sent {
+                Ok(Io::Done(())) => self.sent_through = queued.ticket,
+                Ok(Io::WouldBlock) => {
+                    self.outbox.push_front(queued);
+                    return;
                 }
+                Ok(Io::Disconnected) => {
+                    self.outbox.push_front(queued);
+                    return self.end(fd, Error::peer_closed("send"));
+                }
+                Err(e) if concerns_message_only(&e) => self.fail_queued(queued, e),
+                Err(e) => {
+                    self.outbox.push_front(queued);
+                    return self.end(fd, e);
+                }
+            }
+        }
+    }
+
+    fn fail_queued(&mut self, queued: Queued, error: Error) {
+        let ticket = queued.ticket;
+        let blocking = queued.blocking;
+        queued.abandon();
+        if blocking {
+            self.blocking_failure = Some((ticket, error));
+        } else if self.driven {
+            self.notices.push_back(Event::SendFailed { ticket, error });
+        }
+    }
+
+    fn cancel(&mut self, ticket: Ticket) -> bool {
+        match self.outbox.iter().position(|q| q.ticket == ticket) {
+            Some(at) => {
+                if let Some(queued) = self.outbox.remove(at) {
+                    queued.abandon();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What became of a blocking caller's `ticket`, once something did.
+    fn outcome(&mut self, ticket: Ticket) -> Option<Result<()>> {
+        if let Some((failed, _)) = &self.blocking_failure
+            && *failed == ticket
+        {
+            return self.blocking_failure.take().map(|(_, e)| Err(e));
+        }
+        if self.outbox.iter().any(|q| q.ticket == ticket) {
+            return match &self.status {
+                Status::Open => None,
+                Status::Ended(reason) => Some(Err(reason.clone())),
             };
-            let mut flags = 0;
-            if new {
-                flags |= wire::FLAG_NEW;
-            }
-            if region.is_frozen() {
-                flags |= wire::FLAG_FROZEN;
-            }
-            if attach.transfer {
-                flags |= wire::FLAG_TRANSFER;
-            }
-            wire::put_descriptor(
-                &mut self.frame,
-                Descriptor {
-                    id,
-                    flags,
-                    size: region.size() as u64,
-                },
-            );
+        }
+        match &self.status {
+            Status::Ended(reason) if self.sent_through < ticket => Some(Err(reason.clone())),
+            _ => Some(Ok(())),
         }
     }
 
-    /// The next id at or after `*next` that is neither 0 nor bound.
-    fn free_id(&self, next: &mut u32) -> u32 {
-        loop {
-            let id = *next;
-            *next = next.wrapping_add(1);
-            let taken =
-                self.sent.contains_key(&id) || self.new_bindings.iter().any(|(i, _)| *i == id);
-            if id != 0 && !taken {
-                return id;
+    /// Moves a blocking send forward: reads the HELLO if it has not come, then sends.
+    fn advance_for_blocking_caller(&mut self, fd: BorrowedFd<'_>) {
+        if !self.session.is_established() && self.is_open() {
+            self.readable = true;
+            let _ = self.read_for_handshake(fd, "sendSync");
+        }
+        self.flush(fd);
+    }
+
+    /// Reads the peer's HELLO, which is always its first record, so that reading it
+    /// can never take a message from the application.
+    fn read_for_handshake(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
+        match self.read_record(fd, op)? {
+            None | Some(Inbound::Handshake) => Ok(()),
+            Some(other) => {
+                self.accept_inbound(fd, other);
+                Ok(())
             }
         }
     }
 
-    fn commit_sent(&mut self, regions: &[Attach<'_>]) {
-        for &(id, index) in &self.new_bindings {
-            let region = regions[index].region;
-            self.sent_ids.insert(region.serial(), id);
-            self.sent.insert(id, region.clone());
-            bind(&mut self.by_identity, region);
-            self.next_id = id.wrapping_add(1);
-        }
-        for attach in regions.iter().filter(|a| a.transfer) {
-            attach.region.set_transferred(true);
-        }
-    }
-
-    fn release(&mut self, fd: BorrowedFd<'_>, region: &Region) -> Result<()> {
-        let Some(id) = self.sent_ids.remove(&region.serial()) else {
-            return Ok(());
-        };
-        self.sent.remove(&id);
-        unbind(&mut self.by_identity, region);
-        if self.status != Status::Open {
-            return Ok(());
-        }
-        self.pending_release.push(Descriptor {
-            id,
-            flags: 0,
-            size: region.size() as u64,
-        });
-        match self.flush_releases(fd) {
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
-            other => other,
-        }
-    }
-
-    fn flush_releases(&mut self, fd: BorrowedFd<'_>) -> Result<()> {
-        while !self.pending_release.is_empty() {
-            let peer = self.peer_limits(fd)?;
-            let count = self
-                .pending_release
-                .len()
-                .min(usize::from(peer.max_regions));
-            self.frame.clear();
-            wire::put_header(&mut self.frame, wire::KIND_RELEASE, count as u16, 0);
-            for d in &self.pending_release[..count] {
-                wire::put_descriptor(&mut self.frame, *d);
-            }
-            sys::send_frame(fd, &[IoSlice::new(&self.frame)], &[]).map_err(send_error)?;
-            self.pending_release.drain(..count);
-        }
-        Ok(())
-    }
-
-    /// Reads one record into `recv_buf` (and its descriptors into `fds`); returns its length.
-    fn read_record(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<usize> {
-        self.fds.clear();
-        let max_fds = usize::from(self.own_limits.max_regions);
-        let mut received = sys::recv_frame(
+    /// Reads and judges one record; `None` when the socket is empty. A failure ends the
+    /// connection and is returned.
+    fn read_record(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<Option<Inbound>> {
+        let max_fds = usize::from(self.session.limits().max_regions);
+        let mut fds = Vec::new();
+        let received = sys::recv_record(
             fd,
-            &mut self.recv_buf,
-            &mut self.control,
+            &mut self.scratch.record,
+            &mut self.scratch.control,
             max_fds,
-            &mut self.fds,
+            &mut fds,
         );
-        if received == Err(nix::errno::Errno::ECONNRESET) {
-            // The peer closed with records of ours still unread; Linux reports that once,
-            // then hands over what the peer sent before closing, then end-of-file.
-            received = sys::recv_frame(
-                fd,
-                &mut self.recv_buf,
-                &mut self.control,
-                max_fds,
-                &mut self.fds,
-            );
-        }
         // SYNC POINT: acquire (MEMORY-MODEL.md §4). The peer's writes before its send
         // happen-before every read this thread makes after this point.
         fence(Ordering::Acquire);
         let received = match received {
-            Ok(r) => r,
-            Err(nix::errno::Errno::EAGAIN) => return Err(Error::would_block(op)),
+            Ok(Io::Done(received)) => received,
+            Ok(Io::WouldBlock) => {
+                self.readable = false;
+                return Ok(None);
+            }
+            Ok(Io::Disconnected) => return Ok(Some(Inbound::EndOfFile)),
             Err(e) => {
-                return Err(Error::os(
-                    "recvmsg",
-                    e,
-                    "the socket failed; close the endpoint",
-                ));
+                let e = e.during(op);
+                self.end(fd, e.clone());
+                return Err(e);
             }
         };
-        if received.len == 0 && self.fds.is_empty() && !received.control_truncated {
-            return Err(self.peer_gone(fd, op));
+        let len = received.len.min(self.scratch.record.len());
+        let record = Record {
+            bytes: &self.scratch.record[..len],
+            fds,
+            data_truncated: received.data_truncated,
+            control_truncated: received.control_truncated,
+        };
+        match self.session.handle_record(record) {
+            Ok(Inbound::Handshake) => {
+                if self.driven {
+                    self.notices.push_back(Event::Handshake);
+                }
+                self.flush(fd);
+                Ok(Some(Inbound::Handshake))
+            }
+            Ok(inbound) => Ok(Some(inbound)),
+            Err(e) => {
+                let e = e.during(op);
+                self.end(fd, e.clone());
+                Err(e)
+            }
         }
-        if received.control_truncated {
-            let installed = self.fds.len();
-            return Err(self.fail(fd, Error::new(
-                ErrorKind::FdsTruncated,
-                op,
-                format!(
-                    "the kernel dropped descriptors from a message ({installed} arrived and were closed): \
-                     the peer sent more than the {max_fds} this side accepts, or this process is at its \
-                     open-file limit (ulimit -n); the connection was closed"
-                ),
-            )));
+    }
+
+    /// Files what a record brought: a message into the inbox, end-of-file as the end.
+    fn accept_inbound(&mut self, fd: BorrowedFd<'_>, inbound: Inbound) {
+        match inbound {
+            Inbound::Message(message) => {
+                self.stats.messages_in += 1;
+                self.stats.bytes_in += message.payload.len() as u64;
+                self.inbox_bytes += message.payload.len();
+                self.inbox.push_back(message);
+            }
+            Inbound::EndOfFile => self.end(fd, Error::peer_closed("recv")),
+            Inbound::Handshake | Inbound::Released => {}
         }
-        if received.data_truncated {
-            let limit = self.own_limits.max_frame_len();
-            return Err(self.fail(fd, Error::protocol(
-                op,
-                format!("the peer sent a record longer than the {limit} bytes this side's limits allow"),
-            )));
-        }
-        Ok(received.len)
     }
 
-    /// End-of-file. A zero-length record reads the same; no frame is that short, so the
-    /// connection is shut down either way (PROTOCOL.md §6).
-    fn peer_gone(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Error {
-        sys::shutdown_both(fd);
-        self.status = Status::PeerClosed;
-        self.forget_all();
-        Error::peer_closed(op)
-    }
-
-    /// Closes the connection after a violation (the peer reads end-of-file) and returns
-    /// `error` to report it.
-    fn fail(&mut self, fd: BorrowedFd<'_>, error: Error) -> Error {
-        sys::shutdown_both(fd);
-        self.fds.clear();
-        self.status = Status::Closed;
-        self.forget_all();
-        error
-    }
-
-    fn forget_all(&mut self) {
-        self.sent_ids.clear();
-        self.sent.clear();
-        self.received.clear();
-        self.by_identity.clear();
-        self.pending_release.clear();
-        self.fds.clear();
-    }
-
-    fn recv(&mut self, fd: BorrowedFd<'_>) -> Result<Message> {
-        self.check_open("recv")?;
+    /// The next message: queued first, then from the socket.
+    fn take_message(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<Message> {
         loop {
-            let len = self.read_record(fd, "recv")?;
-            if let Some(message) = self.handle(fd, len)? {
+            if let Some(message) = self.inbox.pop_front() {
+                self.inbox_bytes -= message.payload.len();
                 return Ok(message);
             }
-        }
-    }
-
-    /// Applies one record of `len` bytes; returns the message if it was one.
-    fn handle(&mut self, fd: BorrowedFd<'_>, len: usize) -> Result<Option<Message>> {
-        const OP: &str = "recv";
-        let buf = std::mem::take(&mut self.recv_buf);
-        let outcome = self.apply(&buf[..len.min(buf.len())]);
-        self.recv_buf = buf;
-        outcome.map_err(|e| match e {
-            Rejection::Refused(Refusal::Incompatible(text)) => self.fail(
-                fd,
-                Error::new(
-                    ErrorKind::Incompatible,
-                    OP,
-                    format!("{text}; the connection was closed"),
-                ),
-            ),
-            Rejection::Refused(Refusal::Violation(text)) => {
-                self.fail(fd, Error::protocol(OP, text))
+            if let Status::Ended(_) = self.status {
+                return Err(self.check_open(op).err().unwrap_or_else(|| Error::closed(op)));
             }
-            Rejection::Error(e) => self.fail(fd, e),
-        })
-    }
-
-    /// Judges one record in the order `docs/PROTOCOL.md` §7 gives and applies it.
-    fn apply(&mut self, record: &[u8]) -> std::result::Result<Option<Message>, Rejection> {
-        let fds_arrived = self.fds.len();
-        if self.peer_limits.is_none() {
-            let limits = wire::parse_first(record).map_err(Rejection::Refused)?;
-            if fds_arrived != 0 {
-                return Err(violation("descriptors arrived with the HELLO"));
+            if !self.readable {
+                return Err(Error::would_block(op));
             }
-            self.peer_limits = Some(limits);
-            return Ok(None);
-        }
-        let frame = wire::parse(record).map_err(Rejection::Refused)?;
-        let new_count = frame.descriptors().filter(Descriptor::is_new).count();
-        if new_count != fds_arrived {
-            return Err(violation(format!(
-                "{new_count} descriptors are marked new but {fds_arrived} file descriptors arrived"
-            )));
-        }
-        if frame.header.region_count > self.own_limits.max_regions {
-            return Err(violation(format!(
-                "{} regions in one message; this side announced at most {}",
-                frame.header.region_count, self.own_limits.max_regions
-            )));
-        }
-        if frame.header.payload_len > self.own_limits.max_payload {
-            return Err(violation(format!(
-                "{} payload bytes; this side announced at most {}",
-                frame.header.payload_len, self.own_limits.max_payload
-            )));
-        }
-        match frame.header.kind {
-            wire::KIND_HELLO => Err(violation("a second HELLO")),
-            wire::KIND_RELEASE => {
-                for d in frame.descriptors() {
-                    let region = self.received.remove(&d.id).ok_or_else(|| {
-                        violation(format!("RELEASE of region id {}, which is not bound", d.id))
-                    })?;
-                    if region.size() as u64 != d.size {
-                        return Err(violation(format!(
-                            "RELEASE of region {} with the wrong size",
-                            d.id
-                        )));
-                    }
-                    unbind(&mut self.by_identity, &region);
-                }
-                Ok(None)
-            }
-            _ => {
-                let mut fds = std::mem::take(&mut self.fds).into_iter();
-                let mut regions = Vec::with_capacity(frame.descriptors().len());
-                for d in frame.descriptors() {
-                    let region = if d.is_new() {
-                        let fd = fds
-                            .next()
-                            .ok_or_else(|| violation("a descriptor went missing"))?;
-                        self.bind_new(d, fd)?
-                    } else {
-                        self.resolve_known(d)?
-                    };
-                    region.set_transferred(false);
-                    regions.push(Incoming {
-                        region,
-                        transferred: d.is_transfer(),
-                        id: d.id,
-                        new: d.is_new(),
-                    });
-                }
-                Ok(Some(Message {
-                    payload: frame.payload.to_vec(),
-                    regions,
-                }))
+            match self.read_record(fd, op)? {
+                None => return Err(Error::would_block(op)),
+                Some(inbound) => self.accept_inbound(fd, inbound),
             }
         }
     }
 
-    fn bind_new(&mut self, d: Descriptor, fd: OwnedFd) -> std::result::Result<Region, Rejection> {
-        let Entry::Vacant(slot) = self.received.entry(d.id) else {
-            return Err(violation(format!(
-                "region id {} is already bound; RELEASE it before reusing it",
-                d.id
-            )));
-        };
-        let info = Region::inspect(fd.as_fd(), d.size, d.is_frozen()).map_err(Rejection::Error)?;
-        let region = match self.by_identity.get(&info.identity) {
-            Some(known) if known.region.is_frozen() == d.is_frozen() => known.region.clone(),
-            _ => Region::adopt(fd, info, d.is_frozen()).map_err(Rejection::Error)?,
-        };
-        slot.insert(region.clone());
-        bind(&mut self.by_identity, &region);
-        Ok(region)
-    }
-
-    fn resolve_known(&self, d: Descriptor) -> std::result::Result<Region, Rejection> {
-        let region = self.received.get(&d.id).ok_or_else(|| {
-            violation(format!(
-                "unknown region id {} (never sent with its descriptor)",
-                d.id
-            ))
-        })?;
-        if region.size() as u64 != d.size {
-            return Err(violation(format!(
-                "region {} was bound with {} bytes but the descriptor says {}",
-                d.id,
-                region.size(),
-                d.size
-            )));
-        }
-        if region.is_frozen() != d.is_frozen() {
-            return Err(violation(format!("region {}'s frozen flag changed", d.id)));
-        }
-        Ok(region.clone())
-    }
-}
-
-/// Why a record was not applied.
-enum Rejection {
-    Refused(Refusal),
-    Error(Error),
-}
-
-fn violation(text: impl Into<String>) -> Rejection {
-    Rejection::Refused(Refusal::Violation(text.into()))
-}
-
-fn bind(by_identity: &mut HashMap<(u64, u64), Known>, region: &Region) {
-    by_identity
-        .entry(region.identity())
-        .or_insert_with(|| Known {
-            region: region.clone(),
-            bindings: 0,
-        })
-        .bindings += 1;
-}
-
-fn unbind(by_identity: &mut HashMap<(u64, u64), Known>, region: &Region) {
-    if let Entry::Occupied(mut known) = by_identity.entry(region.identity()) {
-        known.get_mut().bindings -= 1;
-        if known.get().bindings == 0 {
-            known.remove();
+    fn next_event(&mut self, fd: BorrowedFd<'_>) -> Option<Event> {
+        loop {
+            if self.wanted
+                && let Some(message) = self.inbox.pop_front()
+            {
+                self.inbox_bytes -= message.payload.len();
+                self.delivered_this_turn = true;
+                return Some(Event::Message(message));
+            }
+            if let Some(notice) = self.notices.pop_front() {
+                return Some(notice);
+            }
+            if self.sent_through > self.reported_through {
+                self.reported_through = self.sent_through;
+                return Some(Event::Sent {
+                    through: self.sent_through,
+                });
+            }
+            let may_read = self.is_open()
+                && self.readable
+                && (!self.session.is_established()
+                    || (self.inbox_has_room() && (self.wanted || !self.delivered_this_turn)));
+            if !may_read {
+                return None;
+            }
+            match self.read_record(fd, "recv") {
+                Ok(None) => return None,
+                Ok(Some(inbound)) => self.accept_inbound(fd, inbound),
+                // The failure ended the connection and queued a Closed event.
+                Err(_) => {}
+            }
         }
     }
-}
 
-fn send_error(e: nix::errno::Errno) -> Error {
-    use nix::errno::Errno;
-    match e {
-        Errno::EAGAIN => Error::would_block("send"),
-        Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN => Error::peer_closed("send"),
-        Errno::ETOOMANYREFS => Error::os(
-            "sendmsg",
-            e,
-            "too many descriptors are in flight; wait until the peer has received earlier messages",
-        ),
-        _ => Error::os(
-            "sendmsg",
-            e,
-            "the message could not be sent; close the endpoint",
-        ),
+    /// Ends the connection with `reason`: the socket is shut down so the peer reads
+    /// end-of-file, queued sends fail, and the tables are dropped.
+    fn end(&mut self, fd: BorrowedFd<'_>, reason: Error) {
+        if !self.is_open() {
+            return;
+        }
+        sys::shutdown_both(fd);
+        self.session.end();
+        self.status = Status::Ended(reason.clone());
+        for queued in std::mem::take(&mut self.outbox) {
+            self.fail_queued(queued, reason.clone());
+        }
+        if self.driven {
+            self.notices.push_back(Event::Closed(reason));
+        }
     }
 }

@@ -19,7 +19,7 @@
 //! let (parent, child) = Endpoint::pair()?;
 //! let frame = Region::create(1 << 20)?;
 //! frame.write(0, b"pixels")?;
-//! parent.send(b"frame 1", &[Attach::transfer(&frame)])?;
+//! parent.send_blocking(b"frame 1", &[Attach::transfer(&frame)], None)?;
 //!
 //! let message = child.recv_timeout(None)?;
 //! let mut head = [0u8; 6];
@@ -35,15 +35,19 @@
 
 mod endpoint;
 mod error;
+mod limits;
 mod listener;
 mod region;
+mod session;
 mod sync;
 mod sys;
+mod table;
 pub mod wire;
 
-pub use endpoint::{Attach, Endpoint, Incoming, Message};
+pub use endpoint::{Bytes, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
 pub use error::{Error, ErrorKind, Result};
-pub use listener::Listener;
-pub use region::{Mapping, Region};
-pub use sys::{Credentials, Readiness};
-pub use wire::Limits;
+pub use limits::{Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits};
+pub use listener::{ListenOptions, Listener};
+pub use region::{Lease, Mapping, Realm, Region};
+pub use session::{Attach, Incoming, Message};
+pub use sys::{Credentials, Interest};

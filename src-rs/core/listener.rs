@@ -1,77 +1,95 @@
-//! Listening sockets: `bind(2)` + `listen(2)` at a path, `accept(2)` into endpoints.
+//! Listening sockets: `bind(2)` + `listen(2)` at a path, accepted connections checked
+//! against a credential filter before anything is read from them.
+//!
+//! Accepted connections wait in a bounded queue until the application takes them; an
+//! endpoint reads nothing until then (its driver is not started), so a peer cannot make
+//! this process map a region before the application has looked at who it is. Past the
+//! bound, connections stay in the kernel's backlog, whose own bound makes further
+//! clients wait.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Options, PeerFilter};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sys::{self, Readiness};
-use crate::wire::Limits;
+use crate::sync::{AtomicU64, Ordering};
+use crate::sys::{self, Interest};
 
-/// A listening socket. Its socket file has mode 0600 and is removed on drop (if it is
-/// still the one this listener created).
+/// How a listener admits connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// Who may connect (`SO_PEERCRED`); others are closed at once, unread.
+    pub allow: PeerFilter,
+    /// How accepted endpoints treat their peers (frozen regions only, by default).
+    pub endpoint: Options,
+    /// Accepted connections the application has not taken yet, at most.
+    pub max_pending: usize,
+    /// Connections the kernel queues before the listener accepts them (`listen(2)`).
+    pub backlog: usize,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            allow: PeerFilter::SameUser,
+            endpoint: Options::untrusted(),
+            max_pending: 64,
+            backlog: 128,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    closed: bool,
+    pending: VecDeque<Endpoint>,
+}
+
+/// A listening socket. Its socket file has mode 0600 and is removed when the listener is
+/// closed or dropped (if it is still the one this listener created).
 #[derive(Debug)]
 pub struct Listener {
     fd: OwnedFd,
     path: PathBuf,
     /// `(st_dev, st_ino)` of the socket file, or `None` for an abstract name.
     file: Option<(u64, u64)>,
-    limits: Limits,
-}
-
-fn path_identity(path: &Path) -> Option<(u64, u64)> {
-    nix::sys::stat::stat(path)
-        .ok()
-        .map(|st| (st.st_dev, st.st_ino))
+    options: ListenOptions,
+    state: Mutex<State>,
+    rejected: AtomicU64,
 }
 
 impl Listener {
     /// Listens at `path`; a leading NUL byte names a Linux abstract socket, which leaves
-    /// no file behind. A stale socket file from a listener that died (nobody accepts on
-    /// it) is replaced; a live one is an error.
-    pub fn bind(path: impl AsRef<Path>) -> Result<Listener> {
-        Self::bind_with_limits(path, Limits::default())
-    }
-
-    /// [`Listener::bind`] whose accepted endpoints accept at most `limits` per message.
-    pub fn bind_with_limits(path: impl AsRef<Path>, limits: Limits) -> Result<Listener> {
-        let path = path.as_ref();
-        if !limits.is_valid() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "Listener::bind",
-                "limits out of range",
-            ));
+    /// no file behind (and which any local user can reach: the filter is what keeps
+    /// them out). A stale socket file from a listener that died is replaced; a live one
+    /// is an error.
+    pub fn bind(path: impl AsRef<Path>, options: ListenOptions) -> Result<Listener> {
+        options.endpoint.limits.validate("Endpoint.listen")?;
+        if options.max_pending == 0 {
+            return Err(Error::invalid("Endpoint.listen", "maxPending must be at least 1"));
         }
-        let fd = match sys::listen_at(path) {
-            Err(e)
-                if e.errno() == Some(libc::EADDRINUSE)
-                    && !sys::is_abstract(path)
-                    && is_stale(path) =>
-            {
-                std::fs::remove_file(path).map_err(|io| {
-                    Error::new(
-                        ErrorKind::Os,
-                        "unlink",
-                        format!("a stale socket file could not be removed: {io}"),
-                    )
-                })?;
-                sys::listen_at(path)?
-            }
-            other => other?,
-        };
-        let file = if sys::is_abstract(path) {
-            None
-        } else {
-            path_identity(path)
-        };
+        let path = path.as_ref();
+        let (fd, file) = sys::listen_at(path, options.backlog)?;
         Ok(Listener {
             fd,
             path: path.to_path_buf(),
             file,
-            limits,
+            options,
+            state: Mutex::new(State {
+                closed: false,
+                pending: VecDeque::new(),
+            }),
+            rejected: AtomicU64::new(0),
         })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The path it listens at.
@@ -79,9 +97,58 @@ impl Listener {
         &self.path
     }
 
-    /// Accepts one pending connection without blocking ([`ErrorKind::WouldBlock`] if none).
+    /// Connections refused by the credential filter so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Accepted connections waiting for the application.
+    pub fn pending(&self) -> usize {
+        self.state().pending.len()
+    }
+
+    /// What a driving event loop should wait for: connections, while there is room for them.
+    pub fn interest(&self) -> Interest {
+        let state = self.state();
+        Interest {
+            readable: !state.closed && state.pending.len() < self.options.max_pending,
+            writable: false,
+        }
+    }
+
+    /// Accepts the connections the kernel has queued, as many as there is room for,
+    /// closing those the filter refuses. Returns how many now wait for the application.
+    pub fn on_ready(&self) -> Result<usize> {
+        let mut state = self.state();
+        while !state.closed && state.pending.len() < self.options.max_pending {
+            let Some(fd) = sys::accept(self.fd.as_fd())? else {
+                break;
+            };
+            if self.options.allow.check(fd.as_fd(), "accept").is_err() {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                sys::shutdown_both(fd.as_fd());
+                continue;
+            }
+            // A connection whose HELLO cannot even be sent is already gone; drop it.
+            if let Ok(endpoint) = Endpoint::start(fd, self.options.endpoint.clone()) {
+                state.pending.push_back(endpoint);
+            }
+        }
+        Ok(state.pending.len())
+    }
+
+    /// The oldest accepted connection the application has not taken, if any.
+    pub fn take(&self) -> Option<Endpoint> {
+        self.state().pending.pop_front()
+    }
+
+    /// Accepts one connection without blocking ([`ErrorKind::WouldBlock`] if none).
     pub fn accept(&self) -> Result<Endpoint> {
-        Endpoint::start(sys::accept(self.fd.as_fd())?, self.limits)
+        if self.state().closed {
+            return Err(closed());
+        }
+        self.on_ready()?;
+        self.take().ok_or_else(|| Error::would_block("accept"))
     }
 
     /// Accepts one connection, waiting up to `timeout` (`None`: forever).
@@ -94,29 +161,51 @@ impl Listener {
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if remaining == Some(Duration::ZERO)
-                || !sys::wait(self.fd.as_fd(), Readiness::Readable, remaining)?
+                || !sys::wait(self.fd.as_fd(), Interest::READABLE, remaining)?
             {
-                return Err(Error::new(
-                    ErrorKind::TimedOut,
-                    "accept",
-                    "no connection arrived in time",
-                ));
+                return Err(Error::timed_out("accept"));
             }
+        }
+    }
+
+    /// Stops listening: new clients are refused, the socket file is removed (if it is
+    /// still this listener's) and connections not yet taken are closed. The descriptor
+    /// itself is closed when the listener is dropped, so an event loop can stop watching
+    /// it first. Idempotent.
+    pub fn close(&self) {
+        let mut state = self.state();
+        if std::mem::replace(&mut state.closed, true) {
+            return;
+        }
+        sys::shutdown_both(self.fd.as_fd());
+        self.remove_socket_file();
+        state.pending.clear();
+    }
+
+    /// Whether [`Listener::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    fn remove_socket_file(&self) {
+        let still_ours = self.file.is_some()
+            && nix::sys::stat::stat(&self.path)
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino))
+                == self.file;
+        if still_ours {
+            // Another process may remove it meanwhile; nothing is left to clean then.
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
-/// A socket file nobody listens on any more: connecting to it is refused.
-fn is_stale(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    let is_socket = std::fs::symlink_metadata(path)
-        .map(|m| m.file_type().is_socket())
-        .unwrap_or(false);
-    is_socket
-        && matches!(
-            sys::connect_to(path),
-            Err(e) if e.errno() == Some(libc::ECONNREFUSED)
-        )
+fn closed() -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        "accept",
+        "the listener is closed; listen again to accept connections",
+    )
 }
 
 impl AsFd for Listener {
@@ -126,19 +215,8 @@ impl AsFd for Listener {
     }
 }
 
-impl Listener {
-    /// Removes the socket file now, if it is still the one this listener created, so no
-    /// new client can find it. Also done on drop.
-    pub fn remove_socket_file(&self) {
-        if self.file.is_some() && path_identity(&self.path) == self.file {
-            // Another process may have removed it meanwhile; nothing is left to clean then.
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.remove_socket_file();
+        self.close();
     }
 }

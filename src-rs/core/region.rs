@@ -1,17 +1,24 @@
-//! Regions: sealed anonymous memory files and their mappings.
+//! Regions: sealed anonymous memory files, their mappings, and who may touch them.
 //!
-//! A [`Region`] is a cheap handle (clones share one region). The memory file's size is
-//! sealed at creation, so no process can shrink it under a mapping and no access can
-//! raise `SIGBUS`. Mappings are raw ([`memmap2::MmapRaw`]): this crate never forms a
-//! `&[u8]` or `&mut [u8]` over shared memory, because another process may write it.
+//! A [`Region`] is a cheap handle; clones share one region, and the process holds at most
+//! one region per memory file ([`Region::adopt`] resolves a file this process already has
+//! to the same region, whichever connection it came through). The memory file's size is
+//! sealed at creation, so no process can shrink it under a mapping.
+//!
+//! Mappings are raw ([`memmap2::MmapRaw`]): this crate never forms a `&[u8]` or
+//! `&mut [u8]` over shared memory, because another process may write it. Memory lent to
+//! a garbage-collected runtime is tracked as a [`Lease`] on the region itself, so that
+//! transferring or closing the region revokes every view of it, whichever handle lent it.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::limits::Charge;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::sys;
 
@@ -20,7 +27,8 @@ static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 /// One mapping of a region into this process's address space.
 ///
 /// A binding that lends the memory to a garbage-collected runtime keeps an
-/// `Arc<Mapping>` until the runtime lets go; the range stays mapped until then.
+/// `Arc<Mapping>` until the runtime lets go: the address range stays valid until then,
+/// even after [`Region::close`] (which replaces the contents with private zero pages).
 #[derive(Debug)]
 pub struct Mapping {
     map: MmapRaw,
@@ -46,12 +54,16 @@ impl Mapping {
         NonNull::new(self.as_ptr()).unwrap_or(NonNull::dangling())
     }
 
-    fn shared(fd: BorrowedFd<'_>, size: usize) -> Result<Mapping> {
-        MmapOptions::new()
-            .len(size)
-            .map_raw(&fd)
-            .map(|map| Mapping { map })
-            .map_err(|e| map_error(e, "mmap(MAP_SHARED)"))
+    fn new(fd: BorrowedFd<'_>, size: usize, frozen: bool) -> Result<Mapping> {
+        if frozen {
+            Self::private(fd, size)
+        } else {
+            MmapOptions::new()
+                .len(size)
+                .map_raw(&fd)
+                .map(|map| Mapping { map })
+                .map_err(|e| map_error(e, "mmap(MAP_SHARED)"))
+        }
     }
 
     /// A copy-on-write mapping: reads see the region, writes stay in this process.
@@ -68,105 +80,334 @@ impl Mapping {
     }
 }
 
-fn map_error(e: std::io::Error, op: &'static str) -> Error {
+fn map_error(e: std::io::Error, syscall: &'static str) -> Error {
     match e.raw_os_error() {
         Some(errno) => Error::os(
-            op,
+            "map region",
+            syscall,
             nix::errno::Errno::from_raw(errno),
-            "the region could not be mapped (address space or vm.max_map_count exhausted?)",
+            "the region could not be mapped: address space, vm.max_map_count or \
+             (for a frozen region, mapped copy-on-write) memory that may be committed is exhausted",
         ),
-        None => Error::new(ErrorKind::Os, op, e.to_string()),
+        None => Error::new(ErrorKind::Os, "map region", e.to_string()),
     }
 }
 
-#[derive(Debug)]
+/// A view of region memory that a binding lent to a runtime (a JavaScript
+/// `ArrayBuffer`). Revoking it makes the view unusable (detached) without unmapping the
+/// memory, which stays mapped until the binding drops its `Arc<Mapping>`.
+pub trait Lease: Send + Sync {
+    /// Detaches the view. Called on the thread that transfers or closes the region.
+    fn revoke(&self);
+}
+
+/// A lent view, as the region tracks it.
+struct Lent {
+    lease: Weak<dyn Lease>,
+    on_primary: bool,
+}
+
+/// Something that bound a region in its own id namespace and must be told when the
+/// region closes (a connection, which then sends RELEASE).
+pub(crate) trait Binder: Send + Sync {
+    fn region_closed(&self, region: &Region);
+}
+
+/// Where the region is, as far as this process is concerned.
+#[derive(Debug, Clone, Default)]
+enum Custody {
+    /// This process may use it.
+    #[default]
+    Here,
+    /// Transferred to a peer over a connection; `ended` turns true when that connection
+    /// ends, after which [`Region::reclaim`] may take the region back.
+    Away { ended: Arc<AtomicBool> },
+}
+
+struct State {
+    /// The memory file; `None` once closed.
+    fd: Option<Arc<OwnedFd>>,
+    /// The mapping `as_ptr` hands out; `None` once closed.
+    primary: Option<Arc<Mapping>>,
+    /// Every other mapping still alive, so `freeze` and `close` reach them all.
+    extra: Vec<Weak<Mapping>>,
+    lent: Vec<Lent>,
+    custody: Custody,
+    binders: Vec<Weak<dyn Binder>>,
+    /// What this region counts against the process's limits when a peer sent it; given
+    /// back on close.
+    charge: Option<Charge>,
+}
+
 struct Inner {
     serial: u64,
-    fd: OwnedFd,
+    realm: Realm,
     size: usize,
     identity: (u64, u64),
-    /// The mapping `as_ptr` hands out; lives as long as the region.
-    primary: Arc<Mapping>,
-    /// Every other mapping still alive (`map_again`), so `freeze` can convert them all.
-    extra: Mutex<Vec<Weak<Mapping>>>,
     frozen: AtomicBool,
-    transferred: AtomicBool,
+    away: AtomicBool,
+    closed: AtomicBool,
+    state: Mutex<State>,
+    /// Copies into the region hold it shared, `freeze` exclusively: a copy is never
+    /// half done when the contents are sealed.
+    contents: RwLock<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("serial", &self.serial)
+            .field("size", &self.size)
+            .field("frozen", &self.frozen)
+            .field("away", &self.away)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+/// The regions of each realm by file identity, so that a memory file that arrives again —
+/// over another connection, or back from a peer — is the region the realm has.
+fn registry() -> MutexGuard<'static, HashMap<Key, Weak<Inner>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<Key, Weak<Inner>>>> = OnceLock::new();
+    lock(REGISTRY.get_or_init(Mutex::default))
+}
+
+/// A realm and a file identity.
+type Key = (Realm, (u64, u64));
+
+/// A set of handles that see one region per memory file: a process by default, or one
+/// JavaScript environment (a worker thread) within it, or a thread that plays a peer of
+/// another thread. A region that arrives in a realm that already holds its memory file
+/// resolves to the region the realm has; realms never share a region, so one realm's
+/// transfer cannot leave another's views attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Realm(pub u64);
+
+impl Realm {
+    /// A realm no other call has returned.
+    pub fn unique() -> Realm {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Realm(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before anything can panic, so a
+    // poisoned lock holds valid data.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut registry = registry();
+        let key = (self.realm, self.identity);
+        if registry
+            .get(&key)
+            .is_some_and(|weak| weak.strong_count() == 0)
+        {
+            registry.remove(&key);
+        }
+    }
 }
 
 /// A shared-memory region: a sealed anonymous memory file, mapped.
 ///
 /// Cloning gives another handle to the same region. The file is closed and the memory
-/// unmapped when the last handle, and the last [`Mapping`] a binding holds, is dropped.
+/// unmapped by [`Region::close`], or when the last handle and the last [`Mapping`] a
+/// binding holds are dropped.
 #[derive(Debug, Clone)]
 pub struct Region {
     inner: Arc<Inner>,
 }
 
+/// What a receiver learned about a descriptor before mapping it ([`Region::inspect`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inspected {
+    size: usize,
+    identity: (u64, u64),
+    frozen: bool,
+}
+
+impl Inspected {
+    pub(crate) fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+}
+
 impl Region {
     /// Creates a zero-filled region of `size` bytes, shared-mapped and writable.
     ///
-    /// Backed by `memfd_create(2)` with `MFD_CLOEXEC | MFD_ALLOW_SEALING`, sized once
-    /// with `ftruncate(2)` and sealed with `F_SEAL_SHRINK | F_SEAL_GROW`. Nothing appears
-    /// in `/dev/shm`, so a crash leaves nothing behind.
+    /// Backed by `memfd_create(2)` (close-on-exec, sealable, and with `MFD_NOEXEC_SEAL`
+    /// where the kernel has it), sized once with `ftruncate(2)` and sealed with
+    /// `F_SEAL_SHRINK | F_SEAL_GROW`. Nothing appears in `/dev/shm`, so a crash leaves
+    /// nothing behind.
     pub fn create(size: usize) -> Result<Region> {
+        Self::create_in(size, Realm::default())
+    }
+
+    /// [`Region::create`] in `realm` (see [`Realm`]).
+    pub fn create_in(size: usize, realm: Realm) -> Result<Region> {
         if size == 0 || isize::try_from(size).is_err() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "Region::create",
+            return Err(Error::invalid(
+                "Region.create",
                 format!(
                     "size must be between 1 and {} bytes, not {size}",
                     isize::MAX
                 ),
             ));
         }
-        let fd = sys::create_memory_file(size)?;
+        let fd = sys::create_memory_file(size, "Region.create")?;
         let info = sys::file_info(fd.as_fd())?;
-        let primary = Mapping::shared(fd.as_fd(), size)?;
-        Ok(Region::from_parts(fd, size, info.identity, primary, false))
+        let primary = Mapping::new(fd.as_fd(), size, false)?;
+        let region = Region::from_parts(
+            Arc::new(fd),
+            (realm, info.identity),
+            size,
+            primary,
+            false,
+            None,
+        );
+        registry().insert(region.key(), Arc::downgrade(&region.inner));
+        Ok(region)
     }
 
     fn from_parts(
-        fd: OwnedFd,
+        fd: Arc<OwnedFd>,
+        (realm, identity): Key,
         size: usize,
-        identity: (u64, u64),
         primary: Mapping,
         frozen: bool,
+        charge: Option<Charge>,
     ) -> Region {
         Region {
             inner: Arc::new(Inner {
                 serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
-                fd,
+                realm,
                 size,
                 identity,
-                primary: Arc::new(primary),
-                extra: Mutex::new(Vec::new()),
                 frozen: AtomicBool::new(frozen),
-                transferred: AtomicBool::new(false),
+                away: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                state: Mutex::new(State {
+                    fd: Some(fd),
+                    primary: Some(Arc::new(primary)),
+                    extra: Vec::new(),
+                    lent: Vec::new(),
+                    custody: Custody::Here,
+                    binders: Vec::new(),
+                    charge,
+                }),
+                contents: RwLock::new(()),
             }),
         }
     }
 
-    /// Checks a descriptor a peer sent against the rules of `docs/PROTOCOL.md` §5 and
-    /// returns what [`Region::adopt`] needs to map it.
-    pub(crate) fn inspect(fd: BorrowedFd<'_>, size: u64, frozen: bool) -> Result<sys::FileInfo> {
-        inspect(fd, size, frozen)
-    }
-
-    /// Maps a descriptor that passed [`Region::inspect`].
-    pub(crate) fn adopt(fd: OwnedFd, info: sys::FileInfo, frozen: bool) -> Result<Region> {
-        let size = usize::try_from(info.size).map_err(|_| {
-            Error::new(
+    /// Checks a descriptor a peer sent against `docs/PROTOCOL.md` §5.3 (type, filesystem,
+    /// seals, size), before anything maps it.
+    pub(crate) fn inspect(fd: BorrowedFd<'_>, size: u64, frozen: bool) -> Result<Inspected> {
+        const OP: &str = "recv";
+        let info = sys::file_info(fd)?;
+        if !info.is_regular {
+            return Err(Error::new(
+                ErrorKind::RegionNotMemfd,
+                OP,
+                "the peer sent a descriptor that is not a memory file (a pipe, socket or device); \
+                 the connection was closed",
+            ));
+        }
+        let Some(seals) = sys::seals(fd)? else {
+            return Err(Error::new(
+                ErrorKind::RegionNotMemfd,
+                OP,
+                "the peer sent a file that cannot be sealed (not a memfd); regions must come from \
+                 memfd_create; the connection was closed",
+            ));
+        };
+        if !info.on_shmem {
+            return Err(Error::new(
+                ErrorKind::RegionNotShmem,
+                OP,
+                "the peer sent a memory file that is not on shmem (a hugetlbfs memfd, whose owner \
+                 could take its pages away and crash this process with SIGBUS); the connection \
+                 was closed",
+            ));
+        }
+        if !(seals.shrink && seals.grow) {
+            return Err(Error::new(
+                ErrorKind::RegionUnsealed,
+                OP,
+                "the peer sent a memfd without F_SEAL_SHRINK and F_SEAL_GROW; it could shrink it \
+                 and crash this process; the connection was closed",
+            ));
+        }
+        if frozen && !seals.write {
+            return Err(Error::new(
+                ErrorKind::RegionUnsealed,
+                OP,
+                "the peer marked a region frozen but did not add F_SEAL_WRITE; the connection was closed",
+            ));
+        }
+        if !frozen && (seals.write || seals.future_write) {
+            return Err(Error::protocol(
+                OP,
+                "the peer sent a write-sealed region without the frozen flag",
+            ));
+        }
+        if u64::try_from(info.size).ok() != Some(size) {
+            return Err(Error::new(
                 ErrorKind::RegionSizeMismatch,
-                "adopt region",
-                "the region is too large to map",
+                OP,
+                format!(
+                    "the descriptor says {size} bytes but the file has {} bytes; the connection was closed",
+                    info.size
+                ),
+            ));
+        }
+        let size = usize::try_from(size).map_err(|_| {
+            Error::new(
+                ErrorKind::LimitExceeded,
+                OP,
+                "the region is larger than this process's address space",
             )
         })?;
-        let primary = if frozen {
-            Mapping::private(fd.as_fd(), size)?
-        } else {
-            Mapping::shared(fd.as_fd(), size)?
-        };
-        Ok(Region::from_parts(fd, size, info.identity, primary, frozen))
+        Ok(Inspected {
+            size,
+            identity: info.identity,
+            frozen,
+        })
+    }
+
+    /// The region this process already has for the inspected file, if any (the peer sent
+    /// back a region of ours, or the same file came over another connection).
+    pub(crate) fn existing(inspected: &Inspected, realm: Realm) -> Option<Region> {
+        let inner = registry().get(&(realm, inspected.identity))?.upgrade()?;
+        let region = Region { inner };
+        (!region.is_closed() && region.is_frozen() == inspected.frozen).then_some(region)
+    }
+
+    /// Maps a descriptor that passed [`Region::inspect`]; `charge` is what it counts
+    /// against the process's limits for as long as it lives.
+    pub(crate) fn adopt(
+        fd: Arc<OwnedFd>,
+        inspected: Inspected,
+        realm: Realm,
+        charge: Charge,
+    ) -> Result<Region> {
+        let primary = Mapping::new(fd.as_fd(), inspected.size, inspected.frozen)?;
+        let region = Region::from_parts(
+            fd,
+            (realm, inspected.identity),
+            inspected.size,
+            primary,
+            inspected.frozen,
+            Some(charge),
+        );
+        registry().insert(region.key(), Arc::downgrade(&region.inner));
+        Ok(region)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
     }
 
     /// Size in bytes.
@@ -181,11 +422,12 @@ impl Region {
 
     /// Whether the region was transferred to a peer and has not come back.
     pub fn is_transferred(&self) -> bool {
-        self.inner.transferred.load(Ordering::Acquire)
+        self.inner.away.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_transferred(&self, transferred: bool) {
-        self.inner.transferred.store(transferred, Ordering::Release);
+    /// Whether [`Region::close`] was called (on any handle).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// A number that identifies this region within the process (clones share it).
@@ -198,36 +440,39 @@ impl Region {
         self.inner.identity
     }
 
-    /// Whether two handles refer to the same region object.
+    fn key(&self) -> Key {
+        (self.inner.realm, self.inner.identity)
+    }
+
+    /// Whether two handles refer to the same region.
     pub fn same_as(&self, other: &Region) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    fn check_accessible(&self, op: &'static str) -> Result<()> {
+    /// The memory file (to pass to another process by other means, or to inspect).
+    /// `None` once closed.
+    pub fn file(&self) -> Option<Arc<OwnedFd>> {
+        self.state().fd.clone()
+    }
+
+    /// Fails unless this process may touch the region now.
+    pub(crate) fn check_usable(&self, op: &'static str) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::new(
+                ErrorKind::RegionClosed,
+                op,
+                "the region is closed; create a new one",
+            ));
+        }
         if self.is_transferred() {
             return Err(Error::new(
                 ErrorKind::RegionTransferred,
                 op,
-                "the region was transferred to a peer; wait until the peer sends it back",
+                "the region was transferred to a peer; it is usable again when the peer sends it \
+                 back, or after reclaim() once that connection has ended",
             ));
         }
         Ok(())
-    }
-
-    /// The first byte of the region, for reading.
-    ///
-    /// Reading through it is sound while the peer follows the protocol: it does not
-    /// write a region while it is handed to this side (`docs/MEMORY-MODEL.md`).
-    pub fn as_ptr(&self) -> Result<*const u8> {
-        self.check_accessible("Region::as_ptr")?;
-        Ok(self.inner.primary.as_ptr().cast_const())
-    }
-
-    /// The first byte of the region, for writing. Fails once the region is frozen.
-    pub fn as_mut_ptr(&self) -> Result<*mut u8> {
-        self.check_accessible("Region::as_mut_ptr")?;
-        self.check_writable("Region::as_mut_ptr")?;
-        Ok(self.inner.primary.as_ptr())
     }
 
     fn check_writable(&self, op: &'static str) -> Result<()> {
@@ -235,7 +480,7 @@ impl Region {
             return Err(Error::new(
                 ErrorKind::RegionFrozen,
                 op,
-                "the region is frozen and cannot be written",
+                "the region is frozen and cannot be written; copy the data into a new region",
             ));
         }
         Ok(())
@@ -244,8 +489,7 @@ impl Region {
     fn check_range(&self, op: &'static str, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size() => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::InvalidArgument,
+            _ => Err(Error::invalid(
                 op,
                 format!(
                     "bytes {offset}..{offset}+{len} lie outside the region's {} bytes",
@@ -255,253 +499,326 @@ impl Region {
         }
     }
 
+    fn primary(&self, op: &'static str) -> Result<Arc<Mapping>> {
+        self.check_usable(op)?;
+        self.state().primary.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::RegionClosed,
+                op,
+                "the region is closed; create a new one",
+            )
+        })
+    }
+
+    /// The mapping behind [`Region::as_ptr`]: keeping the `Arc` keeps the address range
+    /// valid, even after the region is closed.
+    pub fn mapping(&self) -> Result<Arc<Mapping>> {
+        self.primary("Region.mapping")
+    }
+
+    /// The first byte of the region, for reading.
+    ///
+    /// Reading through it is sound while the peer follows the protocol: it does not write
+    /// a region while it is handed to this side (`docs/MEMORY-MODEL.md`). The pointer is
+    /// valid while a handle or [`Region::mapping`] lives.
+    pub fn as_ptr(&self) -> Result<*const u8> {
+        Ok(self.primary("Region.as_ptr")?.as_ptr().cast_const())
+    }
+
+    /// The first byte of the region, for writing. Fails once the region is frozen.
+    pub fn as_mut_ptr(&self) -> Result<*mut u8> {
+        self.check_writable("Region.as_mut_ptr")?;
+        Ok(self.primary("Region.as_mut_ptr")?.as_ptr())
+    }
+
     /// Copies `buf.len()` bytes starting at `offset` out of the region.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.check_accessible("Region::read")?;
-        self.check_range("Region::read", offset, buf.len())?;
-        let src = self.inner.primary.as_ptr().wrapping_add(offset);
-        // SAFETY: `offset..offset + buf.len()` lies inside the mapping (checked above),
-        // which lives as long as `self`; `buf` is a distinct Rust allocation, so the
-        // ranges cannot overlap. The protocol guarantees no peer writes meanwhile.
-        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        // SAFETY: `buf` is a Rust slice, valid for `buf.len()` bytes of writes; a slice
+        // cannot alias region memory (P1: no references over it exist).
+        unsafe { self.copy_out(offset, buf.as_mut_ptr(), buf.len()) }
     }
 
     /// Copies `data` into the region starting at `offset`.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check_accessible("Region::write")?;
-        self.check_writable("Region::write")?;
-        self.check_range("Region::write", offset, data.len())?;
-        let dst = self.inner.primary.as_ptr().wrapping_add(offset);
-        // SAFETY: as in `read`, with the roles swapped; the region is not frozen, so the
-        // mapping is shared and writable.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        // SAFETY: `data` is a Rust slice, valid for `data.len()` bytes of reads.
+        unsafe { self.copy_in(offset, data.as_ptr(), data.len()) }
+    }
+
+    /// Copies `len` bytes at `offset` out of the region to `dst`.
+    ///
+    /// # Safety
+    /// - `dst` must be valid for writes of `len` bytes for the duration of the call.
+    /// - `dst` may point into this or any other region's memory: the copy is a
+    ///   `memmove`, and no reference is formed over either range.
+    pub unsafe fn copy_out(&self, offset: usize, dst: *mut u8, len: usize) -> Result<()> {
+        const OP: &str = "Region.read";
+        self.check_range(OP, offset, len)?;
+        let mapping = self.primary(OP)?;
+        let _copying = self.inner.contents.read();
+        let src = mapping.as_ptr().wrapping_add(offset);
+        // SAFETY: `offset..offset + len` lies inside the mapping (checked), which
+        // `mapping` keeps alive; the caller guarantees `dst` for `len` bytes. `ptr::copy`
+        // allows the ranges to overlap. No peer writes the range meanwhile (P3).
+        unsafe { std::ptr::copy(src, dst, len) };
         Ok(())
     }
 
-    /// The mapping behind [`Region::as_ptr`], for a binding that must keep it alive
-    /// beyond this handle (a JavaScript `ArrayBuffer`).
-    pub fn mapping(&self) -> Arc<Mapping> {
-        Arc::clone(&self.inner.primary)
+    /// Copies `len` bytes from `src` into the region at `offset`.
+    ///
+    /// # Safety
+    /// - `src` must be valid for reads of `len` bytes for the duration of the call.
+    /// - `src` may point into this or any other region's memory (a `memmove`).
+    pub unsafe fn copy_in(&self, offset: usize, src: *const u8, len: usize) -> Result<()> {
+        const OP: &str = "Region.write";
+        self.check_range(OP, offset, len)?;
+        let mapping = self.primary(OP)?;
+        let _copying = self.inner.contents.read();
+        // Checked under the lock `freeze` takes exclusively, so no write lands after the seal.
+        self.check_writable(OP)?;
+        let dst = mapping.as_ptr().wrapping_add(offset);
+        // SAFETY: as in `copy_out`, with the roles swapped; the region is not frozen, so
+        // the mapping is shared and writable.
+        unsafe { std::ptr::copy(src, dst, len) };
+        Ok(())
     }
 
-    /// A new mapping of the same memory at another address: copy-on-write when the
-    /// region is frozen, shared and writable otherwise.
-    pub fn map_again(&self) -> Result<Arc<Mapping>> {
-        let mut extra = self.extra();
-        let mapping = if self.is_frozen() {
-            Mapping::private(self.as_fd(), self.size())?
-        } else {
-            Mapping::shared(self.as_fd(), self.size())?
+    /// Lends the region's memory to a runtime: `make` turns a mapping into a view and
+    /// returns the [`Lease`] that can revoke it. The region's own mapping is lent unless
+    /// a live view already uses it; then a second mapping of the same memory is.
+    ///
+    /// Transferring or closing the region revokes every lease, whichever handle took it.
+    pub fn lend<L: Lease + 'static>(
+        &self,
+        make: impl FnOnce(Arc<Mapping>) -> Result<Arc<L>>,
+    ) -> Result<Arc<L>> {
+        const OP: &str = "Region.bytes";
+        self.check_usable(OP)?;
+        let mut state = self.state();
+        state
+            .lent
+            .retain(|lent| lent.lease.strong_count() > 0);
+        let primary_free = !state.lent.iter().any(|lent| lent.on_primary);
+        let mapping = match (&state.primary, primary_free) {
+            (Some(primary), true) => Arc::clone(primary),
+            (Some(_), false) => {
+                let fd = state.fd.clone().ok_or_else(|| closed_error(OP))?;
+                let mapping = Arc::new(Mapping::new(fd.as_fd(), self.size(), self.is_frozen())?);
+                state.extra.retain(|m| m.strong_count() > 0);
+                state.extra.push(Arc::downgrade(&mapping));
+                mapping
+            }
+            (None, _) => return Err(closed_error(OP)),
         };
-        let mapping = Arc::new(mapping);
-        extra.retain(|m| m.strong_count() > 0);
-        extra.push(Arc::downgrade(&mapping));
-        Ok(mapping)
+        let lease = make(mapping)?;
+        let weak: Weak<L> = Arc::downgrade(&lease);
+        state.lent.push(Lent {
+            lease: weak,
+            on_primary: primary_free,
+        });
+        Ok(lease)
     }
 
-    fn extra(&self) -> MutexGuard<'_, Vec<Weak<Mapping>>> {
-        self.inner
-            .extra
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Revokes every view lent to a runtime.
+    fn revoke_leases(state: &mut State) {
+        for lent in state.lent.drain(..) {
+            if let Some(lease) = lent.lease.upgrade() {
+                lease.revoke();
+            }
+        }
+    }
+
+    /// Hands the region to a peer over a connection whose end `ended` reports: views are
+    /// revoked and the region refuses access until it comes back. Mappings are kept, so
+    /// a region that returns costs no new mapping.
+    pub(crate) fn send_away(&self, ended: &Arc<AtomicBool>) {
+        let mut state = self.state();
+        Self::revoke_leases(&mut state);
+        state.custody = Custody::Away {
+            ended: Arc::clone(ended),
+        };
+        self.inner.away.store(true, Ordering::Release);
+    }
+
+    /// The region is this process's again: a peer sent it back, or a transfer never left.
+    pub(crate) fn come_back(&self) {
+        let mut state = self.state();
+        state.custody = Custody::Here;
+        self.inner.away.store(false, Ordering::Release);
+    }
+
+    /// Takes back a region transferred over a connection that has since ended (the peer
+    /// closed, crashed or broke the protocol), so a pipeline can reuse its buffers.
+    ///
+    /// What the peer may still do with the memory is argued in `docs/MEMORY-MODEL.md`
+    /// §5.1: a peer that passed the descriptor on can still reach it; this is the
+    /// caller's decision to make, which is why it is explicit. Fails with
+    /// [`ErrorKind::RegionTransferred`] while the connection is open.
+    pub fn reclaim(&self) -> Result<()> {
+        const OP: &str = "Region.reclaim";
+        if self.is_closed() {
+            return Err(closed_error(OP));
+        }
+        let mut state = self.state();
+        match &state.custody {
+            Custody::Here => Ok(()),
+            Custody::Away { ended } if ended.load(Ordering::Acquire) => {
+                state.custody = Custody::Here;
+                self.inner.away.store(false, Ordering::Release);
+                Ok(())
+            }
+            Custody::Away { .. } => Err(Error::new(
+                ErrorKind::RegionTransferred,
+                OP,
+                "the connection the region was transferred over is still open; wait until the \
+                 peer sends it back",
+            )),
+        }
+    }
+
+    /// Remembers that `binder` bound the region in its namespace; returns false when the
+    /// region is already closed (the binder must release it at once).
+    pub(crate) fn add_binder(&self, binder: Weak<dyn Binder>) -> bool {
+        let mut state = self.state();
+        if self.is_closed() {
+            return false;
+        }
+        state.binders.retain(|b| b.strong_count() > 0);
+        state.binders.push(binder);
+        true
     }
 
     /// Makes the contents immutable for every process: adds `F_SEAL_WRITE`.
     ///
     /// Each of this process's mappings is first replaced, at the same address, by a
-    /// copy-on-write one, so pointers and views stay valid and can still be read; a
-    /// stray write through them changes only a private copy of that page. Fails with
-    /// [`ErrorKind::RegionBusy`] while a peer still maps the region writable: freeze a
-    /// region before sharing it.
+    /// copy-on-write one, so pointers and views stay valid and readable; a stray write
+    /// through them changes only a private copy of that page. Fails with
+    /// [`ErrorKind::RegionBusy`] while a peer maps the region writable, and leaves the
+    /// region exactly as it was: shared and writable.
+    ///
+    /// Must not run while a thread writes through a pointer or view (an asynchronous
+    /// read into `bytes`): that write could land in the private copy.
     pub fn freeze(&self) -> Result<()> {
-        self.check_accessible("Region::freeze")?;
-        let extra = self.extra();
+        const OP: &str = "Region.freeze";
+        self.check_usable(OP)?;
+        let _exclusive = self.inner.contents.write();
+        let state = self.state();
         if self.is_frozen() {
             return Ok(());
         }
-        let mappings: Vec<Arc<Mapping>> = std::iter::once(Arc::clone(&self.inner.primary))
-            .chain(extra.iter().filter_map(Weak::upgrade))
+        let fd = state.fd.clone().ok_or_else(|| closed_error(OP))?;
+        let seals = sys::seals(fd.as_fd())?.unwrap_or_default();
+        if seals.future_write || seals.write {
+            return Err(Error::new(
+                ErrorKind::RegionBusy,
+                OP,
+                "a peer added F_SEAL_FUTURE_WRITE to the region while mapping it writable; it \
+                 cannot be frozen",
+            ));
+        }
+        let mappings: Vec<Arc<Mapping>> = state
+            .primary
+            .iter()
+            .cloned()
+            .chain(state.extra.iter().filter_map(Weak::upgrade))
             .collect();
-        for (done, mapping) in mappings.iter().enumerate() {
-            if let Err(e) = self.remap(mapping, false) {
-                self.restore_shared(&mappings[..done]);
-                return Err(e);
+        drop(state);
+        let converted = mappings
+            .iter()
+            .take_while(|m| self.remap(fd.as_fd(), m, sys::MapKind::Private).is_ok())
+            .count();
+        let sealed = if converted == mappings.len() {
+            sys::seal_contents(fd.as_fd(), OP)
+        } else {
+            Err(Error::new(
+                ErrorKind::Os,
+                OP,
+                "a mapping could not be made copy-on-write",
+            ))
+        };
+        match sealed {
+            Ok(()) => {
+                self.inner.frozen.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                let restored = mappings[..converted]
+                    .iter()
+                    .all(|m| self.remap(fd.as_fd(), m, sys::MapKind::Shared).is_ok());
+                if restored {
+                    Err(e.during(OP))
+                } else {
+                    // A peer added a seal between our check and now, so the shared mapping
+                    // cannot come back. A private mapping would let local writes silently
+                    // miss the peer; close the region instead.
+                    self.close();
+                    Err(Error::new(
+                        ErrorKind::RegionBusy,
+                        OP,
+                        "a peer sealed the region while it was being frozen; the region was \
+                         closed rather than left diverging from the peer's copy",
+                    ))
+                }
             }
         }
-        if let Err(e) = sys::seal_contents(self.as_fd()) {
-            self.restore_shared(&mappings);
-            return Err(e);
-        }
-        self.inner.frozen.store(true, Ordering::Release);
-        Ok(())
     }
 
-    fn remap(&self, mapping: &Mapping, shared: bool) -> Result<()> {
+    fn remap(&self, fd: BorrowedFd<'_>, mapping: &Mapping, kind: sys::MapKind) -> Result<()> {
         // SAFETY: `mapping` is a live mapping of this region's file at offset 0 owned by
-        // this region (primary or map_again), of exactly `len` bytes; the file is sealed
+        // this region (primary or extra), of exactly `len` bytes; the file is sealed
         // against shrinking and has the region's size.
-        unsafe { sys::remap_in_place(mapping.start(), mapping.len(), self.as_fd(), shared) }
+        unsafe { sys::remap_in_place(mapping.start(), mapping.len(), fd, kind) }
     }
 
-    /// Undoes a partial freeze: back to shared mappings.
-    fn restore_shared(&self, mappings: &[Arc<Mapping>]) {
-        for mapping in mappings {
-            // Restoring maps the same file at the same address with the kind it had a
-            // moment ago; should even that fail, the mapping stays copy-on-write, which
-            // is still memory-safe, and the error returned to the caller stands.
-            let _ = self.remap(mapping, true);
+    /// Lets go of the region now: views are revoked, the peers it was sent to are told
+    /// they may unmap it (RELEASE), the memory file is closed and every mapping's contents
+    /// are replaced by private zero pages at the same address, so native code still
+    /// holding a pointer (an I/O job on a thread) writes harmlessly. The address range
+    /// itself is unmapped when the last [`Mapping`] is dropped. Idempotent.
+    pub fn close(&self) {
+        let binders = {
+            let mut state = self.state();
+            if self.inner.closed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            Self::revoke_leases(&mut state);
+            for mapping in state
+                .primary
+                .iter()
+                .cloned()
+                .chain(state.extra.iter().filter_map(Weak::upgrade))
+            {
+                // Should the kernel refuse the replacement (out of memory for page
+                // tables), the shared mapping stays: still valid memory, released when
+                // the last Mapping drops instead of now.
+                // SAFETY: `mapping` is a live mapping owned by this region (primary or
+                // extra) of exactly `len` bytes; replacing it keeps the range mapped.
+                let _ = unsafe { sys::discard_in_place(mapping.start(), mapping.len()) };
+            }
+            state.primary = None;
+            state.extra.clear();
+            state.fd = None;
+            state.charge = None;
+            std::mem::take(&mut state.binders)
+        };
+        {
+            let mut registry = registry();
+            if registry
+                .get(&self.key())
+                .is_some_and(|weak| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&self.inner)))
+            {
+                registry.remove(&self.key());
+            }
+        }
+        for binder in binders.iter().filter_map(Weak::upgrade) {
+            binder.region_closed(self);
         }
     }
 }
 
-impl AsFd for Region {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.fd.as_fd()
-    }
-}
-
-/// What a receiver checks before mapping, in the order `docs/PROTOCOL.md` §5 lists.
-fn inspect(fd: BorrowedFd<'_>, size: u64, frozen: bool) -> Result<sys::FileInfo> {
-    const OP: &str = "adopt region";
-    let info = sys::file_info(fd)?;
-    if !info.is_regular {
-        return Err(Error::new(
-            ErrorKind::RegionNotMemfd,
-            OP,
-            "the peer sent a descriptor that is not a memory file (a pipe, socket or device)",
-        ));
-    }
-    let Some(seals) = sys::seals(fd)? else {
-        return Err(Error::new(
-            ErrorKind::RegionNotMemfd,
-            OP,
-            "the peer sent a file that cannot be sealed (not a memfd); regions must come from memfd_create",
-        ));
-    };
-    if !(seals.shrink && seals.grow) {
-        return Err(Error::new(
-            ErrorKind::RegionUnsealed,
-            OP,
-            "the peer sent a memfd without F_SEAL_SHRINK and F_SEAL_GROW; it could shrink it and crash us",
-        ));
-    }
-    if frozen && !seals.write {
-        return Err(Error::new(
-            ErrorKind::RegionUnsealed,
-            OP,
-            "the peer marked a region frozen but did not add F_SEAL_WRITE",
-        ));
-    }
-    if !frozen && (seals.write || seals.future_write) {
-        return Err(Error::protocol(
-            OP,
-            "the peer sent a write-sealed region without the frozen flag",
-        ));
-    }
-    if u64::try_from(info.size).ok() != Some(size) {
-        return Err(Error::new(
-            ErrorKind::RegionSizeMismatch,
-            OP,
-            format!(
-                "the descriptor says {size} bytes but the file has {} bytes",
-                info.size
-            ),
-        ));
-    }
-    Ok(info)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn create_rejects_zero_and_huge_sizes() {
-        assert_eq!(
-            Region::create(0).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            Region::create(usize::MAX).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-    }
-
-    #[test]
-    fn created_region_is_zeroed_sealed_and_writable() {
-        let r = Region::create(8192).unwrap();
-        let mut buf = [1u8; 16];
-        r.read(8176, &mut buf).unwrap();
-        assert_eq!(buf, [0; 16]);
-        r.write(8176, b"0123456789abcdef").unwrap();
-        r.read(8176, &mut buf).unwrap();
-        assert_eq!(&buf, b"0123456789abcdef");
-        let seals = sys::seals(r.as_fd()).unwrap().unwrap();
-        assert!(seals.shrink && seals.grow && !seals.write);
-        assert!(nix::unistd::ftruncate(r.as_fd(), 4096).is_err());
-    }
-
-    #[test]
-    fn read_and_write_reject_out_of_range() {
-        let r = Region::create(100).unwrap();
-        assert_eq!(
-            r.write(99, b"ab").unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            r.read(usize::MAX, &mut [0; 2]).unwrap_err().kind(),
-            ErrorKind::InvalidArgument
-        );
-    }
-
-    #[test]
-    fn freeze_keeps_pointers_readable_and_blocks_writes_everywhere() {
-        let r = Region::create(4096).unwrap();
-        r.write(0, b"frozen").unwrap();
-        let again = r.map_again().unwrap();
-        r.freeze().unwrap();
-        assert!(r.is_frozen());
-        assert_eq!(
-            r.write(0, b"x").unwrap_err().kind(),
-            ErrorKind::RegionFrozen
-        );
-        let mut buf = [0u8; 6];
-        r.read(0, &mut buf).unwrap();
-        assert_eq!(&buf, b"frozen");
-        // A stray write through an old pointer lands in a private copy only.
-        // SAFETY: `again` maps 4096 bytes and lives for this block.
-        unsafe { again.as_ptr().write(b'X') };
-        let fresh = r.map_again().unwrap();
-        // SAFETY: `fresh` maps 4096 bytes and lives for this block.
-        assert_eq!(unsafe { fresh.as_ptr().read() }, b'f');
-        assert!(sys::seals(r.as_fd()).unwrap().unwrap().write);
-    }
-
-    #[test]
-    fn freeze_fails_busy_while_another_writable_mapping_exists() {
-        let r = Region::create(4096).unwrap();
-        let outside = MmapOptions::new().len(4096).map_raw(&r.as_fd()).unwrap();
-        assert_eq!(r.freeze().unwrap_err().kind(), ErrorKind::RegionBusy);
-        assert!(!r.is_frozen());
-        r.write(0, b"still shared").unwrap();
-        // SAFETY: `outside` maps 4096 bytes and lives for this block.
-        assert_eq!(unsafe { outside.as_ptr().read() }, b's');
-        drop(outside);
-        r.freeze().unwrap();
-    }
-
-    #[test]
-    fn adopt_rejects_a_descriptor_with_a_lying_size() {
-        let r = Region::create(4096).unwrap();
-        assert_eq!(
-            Region::inspect(r.as_fd(), 8192, false).unwrap_err().kind(),
-            ErrorKind::RegionSizeMismatch
-        );
-        assert_eq!(
-            Region::inspect(r.as_fd(), 4096, true).unwrap_err().kind(),
-            ErrorKind::RegionUnsealed
-        );
-        assert!(Region::inspect(r.as_fd(), 4096, false).is_ok());
-    }
+fn closed_error(op: &'static str) -> Error {
+    Error::new(
+        ErrorKind::RegionClosed,
+        op,
+        "the region is closed; create a new one",
+    )
 }

@@ -20,9 +20,15 @@ pub const HEADER_LEN: usize = 8;
 pub const DESCRIPTOR_LEN: usize = 16;
 /// Bytes in a HELLO payload.
 pub const HELLO_LEN: usize = 16;
+/// Where the fields of a HELLO payload start (`docs/PROTOCOL.md` §3).
+const HELLO_MAGIC_AT: usize = 0;
+const HELLO_VERSION_AT: usize = 8;
+const HELLO_MAX_REGIONS_AT: usize = 10;
+const HELLO_MAX_PAYLOAD_AT: usize = 12;
 /// The largest inline payload any peer may announce; larger data belongs in a region.
 pub const MAX_PAYLOAD_CEILING: u32 = 65536;
-/// The most regions any peer may announce per message (`SCM_MAX_FD` on Linux).
+/// The most regions any peer may announce per message: Linux passes at most this many
+/// descriptors in one message (`SCM_MAX_FD`, unix(7)).
 pub const MAX_REGIONS_CEILING: u16 = 253;
 
 /// HELLO: the first frame each side sends; announces version and limits.
@@ -79,23 +85,23 @@ impl Descriptor {
 
 /// The limits a side announces in its HELLO: what it accepts in one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct Announced {
     /// The most regions in one message (1 to 253).
     pub max_regions: u16,
     /// The largest inline payload in bytes (at most 65536).
     pub max_payload: u32,
 }
 
-impl Default for Limits {
+impl Default for Announced {
     fn default() -> Self {
-        Limits {
+        Announced {
             max_regions: 32,
             max_payload: MAX_PAYLOAD_CEILING,
         }
     }
 }
 
-impl Limits {
+impl Announced {
     /// Whether both limits lie inside the protocol's bounds.
     pub fn is_valid(&self) -> bool {
         (1..=MAX_REGIONS_CEILING).contains(&self.max_regions)
@@ -235,8 +241,8 @@ pub fn parse(record: &[u8]) -> Result<Frame<'_>, Refusal> {
 /// peer's limits. Magic and version are judged before anything else, so a peer of
 /// another version (whose HELLO may be laid out differently after them) is reported as
 /// incompatible rather than as breaking this version's rules.
-pub fn parse_first(record: &[u8]) -> Result<Limits, Refusal> {
-    let version_end = HEADER_LEN + 10;
+pub fn parse_first(record: &[u8]) -> Result<Announced, Refusal> {
+    let version_end = HEADER_LEN + HELLO_MAX_REGIONS_AT;
     if record.len() >= version_end && record[0] == KIND_HELLO {
         check_magic_and_version(&record[HEADER_LEN..version_end])?;
     }
@@ -248,12 +254,12 @@ pub fn parse_first(record: &[u8]) -> Result<Limits, Refusal> {
 }
 
 fn check_magic_and_version(start: &[u8]) -> Result<(), Refusal> {
-    if start[..8] != MAGIC {
+    if start[HELLO_MAGIC_AT..HELLO_VERSION_AT] != MAGIC {
         return Err(Refusal::Incompatible(
             "the peer's first frame is not a shmlink HELLO (wrong magic)".into(),
         ));
     }
-    let version = u16_at(start, 8);
+    let version = u16_at(start, HELLO_VERSION_AT);
     if version != VERSION {
         return Err(Refusal::Incompatible(format!(
             "the peer speaks shmlink protocol version {version}; this side speaks {VERSION}"
@@ -263,17 +269,17 @@ fn check_magic_and_version(start: &[u8]) -> Result<(), Refusal> {
 }
 
 /// Decodes and checks a HELLO payload.
-pub fn parse_hello(payload: &[u8]) -> Result<Limits, Refusal> {
+pub fn parse_hello(payload: &[u8]) -> Result<Announced, Refusal> {
     if payload.len() != HELLO_LEN {
         return Err(violation(format!(
             "a HELLO payload of {} bytes",
             payload.len()
         )));
     }
-    check_magic_and_version(&payload[..10])?;
-    let limits = Limits {
-        max_regions: u16_at(payload, 10),
-        max_payload: u32_at(payload, 12),
+    check_magic_and_version(&payload[..HELLO_MAX_REGIONS_AT])?;
+    let limits = Announced {
+        max_regions: u16_at(payload, HELLO_MAX_REGIONS_AT),
+        max_payload: u32_at(payload, HELLO_MAX_PAYLOAD_AT),
     };
     if !limits.is_valid() {
         return Err(violation(format!(
@@ -299,14 +305,19 @@ pub fn put_descriptor(out: &mut Vec<u8>, d: Descriptor) {
     out.extend_from_slice(&d.size.to_le_bytes());
 }
 
-/// A whole HELLO frame announcing `limits`.
-pub fn hello_frame(limits: Limits) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + HELLO_LEN);
-    put_header(&mut out, KIND_HELLO, 0, HELLO_LEN as u32);
+/// Appends a whole HELLO frame announcing `limits` to `out`.
+pub fn put_hello(out: &mut Vec<u8>, limits: Announced) {
+    put_header(out, KIND_HELLO, 0, HELLO_LEN as u32);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&limits.max_regions.to_le_bytes());
     out.extend_from_slice(&limits.max_payload.to_le_bytes());
+}
+
+/// A whole HELLO frame announcing `limits`.
+pub fn hello_frame(limits: Announced) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + HELLO_LEN);
+    put_hello(&mut out, limits);
     out
 }
 
@@ -331,7 +342,7 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_matches_the_documented_bytes() {
-        let frame = hello_frame(Limits {
+        let frame = hello_frame(Announced {
             max_regions: 32,
             max_payload: 65536,
         });
@@ -349,7 +360,7 @@ mod tests {
         assert_eq!(parsed.header.kind, KIND_HELLO);
         assert_eq!(
             parse_hello(parsed.payload).unwrap(),
-            Limits {
+            Announced {
                 max_regions: 32,
                 max_payload: 65536
             }
@@ -462,20 +473,20 @@ mod tests {
             },
         );
         assert!(parse(&release).is_err());
-        let mut hello = hello_frame(Limits::default());
+        let mut hello = hello_frame(Announced::default());
         hello[2] = 1;
         assert!(parse(&hello).is_err());
     }
 
     #[test]
     fn hello_with_wrong_magic_or_version_is_incompatible() {
-        let mut hello = hello_frame(Limits::default());
+        let mut hello = hello_frame(Announced::default());
         hello[8] = b'X';
         assert!(matches!(
             parse_hello(&hello[8..]),
             Err(Refusal::Incompatible(_))
         ));
-        let mut hello = hello_frame(Limits::default());
+        let mut hello = hello_frame(Announced::default());
         hello[16] = 2;
         assert!(
             matches!(parse_hello(&hello[8..]), Err(Refusal::Incompatible(t)) if t.contains("version 2"))
@@ -484,14 +495,14 @@ mod tests {
 
     #[test]
     fn a_first_frame_of_another_version_is_incompatible_whatever_its_layout() {
-        let mut later = hello_frame(Limits::default());
+        let mut later = hello_frame(Announced::default());
         later[16] = 2;
         later.extend_from_slice(&[0; 8]);
         later[4] = 24;
         assert!(
             matches!(parse_first(&later), Err(Refusal::Incompatible(t)) if t.contains("version 2"))
         );
-        let mut garbage = hello_frame(Limits::default());
+        let mut garbage = hello_frame(Announced::default());
         garbage[2] = 1;
         garbage[8] = b'X';
         assert!(matches!(
@@ -505,26 +516,26 @@ mod tests {
         let mut message = Vec::new();
         put_header(&mut message, KIND_MESSAGE, 0, 0);
         assert!(matches!(parse_first(&message), Err(Refusal::Violation(_))));
-        let hello = hello_frame(Limits::default());
+        let hello = hello_frame(Announced::default());
         assert!(matches!(
             parse_first(&hello[..12]),
             Err(Refusal::Violation(_))
         ));
-        assert_eq!(parse_first(&hello).unwrap(), Limits::default());
+        assert_eq!(parse_first(&hello).unwrap(), Announced::default());
     }
 
     #[test]
     fn hello_with_out_of_bounds_limits_is_a_violation() {
         for limits in [
-            Limits {
+            Announced {
                 max_regions: 0,
                 max_payload: 10,
             },
-            Limits {
+            Announced {
                 max_regions: 254,
                 max_payload: 10,
             },
-            Limits {
+            Announced {
                 max_regions: 1,
                 max_payload: MAX_PAYLOAD_CEILING + 1,
             },

@@ -4,48 +4,49 @@
 //! `SOCK_CLOEXEC`, `MSG_CMSG_CLOEXEC`) and wrapped in an [`OwnedFd`] the moment the
 //! kernel returns it, so no path through this file can leak one.
 
-use std::ffi::c_int;
+use std::ffi::{c_int, c_uint};
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous};
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr,
-    accept4, bind, connect, getsockopt, listen, sendmsg, shutdown, socket, socketpair, sockopt,
+    AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept4, bind, connect,
+    getsockopt, listen, shutdown, socket, socketpair, sockopt,
 };
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat};
+use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 
-use super::{Credentials, FileInfo, Readiness, Received, Seals};
+use super::{Credentials, FileInfo, Interest, Io, MapKind, Received, Seals};
+use crate::endpoint::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 
-/// The most descriptors Linux passes in one message (`SCM_MAX_FD`, unix(7)).
-pub(crate) const MAX_FDS_PER_MESSAGE: usize = 253;
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the file can never be made executable. Not in `libc` yet.
+const MFD_NOEXEC_SEAL: c_uint = 0x0008;
 
 /// Creates an anonymous memory file of `size` bytes whose size can never change again.
 ///
 /// The shrink and grow seals are added before anyone else can see the descriptor;
-/// `F_SEAL_SEAL` is left off so that [`seal_contents`] can still freeze it.
-pub(crate) fn create_memory_file(size: usize) -> Result<OwnedFd> {
-    let len = i64::try_from(size).map_err(|_| {
-        Error::new(
-            ErrorKind::InvalidArgument,
-            "Region::create",
-            "size does not fit in off_t",
-        )
-    })?;
-    let fd = memfd_create(
-        c"shmlink",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
+/// `F_SEAL_SEAL` is left off so that [`seal_contents`] can still freeze it. The file is
+/// created non-executable where the kernel knows how (`MFD_NOEXEC_SEAL`), which
+/// `vm.memfd_noexec=2` requires; older kernels refuse the flag and get a plain memfd.
+pub(crate) fn create_memory_file(size: usize, op: &'static str) -> Result<OwnedFd> {
+    let len = i64::try_from(size)
+        .map_err(|_| Error::invalid(op, format!("{size} bytes do not fit in off_t")))?;
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    let fd = match memfd(base | MFD_NOEXEC_SEAL) {
+        Err(Errno::EINVAL) => memfd(base),
+        other => other,
+    }
     .map_err(|e| {
         Error::os(
+            op,
             "memfd_create",
             e,
             "raise the open-file limit (ulimit -n) or close unused regions",
@@ -53,6 +54,7 @@ pub(crate) fn create_memory_file(size: usize) -> Result<OwnedFd> {
     })?;
     nix::unistd::ftruncate(&fd, len).map_err(|e| {
         Error::os(
+            op,
             "ftruncate",
             e,
             "the region is larger than the memory this process may use",
@@ -62,11 +64,19 @@ pub(crate) fn create_memory_file(size: usize) -> Result<OwnedFd> {
         &fd,
         FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
     )
-    .map_err(|e| Error::os("fcntl(F_ADD_SEALS)", e, "this kernel cannot seal memfds"))?;
+    .map_err(|e| Error::os(op, "fcntl(F_ADD_SEALS)", e, "this kernel cannot seal memfds"))?;
     Ok(fd)
 }
 
-/// The seals on a file, or `None` when the file cannot carry seals at all (it is not a memfd).
+fn memfd(flags: c_uint) -> std::result::Result<OwnedFd, Errno> {
+    // SAFETY: the name is a NUL-terminated literal; memfd_create reads only it.
+    let raw = unsafe { libc::memfd_create(c"shmlink".as_ptr(), flags) };
+    let raw = Errno::result(raw)?;
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The seals on a file, or `None` when the file cannot carry seals at all (not a memfd).
 pub(crate) fn seals(fd: BorrowedFd<'_>) -> Result<Option<Seals>> {
     match fcntl(fd, FcntlArg::F_GET_SEALS) {
         Ok(bits) => {
@@ -80,6 +90,7 @@ pub(crate) fn seals(fd: BorrowedFd<'_>) -> Result<Option<Seals>> {
         }
         Err(Errno::EINVAL) => Ok(None),
         Err(e) => Err(Error::os(
+            "inspect region",
             "fcntl(F_GET_SEALS)",
             e,
             "the descriptor cannot be inspected",
@@ -88,19 +99,21 @@ pub(crate) fn seals(fd: BorrowedFd<'_>) -> Result<Option<Seals>> {
 }
 
 /// Adds the write seal (and the seal seal) so the contents can never change again.
-pub(crate) fn seal_contents(fd: BorrowedFd<'_>) -> Result<()> {
+pub(crate) fn seal_contents(fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
     match fcntl(
         fd,
         FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL),
     ) {
         Ok(_) => Ok(()),
-        Err(Errno::EBUSY) => Err(Error::with_source(
+        Err(Errno::EBUSY) => Err(Error::sys(
             ErrorKind::RegionBusy,
-            "freeze",
+            op,
+            "fcntl(F_ADD_SEALS)",
             Errno::EBUSY,
             "the region is still mapped writable by a peer; freeze regions before sharing them",
         )),
         Err(e) => Err(Error::os(
+            op,
             "fcntl(F_ADD_SEALS)",
             e,
             "the region cannot be frozen",
@@ -108,18 +121,35 @@ pub(crate) fn seal_contents(fd: BorrowedFd<'_>) -> Result<()> {
     }
 }
 
-/// The file type, size and identity of a descriptor.
+/// The file type, filesystem, size and identity of a descriptor.
 pub(crate) fn file_info(fd: BorrowedFd<'_>) -> Result<FileInfo> {
-    let st = fstat(fd).map_err(|e| Error::os("fstat", e, "the descriptor cannot be inspected"))?;
+    let st = fstat(fd)
+        .map_err(|e| Error::os("inspect region", "fstat", e, "the descriptor cannot be inspected"))?;
+    let is_regular = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
+    // Only regular files are asked which filesystem they live on; a socket or pipe
+    // answers fstatfs too, but the answer means nothing for a region.
+    let on_shmem = is_regular
+        && fstatfs(fd)
+            .map_err(|e| {
+                Error::os(
+                    "inspect region",
+                    "fstatfs",
+                    e,
+                    "the descriptor cannot be inspected",
+                )
+            })?
+            .filesystem_type()
+            == TMPFS_MAGIC;
     Ok(FileInfo {
-        is_regular: SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG,
+        is_regular,
+        on_shmem,
         size: st.st_size,
         identity: (st.st_dev, st.st_ino),
     })
 }
 
-/// Replaces the mapping at `addr..addr + len` with a private (copy-on-write) mapping of
-/// `fd`, or a shared writable one when `shared`, at the same address.
+/// Replaces the mapping at `addr..addr + len` with a mapping of `fd` of `kind`, at the
+/// same address.
 ///
 /// The address range stays valid throughout, so raw pointers and JavaScript views
 /// into it keep working; only the kind of mapping changes.
@@ -129,34 +159,57 @@ pub(crate) fn file_info(fd: BorrowedFd<'_>) -> Result<FileInfo> {
 ///   caller owns (a [`crate::region`] mapping), so that no other code's memory is replaced.
 /// - `fd` must be at least `len` bytes long and sealed against shrinking.
 pub(crate) unsafe fn remap_in_place(
-    addr: std::ptr::NonNull<u8>,
+    addr: NonNull<u8>,
     len: usize,
     fd: BorrowedFd<'_>,
-    shared: bool,
+    kind: MapKind,
 ) -> Result<()> {
+    const OP: &str = "remap region";
     let length = std::num::NonZeroUsize::new(len)
-        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "mmap", "empty mapping"))?;
-    let start = std::num::NonZeroUsize::new(addr.as_ptr() as usize)
-        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "mmap", "null mapping"))?;
-    let kind = if shared {
-        MapFlags::MAP_SHARED
-    } else {
-        MapFlags::MAP_PRIVATE
+        .ok_or_else(|| Error::invalid(OP, "an empty mapping cannot be replaced"))?;
+    let sharing = match kind {
+        MapKind::Shared => MapFlags::MAP_SHARED,
+        MapKind::Private => MapFlags::MAP_PRIVATE,
     };
     // SAFETY: the caller guarantees the range is a mapping it owns, so MAP_FIXED only
     // replaces that mapping; the file is sealed and long enough, so every page stays
     // backed and the bytes visible through the range do not change.
     unsafe {
         mmap(
-            Some(start),
+            Some(addr.addr()),
             length,
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            kind | MapFlags::MAP_FIXED,
+            sharing | MapFlags::MAP_FIXED,
             fd,
             0,
         )
     }
-    .map_err(|e| Error::os("mmap(MAP_FIXED)", e, "the region could not be remapped"))?;
+    .map_err(|e| Error::os(OP, "mmap(MAP_FIXED)", e, "the region could not be remapped"))?;
+    Ok(())
+}
+
+/// Replaces the mapping at `addr..addr + len` with private zero pages at the same
+/// address: the region's memory is let go at once, while code still holding a pointer
+/// into the range reads zeros and writes harmlessly. `MAP_NORESERVE`: the pages cost
+/// nothing until someone touches them.
+///
+/// # Safety
+/// `addr..addr + len` must be exactly one live mapping the caller owns.
+pub(crate) unsafe fn discard_in_place(addr: NonNull<u8>, len: usize) -> Result<()> {
+    const OP: &str = "Region.close";
+    let length = std::num::NonZeroUsize::new(len)
+        .ok_or_else(|| Error::invalid(OP, "an empty mapping cannot be replaced"))?;
+    // SAFETY: the caller guarantees the range is a mapping it owns, so MAP_FIXED only
+    // replaces that mapping with anonymous memory of the same size.
+    unsafe {
+        mmap_anonymous(
+            Some(addr.addr()),
+            length,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED | MapFlags::MAP_NORESERVE,
+        )
+    }
+    .map_err(|e| Error::os(OP, "mmap(MAP_FIXED|MAP_ANONYMOUS)", e, "the region's memory could not be released"))?;
     Ok(())
 }
 
@@ -168,17 +221,24 @@ pub(crate) fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
         None,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )
-    .map_err(|e| Error::os("socketpair", e, "raise the open-file limit (ulimit -n)"))
+    .map_err(|e| {
+        Error::os(
+            "Endpoint.pair",
+            "socketpair",
+            e,
+            "raise the open-file limit (ulimit -n)",
+        )
+    })
 }
 
-fn seqpacket_socket() -> Result<OwnedFd> {
+fn seqpacket_socket(op: &'static str) -> Result<OwnedFd> {
     socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
-    .map_err(|e| Error::os("socket", e, "raise the open-file limit (ulimit -n)"))
+    .map_err(|e| Error::os(op, "socket", e, "raise the open-file limit (ulimit -n)"))
 }
 
 /// A path, or a Linux abstract name when it starts with a NUL byte (Node's convention).
@@ -189,69 +249,108 @@ fn unix_addr(path: &Path, op: &'static str) -> Result<UnixAddr> {
         _ => UnixAddr::new(path),
     };
     addr.map_err(|e| {
-        Error::with_source(
+        Error::sys(
             ErrorKind::InvalidArgument,
             op,
+            "bind",
             e,
             "socket paths hold at most 107 bytes; use a shorter path or an abstract name",
         )
     })
 }
 
-/// Whether the path names a Linux abstract socket (no file in the filesystem).
-pub(crate) fn is_abstract(path: &Path) -> bool {
+fn is_abstract(path: &Path) -> bool {
     path.as_os_str().as_bytes().first() == Some(&0)
 }
 
-/// A listening socket bound to `path`, whose socket file only the owner may use.
-pub(crate) fn listen_at(path: &Path) -> Result<OwnedFd> {
-    let addr = unix_addr(path, "bind")?;
-    let fd = seqpacket_socket()?;
+/// A listening socket bound to `path`, whose socket file only the owner may use, and
+/// the `(st_dev, st_ino)` of that file (`None` for an abstract name). A socket file left
+/// by a listener that died (connecting to it is refused) is replaced; a live one is an
+/// error.
+pub(crate) fn listen_at(path: &Path, backlog: usize) -> Result<(OwnedFd, Option<(u64, u64)>)> {
+    const OP: &str = "Endpoint.listen";
+    let addr = unix_addr(path, OP)?;
+    let fd = seqpacket_socket(OP)?;
     // Linux creates the socket file with the socket inode's mode, so setting it before
     // bind() leaves no moment in which other users could connect.
     fchmod(&fd, Mode::S_IRUSR | Mode::S_IWUSR)
-        .map_err(|e| Error::os("fchmod", e, "the socket's mode could not be set"))?;
-    bind(fd.as_raw_fd(), &addr).map_err(|e| {
+        .map_err(|e| Error::os(OP, "fchmod", e, "the socket's mode could not be set"))?;
+    match bind(fd.as_raw_fd(), &addr) {
+        Err(Errno::EADDRINUSE) if !is_abstract(path) && is_stale(path) => {
+            std::fs::remove_file(path).map_err(|io| {
+                Error::new(
+                    ErrorKind::Os,
+                    OP,
+                    format!("a stale socket file could not be removed: {io}"),
+                )
+            })?;
+            bind(fd.as_raw_fd(), &addr)
+        }
+        other => other,
+    }
+    .map_err(|e| {
         Error::os(
+            OP,
             "bind",
             e,
             "another listener owns this path, or its directory is not writable",
         )
     })?;
-    listen(&fd, Backlog::MAXCONN)
-        .map_err(|e| Error::os("listen", e, "the socket could not listen"))?;
-    Ok(fd)
+    let backlog = Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog).map_err(|e| Error::os(OP, "listen", e, "the socket could not listen"))?;
+    let file = (!is_abstract(path))
+        .then(|| nix::sys::stat::stat(path).ok())
+        .flatten()
+        .map(|st| (st.st_dev, st.st_ino));
+    Ok((fd, file))
+}
+
+/// A socket file nobody listens on any more: connecting to it is refused.
+fn is_stale(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false);
+    let refused = || -> Option<bool> {
+        let addr = unix_addr(path, "connect").ok()?;
+        let fd = seqpacket_socket("connect").ok()?;
+        Some(connect(fd.as_raw_fd(), &addr) == Err(Errno::ECONNREFUSED))
+    };
+    is_socket && refused() == Some(true)
 }
 
 /// Connects a new socket to the listener at `path`.
 pub(crate) fn connect_to(path: &Path) -> Result<OwnedFd> {
-    let addr = unix_addr(path, "connect")?;
-    let fd = seqpacket_socket()?;
+    const OP: &str = "Endpoint.connect";
+    let addr = unix_addr(path, OP)?;
+    let fd = seqpacket_socket(OP)?;
     connect(fd.as_raw_fd(), &addr).map_err(|e| match e {
-        Errno::EAGAIN => Error::with_source(
+        Errno::EAGAIN => Error::sys(
             ErrorKind::WouldBlock,
+            OP,
             "connect",
             e,
             "the listener's backlog is full; retry after it accepts",
         ),
-        _ => Error::os("connect", e, "is a shmlink listener running at this path?"),
+        _ => Error::os(OP, "connect", e, "is a shmlink listener running at this path?"),
     })?;
     Ok(fd)
 }
 
-/// Accepts one pending connection, non-blocking and close-on-exec.
-pub(crate) fn accept(listener: BorrowedFd<'_>) -> Result<OwnedFd> {
+/// Accepts one pending connection, non-blocking and close-on-exec; `None` when none waits.
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
     loop {
         match accept4(
             listener.as_raw_fd(),
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         ) {
             // SAFETY: accept4 returned a new descriptor that nothing else owns.
-            Ok(raw) => return Ok(unsafe { OwnedFd::from_raw_fd(raw) }),
+            Ok(raw) => return Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) })),
             Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
-            Err(Errno::EAGAIN) => return Err(Error::would_block("accept")),
+            Err(Errno::EAGAIN) => return Ok(None),
             Err(e) => {
                 return Err(Error::os(
+                    "accept",
                     "accept4",
                     e,
                     "raise the open-file limit (ulimit -n)",
@@ -261,28 +360,37 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> Result<OwnedFd> {
     }
 }
 
-/// Makes an inherited socket non-blocking and checks that it is a `SOCK_SEQPACKET` socket.
+/// Makes an inherited socket non-blocking and checks that it is a connected
+/// `SOCK_SEQPACKET` socket.
 pub(crate) fn adopt_socket(fd: BorrowedFd<'_>) -> Result<()> {
+    const OP: &str = "Endpoint.fromFd";
     let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| {
-        Error::with_source(
+        let found = match e {
+            Errno::EBADF => "no open descriptor".to_owned(),
+            _ => describe_descriptor(fd),
+        };
+        Error::sys(
             ErrorKind::InvalidArgument,
-            "Endpoint::from_fd",
+            OP,
+            "getsockopt(SO_TYPE)",
             e,
-            "the descriptor is not a socket",
+            format!("the descriptor is not a socket (it is {found})"),
         )
     })?;
     if kind != SockType::SeqPacket {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "Endpoint::from_fd",
-            "the descriptor is not a SOCK_SEQPACKET socket; create it with Endpoint.pair()",
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the descriptor is a {kind:?} socket, not a SOCK_SEQPACKET one; create it with Endpoint.pair()"
+            ),
         ));
     }
     let flags = fcntl(fd, FcntlArg::F_GETFL)
-        .map_err(|e| Error::os("fcntl(F_GETFL)", e, "the descriptor cannot be inspected"))?;
+        .map_err(|e| Error::os(OP, "fcntl(F_GETFL)", e, "the descriptor cannot be inspected"))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| {
         Error::os(
+            OP,
             "fcntl(F_SETFL)",
             e,
             "the descriptor cannot be made non-blocking",
@@ -291,30 +399,114 @@ pub(crate) fn adopt_socket(fd: BorrowedFd<'_>) -> Result<()> {
     Ok(())
 }
 
+/// What kind of file a descriptor is, in words, for error messages.
+fn describe_descriptor(fd: BorrowedFd<'_>) -> String {
+    let Ok(st) = fstat(fd) else {
+        return "not an open descriptor".to_owned();
+    };
+    let kind = match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFIFO => "a pipe",
+        SFlag::S_IFCHR => "a character device (a terminal or /dev/null)",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFSOCK => "a socket",
+        _ => "a file of another kind",
+    };
+    match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        Ok(target) => format!("{kind}, {}", target.display()),
+        Err(_) => kind.to_owned(),
+    }
+}
+
 /// Shuts both directions down, so the peer sees end-of-file at once.
 pub(crate) fn shutdown_both(fd: BorrowedFd<'_>) {
     // The socket may already be disconnected (ENOTCONN); either way it is finished.
     let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
 }
 
-/// Sends one record: the iovecs gathered, plus `fds` as one `SCM_RIGHTS` message.
-pub(crate) fn send_frame(
+/// Sends one record: `parts` gathered, plus `fds` as one `SCM_RIGHTS` message. The
+/// bytes are read by the kernel only (`Bytes` may be memory another agent changes).
+pub(crate) fn send_record(
     sock: BorrowedFd<'_>,
-    iov: &[std::io::IoSlice<'_>],
-    fds: &[RawFd],
-) -> std::result::Result<usize, Errno> {
-    let rights = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    parts: &[Bytes<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> Result<Io<usize>> {
+    const MAX_PARTS: usize = 2;
+    if parts.len() > MAX_PARTS {
+        return Err(Error::invalid("send", "a record is sent in at most two parts"));
+    }
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_PARTS];
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        slot.iov_base = part.as_ptr().cast_mut().cast();
+        slot.iov_len = part.len();
+    }
+    let mut control = if fds.is_empty() {
+        Vec::new()
+    } else {
+        control_buffer(fds.len())
+    };
+    // SAFETY: msghdr is a C struct of integers and pointers; all zeroes is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = parts.len() as _;
+    if !fds.is_empty() {
+        let len = control_len(fds.len());
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = len as _;
+        // SAFETY: `msg` describes `control`, which has room for CMSG_LEN(fds) bytes, so
+        // the first header is inside it.
+        let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: cmsghdr is a C struct of integers (with padding fields on some
+        // targets); all zeroes is a valid value.
+        let mut header: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        header.cmsg_len = len as _;
+        header.cmsg_level = libc::SOL_SOCKET;
+        header.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: `cmsg` points at the start of `control`, aligned for cmsghdr (u64 words)
+        // and large enough for it.
+        unsafe { cmsg.write(header) };
+        // SAFETY: CMSG_DATA computes an offset inside the header just written.
+        let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<c_int>();
+        for (i, fd) in fds.iter().enumerate() {
+            // SAFETY: the data area holds `fds.len()` ints (CMSG_LEN above); it may be
+            // unaligned for c_int.
+            unsafe { data.add(i).write_unaligned(fd.as_raw_fd()) };
+        }
+    }
     loop {
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-            None,
-        ) {
+        // SAFETY: `msg` points at `iov` (whose entries point at bytes valid for reads by
+        // the `Bytes` contract) and `control`, all live for the call; sendmsg only reads.
+        let sent = unsafe {
+            libc::sendmsg(
+                sock.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        match Errno::result(sent).map(|n| n as usize) {
+            Ok(n) => return Ok(Io::Done(n)),
             Err(Errno::EINTR) => continue,
-            other => return other,
+            Err(Errno::EAGAIN) => return Ok(Io::WouldBlock),
+            Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN) => return Ok(Io::Disconnected),
+            Err(e @ Errno::ETOOMANYREFS) => {
+                return Err(Error::os(
+                    "send",
+                    "sendmsg",
+                    e,
+                    "too many descriptors are in flight; wait until the peer has received earlier messages",
+                ));
+            }
+            Err(e) => {
+                return Err(Error::os(
+                    "send",
+                    "sendmsg",
+                    e,
+                    "the message could not be sent; close the endpoint",
+                ));
+            }
         }
     }
 }
@@ -325,13 +517,17 @@ pub(crate) fn send_frame(
 /// (`MSG_CTRUNC`) still hands over, and thereby closes, each descriptor the kernel did
 /// install. The kernel is offered room for `max_fds` descriptors exactly, so one more
 /// sets `MSG_CTRUNC`; `control` comes from [`control_buffer`] with at least that room.
-pub(crate) fn recv_frame(
+///
+/// `ECONNRESET` (the peer closed with records of ours unread) is reported by Linux once,
+/// before the records the peer sent earlier; it is skipped here so they are received
+/// (`docs/PROTOCOL.md` §1 rule 6). A zero-length record is end-of-file.
+pub(crate) fn recv_record(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     control: &mut [u64],
     max_fds: usize,
     fds: &mut Vec<OwnedFd>,
-) -> std::result::Result<Received, Errno> {
+) -> Result<Io<Received>> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -342,22 +538,32 @@ pub(crate) fn recv_frame(
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control_len(max_fds).min(std::mem::size_of_val(control)) as _;
+    let mut reset_seen = false;
     let received = loop {
         // SAFETY: `msg` points at `iov`, `buf` and `control`, which are live and
         // exclusively borrowed for the whole call, with their true lengths.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         match Errno::result(n) {
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
+            Err(Errno::ECONNRESET) if !reset_seen => reset_seen = true,
+            Err(Errno::EAGAIN) => return Ok(Io::WouldBlock),
+            Err(e) => {
+                return Err(Error::os(
+                    "recv",
+                    "recvmsg",
+                    e,
+                    "the socket failed; the connection was closed",
+                ));
+            }
             Ok(n) => break n as usize,
         }
     };
     take_descriptors(&msg, fds);
-    Ok(Received {
+    Ok(Io::Done(Received {
         len: received,
         data_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
         control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    })
+    }))
 }
 
 /// Moves every descriptor of every `SCM_RIGHTS` message in `msg` into `fds`.
@@ -388,16 +594,20 @@ fn take_descriptors(msg: &libc::msghdr, fds: &mut Vec<OwnedFd>) {
     }
 }
 
-/// Waits until `fd` is ready for `readiness`, or `timeout` passes (`None`: forever).
+/// Waits until `fd` is ready for `interest`, or `timeout` passes (`None`: forever);
+/// `Ok(false)` on timeout.
 pub(crate) fn wait(
     fd: BorrowedFd<'_>,
-    readiness: Readiness,
+    interest: Interest,
     timeout: Option<Duration>,
 ) -> Result<bool> {
-    let events = match readiness {
-        Readiness::Readable => PollFlags::POLLIN,
-        Readiness::Writable => PollFlags::POLLOUT,
-    };
+    let mut events = PollFlags::empty();
+    if interest.readable {
+        events |= PollFlags::POLLIN;
+    }
+    if interest.writable {
+        events |= PollFlags::POLLOUT;
+    }
     let timeout = match timeout {
         None => PollTimeout::NONE,
         Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
@@ -407,7 +617,7 @@ pub(crate) fn wait(
         match poll(&mut fds, timeout) {
             Ok(n) => return Ok(n > 0),
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os("poll", e, "the socket cannot be waited on")),
+            Err(e) => return Err(Error::os("wait", "poll", e, "the socket cannot be waited on")),
         }
     }
 }
@@ -416,6 +626,7 @@ pub(crate) fn wait(
 pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> Result<Credentials> {
     let creds = getsockopt(&fd, sockopt::PeerCredentials).map_err(|e| {
         Error::os(
+            "Endpoint.peer",
             "getsockopt(SO_PEERCRED)",
             e,
             "the peer's credentials are unavailable",
@@ -430,7 +641,7 @@ pub(crate) fn peer_credentials(fd: BorrowedFd<'_>) -> Result<Credentials> {
 
 /// The control length that holds exactly `fds` descriptors (`CMSG_LEN`).
 fn control_len(fds: usize) -> usize {
-    let payload = (fds.clamp(1, MAX_FDS_PER_MESSAGE) * size_of::<RawFd>()) as u32;
+    let payload = (fds.max(1) * size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_LEN is arithmetic on its argument; it touches no memory.
     unsafe { libc::CMSG_LEN(payload) as usize }
 }

@@ -6,12 +6,13 @@
 
 mod common;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use common::*;
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use shmlink::wire::{self, Descriptor, FLAG_FROZEN, FLAG_NEW, Limits};
+use shmlink::Limits;
+use shmlink::wire::{self, Descriptor, FLAG_FROZEN, FLAG_NEW};
 use shmlink::{Endpoint, ErrorKind, Region};
 
 /// Sends `frame` with `fds` from a hostile peer and returns what the endpoint's next
@@ -208,6 +209,7 @@ fn more_fds_than_the_receiver_accepts_is_truncated_and_refused() {
     let limits = Limits {
         max_regions: 2,
         max_payload: 1024,
+        ..Limits::default()
     };
     let kind = expect_refusal(limits, &[], &message(&descriptors, b""), &raw_fds(&regions));
     assert_eq!(kind, ErrorKind::FdsTruncated);
@@ -219,6 +221,7 @@ fn more_descriptors_than_the_receiver_accepts_is_refused() {
     let limits = Limits {
         max_regions: 2,
         max_payload: 1024,
+        ..Limits::default()
     };
     let descriptors: Vec<Descriptor> = (1..=3)
         .map(|id| Descriptor {
@@ -237,6 +240,7 @@ fn a_payload_over_the_announced_limit_is_refused() {
     let limits = Limits {
         max_regions: 8,
         max_payload: 100,
+        ..Limits::default()
     };
     let kind = expect_refusal(limits, &[], &message(&[], &[0u8; 101]), &[]);
     assert_eq!(kind, ErrorKind::Protocol);
@@ -248,6 +252,7 @@ fn a_record_longer_than_any_valid_frame_is_refused() {
     let limits = Limits {
         max_regions: 1,
         max_payload: 100,
+        ..Limits::default()
     };
     let kind = expect_refusal(limits, &[], &message(&[], &[0u8; 4000]), &[]);
     assert_eq!(kind, ErrorKind::Protocol);
@@ -383,7 +388,7 @@ fn an_unknown_frame_kind_is_refused() {
 #[test]
 fn a_second_hello_is_refused() {
     let _serial = serial();
-    let hello = wire::hello_frame(Limits::default());
+    let hello = wire::hello_frame(wire::Announced::default());
     assert_eq!(
         expect_refusal(Limits::default(), &[], &hello, &[]),
         ErrorKind::Protocol
@@ -407,7 +412,7 @@ fn expect_handshake_refusal(first: &[u8], fds: &[RawFd]) -> ErrorKind {
 #[test]
 fn a_wrong_magic_is_incompatible() {
     let _serial = serial();
-    let mut hello = wire::hello_frame(Limits::default());
+    let mut hello = wire::hello_frame(wire::Announced::default());
     hello[8..16].copy_from_slice(b"NOTSHMLK");
     assert_eq!(
         expect_handshake_refusal(&hello, &[]),
@@ -418,7 +423,7 @@ fn a_wrong_magic_is_incompatible() {
 #[test]
 fn another_protocol_version_is_incompatible() {
     let _serial = serial();
-    let mut hello = wire::hello_frame(Limits::default());
+    let mut hello = wire::hello_frame(wire::Announced::default());
     hello[16] = 2;
     assert_eq!(
         expect_handshake_refusal(&hello, &[]),
@@ -439,7 +444,7 @@ fn a_message_before_the_hello_is_refused() {
 fn descriptors_with_the_hello_are_refused() {
     let _serial = serial();
     let (regions, _) = with_n_fds(1, 4096);
-    let hello = wire::hello_frame(Limits::default());
+    let hello = wire::hello_frame(wire::Announced::default());
     assert_eq!(
         expect_handshake_refusal(&hello, &raw_fds(&regions)),
         ErrorKind::Protocol
@@ -450,7 +455,7 @@ fn descriptors_with_the_hello_are_refused() {
 fn a_send_before_an_incompatible_hello_fails_incompatible() {
     let _serial = serial();
     let peer = hostile_pair(Limits::default(), false);
-    let mut hello = wire::hello_frame(Limits::default());
+    let mut hello = wire::hello_frame(wire::Announced::default());
     hello[16] = 9;
     send_raw(&peer.raw, &hello, &[]);
     assert_eq!(
@@ -462,8 +467,8 @@ fn a_send_before_an_incompatible_hello_fails_incompatible() {
 #[test]
 fn end_of_file_in_the_middle_of_a_conversation_is_peer_closed() {
     let _serial = serial();
-    let (regions, descriptors) = with_n_fds(1, 4096);
-    regions[0].write(0, b"before eof").unwrap();
+    let regions = [foreign_file(4096, b"before eof")];
+    let descriptors = with_n_fds(1, 4096).1;
     let peer = hostile_pair(Limits::default(), true);
     send_raw(
         &peer.raw,
@@ -506,9 +511,9 @@ fn end_of_file_in_the_middle_of_a_conversation_is_peer_closed() {
 fn a_peer_cannot_shrink_a_region_it_sent() {
     let _serial = serial();
     let region = Region::create(4096).unwrap();
-    let e = nix::unistd::ftruncate(region.as_fd(), 0).unwrap_err();
+    let e = nix::unistd::ftruncate(region.file().unwrap(), 0).unwrap_err();
     assert_eq!(e, nix::errno::Errno::EPERM);
-    let e = nix::unistd::ftruncate(region.as_fd(), 8192).unwrap_err();
+    let e = nix::unistd::ftruncate(region.file().unwrap(), 8192).unwrap_err();
     assert_eq!(e, nix::errno::Errno::EPERM);
 }
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::checksum;
-use shmlink::{Attach, Endpoint, Listener, Region};
+use shmlink::{Attach, Endpoint, ListenOptions, Listener, Options, PeerFilter, Region};
 
 const ROLE: &str = "SHMLINK_TEST_ROLE";
 const SOCKET: &str = "SHMLINK_TEST_SOCKET";
@@ -52,7 +52,14 @@ fn spawn(role: &str) -> (Child, Endpoint) {
         "shmlink-process-{}-{role}.sock",
         std::process::id()
     ));
-    let listener = Listener::bind(&path).unwrap();
+    let listener = Listener::bind(
+        &path,
+        ListenOptions {
+            endpoint: Options::trusted(),
+            ..ListenOptions::default()
+        },
+    )
+    .unwrap();
     let child = Command::new(std::env::current_exe().unwrap())
         .env(ROLE, role)
         .env(SOCKET, &path)
@@ -77,7 +84,7 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// The child's side of `thousand_messages`: checksum what arrives, stamp each region
 /// with that checksum, and hand it back.
 fn echo_child(path: &Path) {
-    let endpoint = Endpoint::connect(path).unwrap();
+    let endpoint = Endpoint::connect(path, &PeerFilter::SameUser, Options::trusted()).unwrap();
     loop {
         let message = match endpoint.recv_timeout(WAIT) {
             Ok(m) => m,
@@ -111,7 +118,7 @@ fn thousand_messages() {
     for i in 0..1000u64 {
         if i % 100 == 99 {
             let slot = (i as usize / 100) % pool.len();
-            endpoint.release(&pool[slot]).unwrap();
+            endpoint.release(&pool[slot]);
             pool[slot] = Region::create(sizes[slot]).unwrap();
         }
         let attached = [
@@ -165,7 +172,7 @@ fn litmus_word(round: u64, index: usize) -> u64 {
 /// The reader checks every word of the region for the writer's latest round, counts
 /// stale words, and hands the region back.
 fn litmus_reader(path: &Path) {
-    let endpoint = Endpoint::connect(path).unwrap();
+    let endpoint = Endpoint::connect(path, &PeerFilter::SameUser, Options::trusted()).unwrap();
     let mut stale = 0u64;
     let mut words = Vec::new();
     loop {

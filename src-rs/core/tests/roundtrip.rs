@@ -3,11 +3,13 @@
 
 mod common;
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use common::*;
-use shmlink::{Attach, Endpoint, ErrorKind, Limits, Listener, Region};
+use shmlink::{
+    Attach, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Region,
+    Submitted,
+};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -107,7 +109,7 @@ fn a_region_sent_back_is_the_senders_own_region_object() {
 #[test]
 fn a_frozen_region_arrives_frozen_and_copy_on_write() {
     let _serial = serial();
-    let (a, b) = Endpoint::pair().unwrap();
+    let (a, b) = separate_pair();
     let region = Region::create(4096).unwrap();
     region.write(0, b"constant").unwrap();
     region.freeze().unwrap();
@@ -119,7 +121,7 @@ fn a_frozen_region_arrives_frozen_and_copy_on_write() {
         ErrorKind::RegionFrozen
     );
     assert!(theirs.as_mut_ptr().is_err());
-    let stray = theirs.map_again().unwrap();
+    let stray = theirs.mapping().unwrap();
     // SAFETY: `stray` maps 4096 bytes of a copy-on-write mapping and lives for this block.
     unsafe { stray.as_ptr().write(b'X') };
     let mut buf = [0u8; 8];
@@ -133,7 +135,7 @@ fn a_frozen_region_arrives_frozen_and_copy_on_write() {
 #[test]
 fn freezing_a_region_the_peer_maps_writable_is_refused() {
     let _serial = serial();
-    let (a, b) = Endpoint::pair().unwrap();
+    let (a, b) = separate_pair();
     let region = Region::create(4096).unwrap();
     a.send(b"", &[Attach::share(&region)]).unwrap();
     let _theirs = b.recv_timeout(WAIT).unwrap();
@@ -148,12 +150,14 @@ fn release_lets_the_peer_unmap_and_the_next_send_passes_the_descriptor_again() {
     let region = Region::create(4096).unwrap();
     a.send(b"", &[Attach::share(&region)]).unwrap();
     drop(b.recv_timeout(WAIT).unwrap());
-    assert_eq!(b.bound_regions(), 1);
-    a.release(&region).unwrap();
+    assert_eq!(b.stats().peer_regions, 1);
+    assert_eq!(a.region_id(&region), Some(1));
+    a.release(&region);
+    assert_eq!(a.region_id(&region), None);
     a.send(b"after release", &[]).unwrap();
     assert_eq!(b.recv_timeout(WAIT).unwrap().payload, b"after release");
     assert_eq!(
-        b.bound_regions(),
+        b.stats().peer_regions,
         0,
         "the receiver must drop a released region"
     );
@@ -172,12 +176,12 @@ fn releasing_and_dropping_unmaps_on_both_sides_without_leaking() {
             let region = Region::create(64 * 1024).unwrap();
             a.send(b"", &[Attach::share(&region)]).unwrap();
             drop(b.recv_timeout(WAIT).unwrap());
-            a.release(&region).unwrap();
+            a.release(&region);
         }
         a.send(b"sync", &[]).unwrap();
         b.recv_timeout(WAIT).unwrap();
-        assert_eq!(a.bound_regions(), 0);
-        assert_eq!(b.bound_regions(), 0);
+        assert_eq!(a.stats().own_regions, 0);
+        assert_eq!(b.stats().peer_regions, 0);
     });
 }
 
@@ -195,9 +199,13 @@ fn the_same_region_twice_in_one_message_passes_one_descriptor() {
 #[test]
 fn limits_are_enforced_before_sending() {
     let _serial = serial();
-    let (a, b) = Endpoint::pair_with_limits(Limits {
-        max_regions: 2,
-        max_payload: 100,
+    let (a, b) = Endpoint::pair_with(Options {
+        limits: Limits {
+            max_regions: 2,
+            max_payload: 100,
+            ..Limits::default()
+        },
+        ..Options::trusted()
     })
     .unwrap();
     assert_eq!(
@@ -221,35 +229,50 @@ fn invalid_limits_are_refused() {
         Limits {
             max_regions: 0,
             max_payload: 1,
+            ..Limits::default()
         },
         Limits {
             max_regions: 1,
             max_payload: 1 << 20,
+            ..Limits::default()
+        },
+        Limits {
+            max_bound_regions: 0,
+            ..Limits::default()
         },
     ] {
+        let options = Options {
+            limits,
+            ..Options::trusted()
+        };
         assert_eq!(
-            Endpoint::pair_with_limits(limits).unwrap_err().kind(),
+            Endpoint::pair_with(options).unwrap_err().kind(),
             ErrorKind::InvalidArgument
         );
     }
 }
 
 #[test]
-fn a_full_socket_reports_would_block_and_loses_nothing() {
+fn a_full_socket_queues_in_order_and_loses_nothing() {
     let _serial = serial();
     let (a, b) = Endpoint::pair().unwrap();
     let payload = vec![1u8; 60_000];
+    let numbered = |n: u32| {
+        let mut bytes = payload.clone();
+        bytes[..4].copy_from_slice(&n.to_le_bytes());
+        bytes
+    };
     let mut sent = 0u32;
-    loop {
-        let mut numbered = payload.clone();
-        numbered[..4].copy_from_slice(&sent.to_le_bytes());
-        match a.send(&numbered, &[]) {
-            Ok(()) => sent += 1,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
+    while a.send(&numbered(sent), &[]).unwrap() == Submitted::Sent {
+        sent += 1;
     }
     assert!(sent > 0);
+    assert_eq!(
+        a.send(&numbered(sent + 1), &[]).unwrap(),
+        Submitted::Queued(2),
+        "once one message waits, later ones queue behind it"
+    );
+    assert_eq!(a.stats().queued, 2);
     for expected in 0..sent {
         let m = b.recv_timeout(WAIT).unwrap();
         assert_eq!(
@@ -258,6 +281,14 @@ fn a_full_socket_reports_would_block_and_loses_nothing() {
         );
     }
     assert_eq!(b.try_recv().unwrap_err().kind(), ErrorKind::WouldBlock);
+    assert!(a.flush().unwrap(), "the queue drains once there is room");
+    for expected in [sent, sent + 1] {
+        let m = b.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(m.payload[..4].try_into().unwrap()),
+            expected
+        );
+    }
 }
 
 #[test]
@@ -319,6 +350,18 @@ fn regions_stay_valid_after_the_connection_ends() {
     assert_eq!(&region_bytes(&theirs)[..4], b"kept");
 }
 
+fn listen_trusted(path: &std::path::Path) -> Listener {
+    let options = ListenOptions {
+        endpoint: Options::trusted(),
+        ..ListenOptions::default()
+    };
+    Listener::bind(path, options).unwrap()
+}
+
+fn connect_trusted(path: &std::path::Path) -> Endpoint {
+    Endpoint::connect(path, &PeerFilter::SameUser, Options::trusted()).unwrap()
+}
+
 fn socket_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("shmlink-test-{}-{name}.sock", std::process::id()))
 }
@@ -327,10 +370,10 @@ fn socket_path(name: &str) -> std::path::PathBuf {
 fn listener_accepts_and_both_sides_converse() {
     let _serial = serial();
     let path = socket_path("converse");
-    let listener = Listener::bind(&path).unwrap();
-    let client = Endpoint::connect(&path).unwrap();
+    let listener = listen_trusted(&path);
+    let client = connect_trusted(&path);
     let server = listener.accept_timeout(WAIT).unwrap();
-    assert_eq!(client.handshake(WAIT).unwrap(), Limits::default());
+    assert_eq!(client.handshake(WAIT).unwrap(), shmlink::wire::Announced::default());
     let region = Region::create(8192).unwrap();
     region.write(100, b"via listener").unwrap();
     client.send(b"hi", &[Attach::share(&region)]).unwrap();
@@ -349,7 +392,7 @@ fn listener_socket_file_is_private_and_removed_on_drop() {
     let _serial = serial();
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path("mode");
-    let listener = Listener::bind(&path).unwrap();
+    let listener = listen_trusted(&path);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     drop(listener);
@@ -372,8 +415,8 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
     .unwrap();
     bind(dead.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
     drop(dead);
-    let live = Listener::bind(&path).unwrap();
-    let e = Listener::bind(&path).unwrap_err();
+    let live = listen_trusted(&path);
+    let e = Listener::bind(&path, ListenOptions::default()).unwrap_err();
     assert_eq!(e.errno(), Some(nix::errno::Errno::EADDRINUSE as i32), "{e}");
     // The refused bind probed the live listener with a connection that closed at once;
     // its server side ends cleanly before the real client is served.
@@ -382,7 +425,7 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
         probe.recv_timeout(WAIT).unwrap_err().kind(),
         ErrorKind::PeerClosed
     );
-    let client = Endpoint::connect(&path).unwrap();
+    let client = connect_trusted(&path);
     let server = live.accept_timeout(WAIT).unwrap();
     client.send(b"still served", &[]).unwrap();
     assert_eq!(server.recv_timeout(WAIT).unwrap().payload, b"still served");
@@ -392,8 +435,8 @@ fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
 fn abstract_names_leave_no_file() {
     let _serial = serial();
     let name = format!("\0shmlink-test-{}", std::process::id());
-    let listener = Listener::bind(&name).unwrap();
-    let client = Endpoint::connect(&name).unwrap();
+    let listener = listen_trusted(std::path::Path::new(&name));
+    let client = connect_trusted(std::path::Path::new(&name));
     let server = listener.accept_timeout(WAIT).unwrap();
     client.send(b"abstract", &[]).unwrap();
     assert_eq!(server.recv_timeout(WAIT).unwrap().payload, b"abstract");
@@ -402,7 +445,7 @@ fn abstract_names_leave_no_file() {
 #[test]
 fn connect_to_nothing_fails_with_the_os_error() {
     let _serial = serial();
-    let e = Endpoint::connect(socket_path("nobody")).unwrap_err();
+    let e = Endpoint::connect(socket_path("nobody"), &PeerFilter::SameUser, Options::untrusted()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Os);
     assert!(e.to_string().contains("ENOENT"), "{e}");
 }
@@ -411,14 +454,14 @@ fn connect_to_nothing_fails_with_the_os_error() {
 fn from_fd_refuses_what_is_not_a_seqpacket_socket() {
     let _serial = serial();
     let region = Region::create(64).unwrap();
-    let fd = region.as_fd().try_clone_to_owned().unwrap();
+    let fd = region.file().unwrap().try_clone().unwrap();
     assert_eq!(
-        Endpoint::from_fd(fd).unwrap_err().kind(),
+        Endpoint::from_fd(fd, Options::trusted()).unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
     let (s, _t) = std::os::unix::net::UnixStream::pair().unwrap();
     assert_eq!(
-        Endpoint::from_fd(s.into()).unwrap_err().kind(),
+        Endpoint::from_fd(s.into(), Options::trusted()).unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
 }

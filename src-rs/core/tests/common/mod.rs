@@ -2,14 +2,14 @@
 #![allow(dead_code)]
 
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, MutexGuard};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
-use shmlink::wire::{self, Descriptor, Limits};
-use shmlink::{Endpoint, Region};
+use shmlink::wire::{self, Descriptor};
+use shmlink::{Endpoint, Limits, Options, Realm, Region};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -35,6 +35,18 @@ pub fn assert_no_fd_leak(body: impl FnOnce()) {
     );
 }
 
+/// A connected pair whose ends play two processes: each resolves regions in its own
+/// realm, so a region sent from one to the other is a separate region there, mapped anew.
+pub fn separate_pair() -> (Endpoint, Endpoint) {
+    let side = || Options {
+        realm: Realm::unique(),
+        ..Options::trusted()
+    };
+    let (a, fd) = Endpoint::pair_for_child(side()).unwrap();
+    let b = Endpoint::from_fd(fd, side()).unwrap();
+    (a, b)
+}
+
 /// An endpoint whose peer is a raw socket the test drives byte by byte. The raw side has
 /// already sent a valid HELLO unless `hello` is false.
 pub struct Hostile {
@@ -50,10 +62,17 @@ pub fn hostile_pair(limits: Limits, hello: bool) -> Hostile {
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )
     .unwrap();
-    let endpoint = Endpoint::from_fd_with_limits(a, limits).unwrap();
+    let endpoint = Endpoint::from_fd(
+        a,
+        Options {
+            limits,
+            ..Options::trusted()
+        },
+    )
+    .unwrap();
     let raw = b;
     if hello {
-        send_raw(&raw, &wire::hello_frame(Limits::default()), &[]);
+        send_raw(&raw, &wire::hello_frame(wire::Announced::default()), &[]);
     }
     Hostile { endpoint, raw }
 }
@@ -87,9 +106,17 @@ pub fn message(descriptors: &[Descriptor], payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `n` sealed regions of `size` bytes, and NEW descriptors for them with ids 1..=n.
-pub fn with_n_fds(n: usize, size: usize) -> (Vec<Region>, Vec<Descriptor>) {
-    let regions: Vec<Region> = (0..n).map(|_| Region::create(size).unwrap()).collect();
+/// A sealed memory file of `size` bytes starting with `contents`, as a peer process would
+/// hold it: this process keeps no region for it, so receiving it maps it anew.
+pub fn foreign_file(size: usize, contents: &[u8]) -> OwnedFd {
+    let region = Region::create(size).unwrap();
+    region.write(0, contents).unwrap();
+    region.file().unwrap().try_clone().unwrap()
+}
+
+/// `n` foreign memory files of `size` bytes, and NEW descriptors for them with ids 1..=n.
+pub fn with_n_fds(n: usize, size: usize) -> (Vec<OwnedFd>, Vec<Descriptor>) {
+    let regions: Vec<OwnedFd> = (0..n).map(|_| foreign_file(size, b"")).collect();
     let descriptors = (0..n)
         .map(|i| Descriptor {
             id: i as u32 + 1,
@@ -100,8 +127,8 @@ pub fn with_n_fds(n: usize, size: usize) -> (Vec<Region>, Vec<Descriptor>) {
     (regions, descriptors)
 }
 
-pub fn raw_fds(regions: &[Region]) -> Vec<RawFd> {
-    regions.iter().map(|r| r.as_fd().as_raw_fd()).collect()
+pub fn raw_fds(files: &[OwnedFd]) -> Vec<RawFd> {
+    files.iter().map(AsRawFd::as_raw_fd).collect()
 }
 
 /// Whether the raw side sees end-of-file: the endpoint shut the connection down.

@@ -1,0 +1,614 @@
+//! The protocol state of one connection, without I/O (as rustls's `ConnectionCommon` and
+//! quinn-proto's `Connection` are): records and descriptors go in, frames to send and
+//! received messages come out. The endpoint moves the bytes; everything the protocol
+//! decides — the handshake, what a record means and whether it is allowed, which ids
+//! are bound, the limits — is decided here, once, and unit-tested without sockets.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Weak};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::limits::{Charge, Limits, exceeded};
+use crate::region::{Binder, Realm, Region};
+use crate::sync::{AtomicBool, Ordering};
+use crate::table::{PeerBinding, RegionTable};
+use crate::wire::{self, Announced, Descriptor, Refusal};
+
+/// A region attached to an outgoing message.
+#[derive(Debug, Clone, Copy)]
+pub struct Attach<'a> {
+    /// The region.
+    pub region: &'a Region,
+    /// Hand ownership to the peer: this side may not touch the region until it comes back.
+    pub transfer: bool,
+}
+
+impl<'a> Attach<'a> {
+    /// Both sides keep access; they agree between themselves who writes when.
+    pub fn share(region: &'a Region) -> Self {
+        Attach {
+            region,
+            transfer: false,
+        }
+    }
+
+    /// Ownership moves to the peer until it sends the region back.
+    pub fn transfer(region: &'a Region) -> Self {
+        Attach {
+            region,
+            transfer: true,
+        }
+    }
+}
+
+/// A region that arrived with a message.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The region; the same region each time the peer sends the same memory file.
+    pub region: Region,
+    /// The id the peer gave it (the peer's namespace, `docs/PROTOCOL.md` §5.2).
+    pub id: u32,
+    /// Whether its file descriptor came with this message (the `NEW` flag).
+    pub new: bool,
+    /// Whether the region is frozen.
+    pub frozen: bool,
+    /// The peer gave up access to it (see [`Attach::transfer`]).
+    pub transferred: bool,
+}
+
+/// A received message.
+#[derive(Debug)]
+pub struct Message {
+    /// The inline payload.
+    pub payload: Vec<u8>,
+    /// The regions, in the order the sender attached them.
+    pub regions: Vec<Incoming>,
+}
+
+/// One record as the socket delivered it.
+#[derive(Debug)]
+pub(crate) struct Record<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) fds: Vec<OwnedFd>,
+    /// `MSG_TRUNC`: longer than the largest frame this side accepts.
+    pub(crate) data_truncated: bool,
+    /// `MSG_CTRUNC`: the kernel dropped descriptors.
+    pub(crate) control_truncated: bool,
+}
+
+/// What a record meant.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// The peer's HELLO: the connection is established.
+    Handshake,
+    /// A RELEASE, applied.
+    Released,
+    /// A message for the application.
+    Message(Message),
+    /// End-of-file: the peer closed the connection.
+    EndOfFile,
+}
+
+/// A frame the session itself needs sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    Hello,
+    /// RELEASE of the first `count` queued ids.
+    Release { count: usize },
+}
+
+/// How a MESSAGE was encoded: the files to pass, and the ids that bind once it is sent.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) files: Vec<Arc<OwnedFd>>,
+    new_ids: Vec<(u32, usize)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    limits: Limits,
+    /// Whether the peer may send regions it can still write (not frozen).
+    accept_writable: bool,
+    realm: Realm,
+    peer: Option<Announced>,
+    hello_sent: bool,
+    ended: bool,
+    table: RegionTable,
+    releases: Vec<Descriptor>,
+    /// Turns true when the connection ends; shared with regions transferred over it.
+    ended_flag: Arc<AtomicBool>,
+}
+
+const OP_RECV: &str = "recv";
+
+fn violation(text: impl Into<String>) -> Error {
+    Error::protocol(OP_RECV, text)
+}
+
+impl Session {
+    pub(crate) fn new(limits: Limits, accept_writable: bool, realm: Realm) -> Session {
+        Session {
+            limits,
+            accept_writable,
+            realm,
+            peer: None,
+            hello_sent: false,
+            ended: false,
+            table: RegionTable::default(),
+            releases: Vec::new(),
+            ended_flag: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The limits the peer announced, once its HELLO has arrived.
+    pub(crate) fn peer_limits(&self) -> Option<Announced> {
+        self.peer
+    }
+
+    pub(crate) fn is_established(&self) -> bool {
+        self.peer.is_some() && !self.ended
+    }
+
+    pub(crate) fn ended_flag(&self) -> &Arc<AtomicBool> {
+        &self.ended_flag
+    }
+
+    /// Regions of the peer's namespace bound now, and the bytes they hold.
+    pub(crate) fn peer_held(&self) -> (usize, u64) {
+        (self.table.peer_bound(), self.table.held_bytes())
+    }
+
+    /// This side's regions the peer has bound now.
+    pub(crate) fn own_bound(&self) -> usize {
+        self.table.own_bound()
+    }
+
+    /// This side's id for `region` on this connection, if the peer has it bound.
+    pub(crate) fn own_id(&self, region: &Region) -> Option<u32> {
+        self.table.own_id(region)
+    }
+
+    /// Whether the session has a frame of its own to send.
+    pub(crate) fn has_control(&self) -> bool {
+        !self.ended && (!self.hello_sent || (self.peer.is_some() && !self.releases.is_empty()))
+    }
+
+    /// The next frame the session needs sent, written into `frame`.
+    pub(crate) fn poll_control(&self, frame: &mut Vec<u8>) -> Option<Control> {
+        frame.clear();
+        if self.ended {
+            return None;
+        }
+        if !self.hello_sent {
+            wire::put_hello(frame, self.limits.announced());
+            return Some(Control::Hello);
+        }
+        let peer = self.peer?;
+        if self.releases.is_empty() {
+            return None;
+        }
+        let count = self.releases.len().min(usize::from(peer.max_regions));
+        wire::put_header(frame, wire::KIND_RELEASE, count as u16, 0);
+        for d in &self.releases[..count] {
+            wire::put_descriptor(frame, *d);
+        }
+        Some(Control::Release { count })
+    }
+
+    /// A frame from [`Session::poll_control`] left (or, for a HELLO, the peer was already
+    /// gone, which the first receive reports after what the peer sent).
+    pub(crate) fn control_sent(&mut self, control: Control) {
+        match control {
+            Control::Hello => self.hello_sent = true,
+            Control::Release { count } => {
+                self.releases.drain(..count);
+            }
+        }
+    }
+
+    /// Checks what can be checked before sending: the peer's limits (once known, the
+    /// protocol's ceilings before) and the regions' state. Nothing changes on failure.
+    pub(crate) fn check_message(
+        &self,
+        op: &'static str,
+        payload_len: usize,
+        attachments: &[Attach<'_>],
+    ) -> Result<()> {
+        let bounds = self.peer.unwrap_or(Announced {
+            max_regions: wire::MAX_REGIONS_CEILING,
+            max_payload: wire::MAX_PAYLOAD_CEILING,
+        });
+        if payload_len > bounds.max_payload as usize {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                op,
+                format!(
+                    "the payload has {payload_len} bytes but the peer accepts at most {}; put large data in a region",
+                    bounds.max_payload
+                ),
+            ));
+        }
+        if attachments.len() > usize::from(bounds.max_regions) {
+            return Err(Error::new(
+                ErrorKind::TooManyRegions,
+                op,
+                format!(
+                    "{} regions attached but the peer accepts at most {} per message; send several messages",
+                    attachments.len(),
+                    bounds.max_regions
+                ),
+            ));
+        }
+        for (i, attach) in attachments.iter().enumerate() {
+            attach.region.check_usable(op)?;
+            let repeated = attachments[..i]
+                .iter()
+                .any(|earlier| earlier.region.same_as(attach.region));
+            let transferred_twice = repeated
+                && attachments
+                    .iter()
+                    .filter(|a| a.region.same_as(attach.region))
+                    .any(|a| a.transfer);
+            if transferred_twice {
+                return Err(Error::invalid(
+                    op,
+                    "a transferred region can be attached to a message only once",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes a MESSAGE header and descriptors into `frame`. A region's descriptor
+    /// travels only the first time this connection sees it; later frames carry its id.
+    pub(crate) fn encode_message(
+        &self,
+        op: &'static str,
+        payload_len: usize,
+        attachments: &[Attach<'_>],
+        frame: &mut Vec<u8>,
+    ) -> Result<Plan> {
+        let peer = self
+            .peer
+            .ok_or_else(|| Error::would_block(op))?;
+        if payload_len > peer.max_payload as usize || attachments.len() > usize::from(peer.max_regions) {
+            self.check_message(op, payload_len, attachments)?;
+        }
+        frame.clear();
+        wire::put_header(
+            frame,
+            wire::KIND_MESSAGE,
+            attachments.len() as u16,
+            payload_len as u32,
+        );
+        let mut plan = Plan::default();
+        let mut planned: Vec<u32> = Vec::new();
+        for (index, attach) in attachments.iter().enumerate() {
+            let region = attach.region;
+            let earlier = plan
+                .new_ids
+                .iter()
+                .find(|(_, i)| attachments[*i].region.same_as(region))
+                .map(|(id, _)| *id);
+            let (id, new) = match (self.table.own_id(region), earlier) {
+                (Some(id), _) | (None, Some(id)) => (id, false),
+                (None, None) => {
+                    let file = region.file().ok_or_else(|| {
+                        Error::new(ErrorKind::RegionClosed, op, "a region was closed before it could be sent")
+                    })?;
+                    let id = self.table.next_free_id(&planned);
+                    planned.push(id);
+                    plan.new_ids.push((id, index));
+                    plan.files.push(file);
+                    (id, true)
+                }
+            };
+            let mut flags = 0;
+            if new {
+                flags |= wire::FLAG_NEW;
+            }
+            if region.is_frozen() {
+                flags |= wire::FLAG_FROZEN;
+            }
+            if attach.transfer {
+                flags |= wire::FLAG_TRANSFER;
+            }
+            wire::put_descriptor(
+                frame,
+                Descriptor {
+                    id,
+                    flags,
+                    size: region.size() as u64,
+                },
+            );
+        }
+        Ok(plan)
+    }
+
+    /// The message encoded with `plan` left: its new ids are bound. `binder` is told when
+    /// one of those regions closes; a region that closed meanwhile is released at once.
+    pub(crate) fn message_sent(
+        &mut self,
+        attachments: &[Attach<'_>],
+        plan: Plan,
+        binder: &Weak<dyn Binder>,
+    ) {
+        for (id, index) in plan.new_ids {
+            let region = attachments[index].region;
+            self.table.bind_own(id, region);
+            if !region.add_binder(Weak::clone(binder)) {
+                self.release(region);
+            }
+        }
+    }
+
+    /// Forgets this side's id for `region` and queues its RELEASE. False when the peer
+    /// had nothing of it bound.
+    pub(crate) fn release(&mut self, region: &Region) -> bool {
+        let Some(id) = self.table.unbind_own(region) else {
+            return false;
+        };
+        if !self.ended {
+            self.releases.push(Descriptor {
+                id,
+                flags: 0,
+                size: region.size() as u64,
+            });
+        }
+        true
+    }
+
+    /// Ends the session (end-of-file, a failure, or closed here): the tables are dropped
+    /// and regions transferred over the connection become reclaimable.
+    pub(crate) fn end(&mut self) {
+        self.ended = true;
+        self.releases.clear();
+        self.table.clear();
+        self.ended_flag.store(true, Ordering::Release);
+    }
+
+    /// Judges one record in the order `docs/PROTOCOL.md` §7 gives and applies it. On an
+    /// error the session has ended; the caller shuts the socket down.
+    pub(crate) fn handle_record(&mut self, record: Record<'_>) -> Result<Inbound> {
+        if self.ended {
+            return Err(Error::closed(OP_RECV));
+        }
+        let outcome = self.judge(record);
+        if outcome.is_err() || matches!(outcome, Ok(Inbound::EndOfFile)) {
+            self.end();
+        }
+        outcome
+    }
+
+    fn judge(&mut self, record: Record<'_>) -> Result<Inbound> {
+        let Record {
+            bytes,
+            fds,
+            data_truncated,
+            control_truncated,
+        } = record;
+        if bytes.is_empty() && fds.is_empty() && !control_truncated {
+            return Ok(Inbound::EndOfFile);
+        }
+        if control_truncated {
+            let max_fds = self.limits.max_regions;
+            return Err(Error::new(
+                ErrorKind::FdsTruncated,
+                OP_RECV,
+                format!(
+                    "the kernel dropped descriptors from a message ({} arrived and were closed): \
+                     the peer sent more than the {max_fds} this side accepts, or this process is at \
+                     its open-file limit (ulimit -n); the connection was closed",
+                    fds.len()
+                ),
+            ));
+        }
+        if data_truncated {
+            return Err(violation(format!(
+                "the peer sent a record longer than the {} bytes this side's limits allow",
+                self.limits.announced().max_frame_len()
+            )));
+        }
+        if self.peer.is_none() {
+            let announced = wire::parse_first(bytes).map_err(refusal)?;
+            if !fds.is_empty() {
+                return Err(violation("descriptors arrived with the HELLO"));
+            }
+            self.peer = Some(announced);
+            return Ok(Inbound::Handshake);
+        }
+        let frame = wire::parse(bytes).map_err(refusal)?;
+        let new_count = frame.descriptors().filter(Descriptor::is_new).count();
+        if new_count != fds.len() {
+            return Err(violation(format!(
+                "{new_count} descriptors are marked new but {} file descriptors arrived",
+                fds.len()
+            )));
+        }
+        let announced = self.limits.announced();
+        if frame.header.region_count > announced.max_regions {
+            return Err(violation(format!(
+                "{} regions in one message; this side announced at most {}",
+                frame.header.region_count, announced.max_regions
+            )));
+        }
+        if frame.header.payload_len > announced.max_payload {
+            return Err(violation(format!(
+                "{} payload bytes; this side announced at most {}",
+                frame.header.payload_len, announced.max_payload
+            )));
+        }
+        match frame.header.kind {
+            wire::KIND_HELLO => Err(violation("a second HELLO")),
+            wire::KIND_RELEASE => {
+                for d in frame.descriptors() {
+                    let size = self
+                        .table
+                        .peer(d.id)
+                        .map(|binding| binding.region.size() as u64)
+                        .ok_or_else(|| {
+                            violation(format!("RELEASE of region id {}, which is not bound", d.id))
+                        })?;
+                    if size != d.size {
+                        return Err(violation(format!(
+                            "RELEASE of region {} with the wrong size",
+                            d.id
+                        )));
+                    }
+                    self.table.unbind_peer(d.id);
+                }
+                Ok(Inbound::Released)
+            }
+            _ => {
+                let mut fds = fds.into_iter();
+                let mut regions = Vec::with_capacity(frame.descriptors().len());
+                for d in frame.descriptors() {
+                    let region = if d.is_new() {
+                        let fd = fds
+                            .next()
+                            .ok_or_else(|| violation("a descriptor went missing"))?;
+                        self.bind_new(d, fd)?
+                    } else {
+                        self.resolve_known(d)?
+                    };
+                    regions.push(Incoming {
+                        region,
+                        id: d.id,
+                        new: d.is_new(),
+                        frozen: d.is_frozen(),
+                        transferred: d.is_transfer(),
+                    });
+                }
+                for incoming in &regions {
+                    incoming.region.come_back();
+                }
+                Ok(Inbound::Message(Message {
+                    payload: frame.payload.to_vec(),
+                    regions,
+                }))
+            }
+        }
+    }
+
+    /// §5.2 rule 1 and §5.3, with this side's limits and trust policy checked before
+    /// anything is mapped.
+    fn bind_new(&mut self, d: Descriptor, fd: OwnedFd) -> Result<Region> {
+        if self.table.is_peer_bound(d.id) {
+            return Err(violation(format!(
+                "region id {} is already bound; RELEASE it before reusing it",
+                d.id
+            )));
+        }
+        let inspected = Region::inspect(fd.as_fd(), d.size, d.is_frozen())?;
+        if !d.is_frozen() && !self.accept_writable {
+            return Err(Error::new(
+                ErrorKind::RegionWritable,
+                OP_RECV,
+                "the peer sent a region it can still write, and this endpoint accepts only frozen \
+                 regions from peers it did not start (opt in with acceptWritable for trusted \
+                 peers); the connection was closed",
+            ));
+        }
+        if d.size > self.limits.max_region_size {
+            return Err(exceeded(
+                OP_RECV,
+                format!(
+                    "the peer sent a {}-byte region; this side accepts at most {} (maxRegionSize)",
+                    d.size, self.limits.max_region_size
+                ),
+            ));
+        }
+        if self.table.peer_bound() >= self.limits.max_bound_regions as usize {
+            return Err(exceeded(
+                OP_RECV,
+                format!(
+                    "the peer has {} regions bound, the most this side accepts (maxBoundRegions); \
+                     it must RELEASE regions before sending new ones",
+                    self.table.peer_bound()
+                ),
+            ));
+        }
+        let held = self
+            .table
+            .held_bytes_with(inspected.identity(), d.size);
+        if held > self.limits.max_mapped_bytes {
+            return Err(exceeded(
+                OP_RECV,
+                format!(
+                    "the peer's regions would hold {held} bytes mapped; this side accepts at most {} \
+                     (maxMappedBytes)",
+                    self.limits.max_mapped_bytes
+                ),
+            ));
+        }
+        let (region, file) = match Region::existing(&inspected, self.realm) {
+            Some(region) => {
+                let file = region
+                    .file()
+                    .unwrap_or_else(|| Arc::new(fd));
+                (region, file)
+            }
+            None => {
+                let charge = Charge::reserve(d.size, OP_RECV)?;
+                let file = Arc::new(fd);
+                (Region::adopt(Arc::clone(&file), inspected, self.realm, charge)?, file)
+            }
+        };
+        self.table.bind_peer(
+            d.id,
+            PeerBinding {
+                region: region.clone(),
+                file,
+            },
+        );
+        Ok(region)
+    }
+
+    fn resolve_known(&mut self, d: Descriptor) -> Result<Region> {
+        let binding = self.table.peer(d.id).ok_or_else(|| {
+            violation(format!(
+                "unknown region id {} (never sent with its descriptor)",
+                d.id
+            ))
+        })?;
+        let region = &binding.region;
+        if region.size() as u64 != d.size {
+            return Err(violation(format!(
+                "region {} was bound with {} bytes but the descriptor says {}",
+                d.id,
+                region.size(),
+                d.size
+            )));
+        }
+        if region.is_frozen() != d.is_frozen() {
+            return Err(violation(format!("region {}'s frozen flag changed", d.id)));
+        }
+        if !region.is_closed() {
+            return Ok(region.clone());
+        }
+        // This side closed the region while the peer kept it bound; map the file again.
+        let file = Arc::clone(&binding.file);
+        let inspected = Region::inspect(file.as_fd(), d.size, d.is_frozen())?;
+        let region = match Region::existing(&inspected, self.realm) {
+            Some(region) => region,
+            None => Region::adopt(file, inspected, self.realm, Charge::reserve(d.size, OP_RECV)?)?,
+        };
+        self.table.rebind_peer(d.id, region.clone());
+        Ok(region)
+    }
+}
+
+fn refusal(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Incompatible(text) => Error::new(
+            ErrorKind::Incompatible,
+            OP_RECV,
+            format!("{text}; the connection was closed"),
+        ),
+        Refusal::Violation(text) => violation(text),
+    }
+}
