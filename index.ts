@@ -5,6 +5,9 @@
  *
  * Sending is a release and receiving an acquire (docs/MEMORY-MODEL.md): what one side
  * wrote to a region before `send()` is what the other side reads after `recv()`.
+ *
+ * The connection's state lives in the Rust core; this module adds what is JavaScript's
+ * own: promises, `AbortSignal`, async iteration, events and object identity.
  * @packageDocumentation
  */
 import { EventEmitter } from 'node:events'
@@ -12,7 +15,18 @@ import { spawn, type ChildProcess, type SpawnOptions, type StdioOptions } from '
 import { debuglog } from 'node:util'
 
 import * as binding from './binding'
-import type { NativeEndpoint, NativeListener, NativeRegion } from './binding'
+import type {
+  Attachment,
+  EndpointEvent,
+  ErrorInfo,
+  IncomingRegion,
+  LimitsInit,
+  NativeEndpoint,
+  NativeListener,
+  NativeRegion,
+  PeerFilterInit,
+  ReceivedMessage,
+} from './binding'
 
 const debug = debuglog('shmlink')
 /** Checked before each hot-path `debug()` call, which would otherwise gather its arguments every time. */
@@ -22,25 +36,31 @@ const debugging = debug.enabled
 export type ErrorCode =
   | 'ERR_SHMLINK_CLOSED'
   | 'ERR_SHMLINK_PEER_CLOSED'
+  | 'ERR_SHMLINK_PEER_REJECTED'
   | 'ERR_SHMLINK_WOULD_BLOCK'
   | 'ERR_SHMLINK_TIMED_OUT'
   | 'ERR_SHMLINK_PROTOCOL_VIOLATION'
   | 'ERR_SHMLINK_PEER_INCOMPATIBLE'
+  | 'ERR_SHMLINK_LIMIT_EXCEEDED'
   | 'ERR_SHMLINK_REGION_UNSEALED'
   | 'ERR_SHMLINK_REGION_SIZE_MISMATCH'
   | 'ERR_SHMLINK_REGION_NOT_MEMFD'
+  | 'ERR_SHMLINK_REGION_NOT_SHMEM'
+  | 'ERR_SHMLINK_REGION_WRITABLE'
   | 'ERR_SHMLINK_REGION_TRANSFERRED'
   | 'ERR_SHMLINK_REGION_FROZEN'
   | 'ERR_SHMLINK_REGION_BUSY'
   | 'ERR_SHMLINK_REGION_CLOSED'
+  | 'ERR_SHMLINK_REGION_TOO_LARGE'
   | 'ERR_SHMLINK_TOO_MANY_REGIONS'
   | 'ERR_SHMLINK_PAYLOAD_TOO_LARGE'
   | 'ERR_SHMLINK_FDS_TRUNCATED'
   | 'ERR_SHMLINK_INVALID_ARG'
   | 'ERR_SHMLINK_ZERO_COPY_UNAVAILABLE'
-  | 'ERR_SHMLINK_BINARY_NOT_FOUND'
   | 'ERR_SHMLINK_UNSUPPORTED'
+  | 'ERR_SHMLINK_RUNTIME'
   | 'ERR_SHMLINK_OS'
+  | 'ERR_SHMLINK_BINARY_NOT_FOUND'
 
 /** An error raised by shmlink. `syscall` and `errno` are set when a system call failed. */
 export interface ShmlinkError extends Error {
@@ -55,58 +75,52 @@ export function isShmlinkError(error: unknown): error is ShmlinkError {
   return typeof code === 'string' && code.startsWith('ERR_SHMLINK_')
 }
 
-function shmlinkError(
-  code: ErrorCode,
-  message: string,
-  Kind: ErrorConstructor | TypeErrorConstructor | RangeErrorConstructor = Error,
-): ShmlinkError {
-  const error = new Kind(message) as ShmlinkError
-  error.code = code
+/** An argument refused before anything reached the native side. */
+function invalid(message: string, Kind: ErrorConstructor | TypeErrorConstructor = TypeError): ShmlinkError {
+  return Object.assign(new Kind(message), { code: 'ERR_SHMLINK_INVALID_ARG' as const })
+}
+
+/** An error the core described in an event. */
+function fromInfo(info: ErrorInfo): ShmlinkError {
+  const error = Object.assign(new Error(info.message), { code: info.code as ErrorCode })
+  if (info.syscall !== undefined) Object.assign(error, { syscall: info.syscall, errno: info.errno })
   return error
 }
 
 function abortError(signal: AbortSignal): Error {
-  const error = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string }
-  error.name = 'AbortError'
-  error.code = 'ABORT_ERR'
-  return error
+  return Object.assign(new Error('The operation was aborted', { cause: signal.reason }), {
+    name: 'AbortError',
+    code: 'ABORT_ERR',
+  })
 }
 
 function checkSignal(signal: AbortSignal | undefined): void {
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'options.signal must be an AbortSignal', TypeError)
-  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalid('options.signal must be an AbortSignal')
 }
 
 function checkTimeout(timeoutMs: number | undefined): number {
   if (timeoutMs === undefined) return -1
   if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || timeoutMs < 0) {
-    throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'options.timeoutMs must be a non-negative number', RangeError)
+    throw invalid('options.timeoutMs must be a non-negative number', RangeError)
   }
   return timeoutMs
 }
 
 function checkInteger(value: unknown, name: string, min: number): number {
-  if (typeof value !== 'number') {
-    throw shmlinkError('ERR_SHMLINK_INVALID_ARG', `${name} must be a number, not ${typeof value}`, TypeError)
-  }
+  if (typeof value !== 'number') throw invalid(`${name} must be a number, not ${typeof value}`)
   if (!Number.isSafeInteger(value) || value < min) {
-    throw shmlinkError('ERR_SHMLINK_INVALID_ARG', `${name} must be an integer >= ${min}, not ${value}`, RangeError)
+    throw invalid(`${name} must be an integer >= ${min}, not ${value}`, RangeError)
   }
   return value
 }
 
-/** Bytes as the binding takes them: a Buffer over the same memory, never a copy. */
-function toBytes(data: unknown, name: string): Buffer {
+/** Bytes as the binding takes them: a view of the same memory, never a copy. */
+function toBytes(data: unknown, name: string): Uint8Array {
   if (typeof data === 'string') return Buffer.from(data, 'utf8')
-  if (Buffer.isBuffer(data)) return data
-  if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength)
-  if (data instanceof ArrayBuffer || data instanceof SharedArrayBuffer) return Buffer.from(data)
-  throw shmlinkError(
-    'ERR_SHMLINK_INVALID_ARG',
-    `${name} must be a string, Buffer, TypedArray, DataView or ArrayBuffer`,
-    TypeError,
-  )
+  if (data instanceof Uint8Array) return data
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  if (data instanceof ArrayBuffer || data instanceof SharedArrayBuffer) return new Uint8Array(data)
+  throw invalid(`${name} must be a string, Buffer, TypedArray, DataView or ArrayBuffer`)
 }
 
 let zeroCopyAvailable: boolean | undefined
@@ -121,7 +135,12 @@ export function zeroCopy(): boolean {
   return zeroCopyAvailable
 }
 
-/** Live `Region` objects by the serial of their memory, so that a region that comes back is the same object. */
+/** The native handle of a Region, for this module only. */
+let nativeOf: (region: Region) => NativeRegion
+/** The live Region for a region that arrived, for this module only. */
+let arrivedRegion: (serial: number, take: () => NativeRegion) => Region
+
+/** Live `Region` objects by the serial of their memory: a region that comes back is the same object. */
 const regionsBySerial = new Map<number, WeakRef<Region>>()
 const forgetRegion = new FinalizationRegistry<number>((serial) => {
   if (regionsBySerial.get(serial)?.deref() === undefined) regionsBySerial.delete(serial)
@@ -132,72 +151,43 @@ const forgetRegion = new FinalizationRegistry<number>((serial) => {
  * other processes. Nothing appears in `/dev/shm`, so a crash leaves nothing behind.
  */
 export class Region implements Disposable {
-  #native: NativeRegion | undefined
-  #buffer: ArrayBuffer | undefined
+  readonly #native: NativeRegion
   #view: Uint8Array | undefined
-  /** Set from the moment a transfer is requested until the region comes back. */
-  #handedOver = false
-  /** Endpoints this region was sent on: closing it tells their peers to let go. */
-  readonly #sentOn = new Set<Endpoint>()
 
   private constructor(native: NativeRegion) {
     this.#native = native
+    regionsBySerial.set(native.serial, new WeakRef(this))
+    forgetRegion.register(this, native.serial)
+  }
+
+  static {
+    nativeOf = (region) => region.#native
+    arrivedRegion = (serial, take) => regionsBySerial.get(serial)?.deref() ?? new Region(take())
   }
 
   /** A new, zero-filled region of `size` bytes. */
   static create(size: number): Region {
-    checkInteger(size, 'size', 1)
-    const region = new Region(binding.NativeRegion.create(size))
-    region.#remember()
-    return region
-  }
-
-  /**
-   * @internal The `Region` for the region with `serial` that arrived in a message: the
-   * live object this process already has for it, or a new one over the handle `take` gives.
-   */
-  static _arrived(serial: number, take: () => NativeRegion): Region {
-    const existing = regionsBySerial.get(serial)?.deref()
-    if (existing !== undefined && !existing.closed) {
-      existing.#handedOver = false
-      return existing
-    }
-    const region = new Region(take())
-    region.#remember()
-    return region
-  }
-
-  #remember(): void {
-    const serial = this.#native!.serial
-    regionsBySerial.set(serial, new WeakRef(this))
-    forgetRegion.register(this, serial)
-  }
-
-  #live(): NativeRegion {
-    if (this.#native === undefined) {
-      throw shmlinkError('ERR_SHMLINK_REGION_CLOSED', 'the region is closed; create a new one with Region.create()')
-    }
-    return this.#native
+    return new Region(binding.NativeRegion.create(checkInteger(size, 'size', 1)))
   }
 
   /** Size in bytes (0 once closed). */
   get size(): number {
-    return this.#native?.size ?? 0
+    return this.#native.size
   }
 
   /** Whether `freeze()` made the contents immutable for every process. */
   get frozen(): boolean {
-    return this.#native?.frozen ?? false
+    return this.#native.frozen
   }
 
   /** Whether `close()` was called. */
   get closed(): boolean {
-    return this.#native === undefined
+    return this.#native.closed
   }
 
-  /** Whether the region was transferred to a peer and has not come back yet. */
+  /** Whether the region was transferred to a peer and has not come back (or been reclaimed). */
   get transferred(): boolean {
-    return this.#handedOver || (this.#native?.transferred ?? false)
+    return this.#native.transferred
   }
 
   /** Whether `bytes` is available (see {@link zeroCopy}). */
@@ -207,108 +197,79 @@ export class Region implements Disposable {
 
   /**
    * The region's memory as a `Uint8Array`, without copying. The same view is returned
-   * until the region is closed or transferred; those detach it, after which old views
-   * have length 0. Writes to a frozen region's view change a private copy only.
+   * until the region is closed or transferred, which detach every view of it (old views
+   * then have length 0; take `bytes` again once the region is back). While a peer can
+   * write the region, this is memory another process changes at any time, like a
+   * `SharedArrayBuffer`: copy with `read()` before decoding or parsing untrusted data.
+   * Writes to a frozen region's view change a private copy that nobody else sees.
    */
   get bytes(): Uint8Array {
-    const native = this.#live()
     if (!zeroCopy()) {
-      throw shmlinkError(
-        'ERR_SHMLINK_ZERO_COPY_UNAVAILABLE',
-        'this runtime refuses external buffers (Electron memory cage or SHMLINK_FORCE_COPY=1); use region.read() and region.write()',
+      throw Object.assign(
+        new Error('this runtime refuses external buffers (Electron memory cage or SHMLINK_FORCE_COPY=1); use region.read() and region.write()'),
+        { code: 'ERR_SHMLINK_ZERO_COPY_UNAVAILABLE' as const },
       )
     }
-    if (this.transferred) {
-      throw shmlinkError(
-        'ERR_SHMLINK_REGION_TRANSFERRED',
-        'the region was transferred to a peer; wait until the peer sends it back',
-      )
-    }
-    if (this.#view === undefined || this.#view.byteLength !== this.size) {
-      this.#buffer = native.expose() as ArrayBuffer
-      this.#view = new Uint8Array(this.#buffer)
-    }
+    if (this.#view === undefined || this.#view.byteLength === 0) this.#view = this.#native.lend()
     return this.#view
   }
 
-  /** Copies `length` bytes starting at `offset` out of the region. */
+  /**
+   * Copies `length` bytes starting at `offset` out of the region into a new Buffer
+   * (`ERR_SHMLINK_REGION_TOO_LARGE` when no Buffer can hold them). For a frozen region
+   * this is the frozen contents, whatever was written to its `bytes`.
+   */
   read(offset = 0, length?: number): Buffer {
-    const native = this.#live()
     checkInteger(offset, 'offset', 0)
-    const count = length === undefined ? Math.max(0, native.size - offset) : checkInteger(length, 'length', 0)
-    return native.read(offset, count)
+    const count = length === undefined ? Math.max(0, this.#native.size - offset) : checkInteger(length, 'length', 0)
+    return this.#native.read(offset, count)
   }
 
-  /** Copies `data` into the region starting at `offset`. */
-  write(offset: number, data: string | ArrayBufferView | ArrayBuffer): void {
-    const native = this.#live()
+  /** Copies bytes starting at `offset` into `target`, as many as fit in it; returns how many. */
+  readInto(offset: number, target: ArrayBufferView): number {
     checkInteger(offset, 'offset', 0)
-    native.write(offset, toBytes(data, 'data'))
+    return this.#native.readInto(offset, toBytes(target, 'target'))
+  }
+
+  /** Copies `data` into the region starting at `offset` (one copy; `data` may be a view of any region). */
+  write(offset: number, data: string | ArrayBufferView | ArrayBuffer): void {
+    checkInteger(offset, 'offset', 0)
+    this.#native.write(offset, toBytes(data, 'data'))
   }
 
   /**
    * Makes the contents immutable for every process (`F_SEAL_WRITE`). Freeze before
-   * sharing: it fails with `ERR_SHMLINK_REGION_BUSY` while a peer maps the region writable.
+   * sharing: it fails with `ERR_SHMLINK_REGION_BUSY` while a peer maps the region
+   * writable, and leaves the region as it was. Do not freeze while an asynchronous
+   * operation writes into `bytes`.
    */
   freeze(): this {
-    this.#live().freeze()
+    this.#native.freeze()
     return this
   }
 
   /**
-   * Lets go of the region: `bytes` views are detached, peers it was sent to are told
-   * they may unmap it. The memory itself is freed when nobody maps it any more.
+   * Takes back a region transferred over a connection that has since ended (the peer
+   * closed or died), so a pipeline can reuse its buffers. A peer that passed the region
+   * on may still reach its memory (docs/MEMORY-MODEL.md §5.1). Fails with
+   * `ERR_SHMLINK_REGION_TRANSFERRED` while that connection is open.
+   */
+  reclaim(): this {
+    this.#native.reclaim()
+    return this
+  }
+
+  /**
+   * Lets go of the region now: views are detached, peers it was sent to are told they
+   * may unmap it, and its memory is released without waiting for the garbage collector.
    */
   close(): void {
-    const native = this.#native
-    if (native === undefined) return
-    for (const endpoint of this.#sentOn) endpoint._forget(this, native)
-    this.#sentOn.clear()
-    this.#detach()
-    this.#native = undefined
-    native.close()
+    this.#native.close()
+    this.#view = undefined
   }
 
   [Symbol.dispose](): void {
     this.close()
-  }
-
-  #detach(): void {
-    if (this.#buffer !== undefined) {
-      this.#native!.detach(this.#buffer)
-      this.#buffer = undefined
-      this.#view = undefined
-    }
-  }
-
-  /** @internal The native handle, checked for use in a send. */
-  _forSend(endpoint: Endpoint, transfer: boolean): NativeRegion {
-    const native = this.#live()
-    if (this.transferred) {
-      throw shmlinkError(
-        'ERR_SHMLINK_REGION_TRANSFERRED',
-        'a region was already transferred; only its current owner may send it',
-      )
-    }
-    if (!this.#sentOn.has(endpoint)) {
-      this.#sentOn.add(endpoint)
-      endpoint._sent(this)
-    }
-    if (transfer) {
-      this.#handedOver = true
-      this.#detach()
-    }
-    return native
-  }
-
-  /** @internal A transfer that never left (its send failed or was aborted). */
-  _transferFailed(): void {
-    if (!(this.#native?.transferred ?? false)) this.#handedOver = false
-  }
-
-  /** @internal An endpoint that ended no longer needs telling. */
-  _unlink(endpoint: Endpoint): void {
-    this.#sentOn.delete(endpoint)
   }
 }
 
@@ -335,14 +296,11 @@ export interface Message {
 }
 
 export interface SendOptions {
-  /**
-   * Regions to attach, in the order the peer receives them. Shared regions stay
-   * accessible on both sides, which agree who writes when.
-   */
+  /** Regions to attach, in the order the peer receives them; both sides keep access. */
   regions?: readonly Region[]
   /**
-   * Regions to hand over: they are detached here until the peer sends them back. A region
-   * also in `regions` keeps its place there; the others are attached after `regions`.
+   * Regions to hand over: detached here until the peer sends them back. A region also in
+   * `regions` keeps its place there; the others are attached after `regions`.
    */
   transfer?: readonly Region[]
   /** Aborts a send still waiting for room in the socket. */
@@ -363,6 +321,36 @@ export interface RecvSyncOptions {
   timeoutMs?: number
 }
 
+/** Limits on what a peer may send and make this side hold (docs/SECURITY.md). */
+export type Limits = LimitsInit
+
+/** Which peers to accept: `'same-user'` (this user or root), `'any-user'`, or a list of uids. */
+export type PeerFilter = 'same-user' | 'any-user' | { uids: readonly number[] }
+
+export interface ConnectOptions extends RecvOptions {
+  /** Who must be serving (checked with `SO_PEERCRED` before anything is sent); default `'same-user'`. */
+  server?: PeerFilter
+  /** Accept regions the server can still write; default false (frozen regions only). */
+  acceptWritable?: boolean
+  limits?: Limits
+}
+
+export interface ListenOptions {
+  /** Who may connect (checked before anything is read); default `'same-user'`. */
+  allow?: PeerFilter
+  /** Accept regions clients can still write; default false (frozen regions only). */
+  acceptWritable?: boolean
+  limits?: Limits
+  /** Accepted connections not yet taken with `accept()`, at most (default 64). */
+  maxPending?: number
+}
+
+export interface EndpointOptionsInit {
+  /** Accept regions the peer can still write; default true for peers this process starts. */
+  acceptWritable?: boolean
+  limits?: Limits
+}
+
 /** Who is at the other end of a connection, as the kernel recorded it (`SO_PEERCRED`). */
 export interface PeerCredentials {
   pid: number
@@ -370,111 +358,102 @@ export interface PeerCredentials {
   gid: number
 }
 
-const EVENT_MESSAGE = 0
-const EVENT_WRITABLE = 1
-const EVENT_FAILURE = 2
-const EVENT_CONNECTION = 3
-const EVENT_HANDSHAKE = 4
-const FLAG_NEW = 1
-const FLAG_FROZEN = 2
-const FLAG_TRANSFER = 4
+function peerFilter(filter: PeerFilter | undefined): PeerFilterInit | undefined {
+  if (filter === undefined || filter === 'same-user') return undefined
+  if (filter === 'any-user') return { anyUser: true }
+  if (typeof filter === 'object' && Array.isArray(filter.uids)) return { uids: [...filter.uids] }
+  throw invalid("a peer filter is 'same-user', 'any-user' or { uids: [...] }")
+}
 
-/** Messages received before anyone asked for them; beyond this the socket fills up and the sender waits. */
-const HIGH_WATER_MARK = 256
+function toMessage(native: NativeEndpoint, received: ReceivedMessage): Message {
+  const incoming: IncomingRegion[] = received.regions ?? []
+  return {
+    payload: received.payload,
+    regions: incoming.map((d, i) => arrivedRegion(d.serial, () => native.takeRegion(i))),
+    descriptors: incoming.map(({ id, new: isNew, frozen, transferred }) => ({ id, new: isNew, frozen, transferred })),
+  }
+}
+
+/** The attachments of a send: `regions` in order, then the rest of `transfer`. */
+function attachments(options: SendOptions): Attachment[] | undefined {
+  const shared = options.regions ?? []
+  const moved = options.transfer ?? []
+  if (!Array.isArray(shared) || !Array.isArray(moved)) throw invalid('options.regions and options.transfer must be arrays')
+  if (shared.length === 0 && moved.length === 0) return undefined
+  const all = [...shared, ...moved.filter((region) => !shared.includes(region))]
+  return all.map((region) => {
+    if (!(region instanceof Region)) throw invalid('options.regions and options.transfer hold Regions only')
+    return { region: nativeOf(region), transfer: moved.includes(region) }
+  })
+}
 
 interface Waiter<T> {
   resolve(value: T): void
   reject(error: Error): void
 }
 
-/** A send with nothing attached shares these (never written to). */
-const NONE: never[] = []
-const noop = (): void => {}
 /** What `send()` returns when the message left at once. */
 const SENT = Promise.resolve()
 
-interface PendingSend {
-  payload: Buffer
-  natives: NativeRegion[]
-  transferFlags: boolean[]
-  regions: Region[]
-  resolve(): void
-  reject(error: Error): void
-  signal?: AbortSignal
-  onAbort?: () => void
-}
+/** Module-private constructors of the classes below. */
+let wrapEndpoint: (native: NativeEndpoint) => Endpoint
+let newServer: (native: NativeListener) => Server
 
-/**
- * A received message. `flat` holds `[id, flags, serial]` per region; the binding hands out
- * a handle (`takeRegion`) only for a region this process holds no live `Region` for.
- */
-function toMessage(native: NativeEndpoint, payload: Buffer, flat: number[] | undefined): Message {
-  if (flat === undefined) return { payload, regions: [], descriptors: [] }
-  const regions: Region[] = []
-  const descriptors: Descriptor[] = []
-  for (let i = 0; i < flat.length; i += 3) {
-    const index = i / 3
-    regions.push(Region._arrived(flat[i + 2], () => native.takeRegion(index)))
-    const flags = flat[i + 1]
-    descriptors.push({
-      id: flat[i],
-      new: (flags & FLAG_NEW) !== 0,
-      frozen: (flags & FLAG_FROZEN) !== 0,
-      transferred: (flags & FLAG_TRANSFER) !== 0,
-    })
-  }
-  return { payload, regions, descriptors }
+/** Events an {@link Endpoint} emits. */
+export interface EndpointEvents {
+  /** A message, when no `recv()` waits for it (each message goes to exactly one of the two). */
+  message: [message: Message]
+  /** The connection ended: with the error that ended it, or nothing after `close()`. */
+  close: [reason?: ShmlinkError]
 }
 
 /**
  * One end of a connection. Sending is non-blocking with backpressure (a full socket makes
  * `send()` wait, never drop or reorder); receiving runs on the event loop.
- *
- * Emits `'close'` once, with the error that ended the connection (`ERR_SHMLINK_PEER_CLOSED`
- * when the peer closed it) or with no argument after `close()`.
  */
-export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Disposable {
+export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncIterable<Message>, Disposable {
   #native: NativeEndpoint | undefined
-  #referenced = true
-  #reading = true
-  /** What the native handle was last told, so unchanged states cost no call. */
-  #interest = -1
-  #handleReferenced: boolean | undefined
-  readonly #inbox: Message[] = []
-  readonly #waiters: Waiter<Message>[] = []
-  readonly #outbox: PendingSend[] = []
-  readonly #handshakeWaiters: Waiter<void>[] = []
-  /** Regions sent here that are still open; each holds this endpoint until one of them closes. */
-  readonly #regionsSent = new Set<Region>()
   /** Why the connection ended, once it has. */
   #ended: ShmlinkError | undefined
+  readonly #waiters: Waiter<Message>[] = []
+  readonly #sends = new Map<number, Waiter<void>>()
+  readonly #handshakes: Waiter<void>[] = []
+  /** `close()` is ending the connection: the core's own report of it is not the reason. */
+  #closing = false
 
   private constructor(native: NativeEndpoint) {
     super()
     this.#native = native
+    native.watch(this.#onMessage, this.#onEvent)
+    const untyped: EventEmitter = this
+    untyped.on('newListener', this.#listenersChanged).on('removeListener', this.#listenersChanged)
   }
 
-  /** @internal */
-  static _wrap(native: NativeEndpoint): Endpoint {
-    const endpoint = new Endpoint(native)
-    endpoint.#watch()
-    return endpoint
+  static {
+    wrapEndpoint = (native) => new Endpoint(native)
   }
 
   /** A connected pair of endpoints, for worker threads or a process you spawn yourself. */
-  static pair(): [Endpoint, Endpoint] {
-    const [a, b] = binding.NativeEndpoint.pair()
-    return [Endpoint._wrap(a), Endpoint._wrap(b)]
+  static pair(options: EndpointOptionsInit = {}): [Endpoint, Endpoint] {
+    const [a, b] = binding.NativeEndpoint.pair(options)
+    return [new Endpoint(a), new Endpoint(b)]
   }
 
   /**
    * Connects to an {@link Endpoint.listen} server at `path` (a path starting with a NUL
-   * byte is a Linux abstract name) and resolves once the handshake has succeeded.
+   * byte is a Linux abstract name) run by `options.server` (by default this user), and
+   * resolves once the handshake has succeeded. Only frozen regions are accepted from the
+   * server unless `acceptWritable` is set.
    */
-  static async connect(path: string, options: RecvOptions = {}): Promise<Endpoint> {
-    if (typeof path !== 'string') throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'path must be a string', TypeError)
+  static async connect(path: string, options: ConnectOptions = {}): Promise<Endpoint> {
+    if (typeof path !== 'string') throw invalid('path must be a string')
     checkSignal(options.signal)
-    const endpoint = Endpoint._wrap(binding.NativeEndpoint.connect(path))
+    const native = binding.NativeEndpoint.connect(path, {
+      server: peerFilter(options.server),
+      acceptWritable: options.acceptWritable,
+      limits: options.limits,
+    })
+    const endpoint = new Endpoint(native)
     try {
       await endpoint.#handshake(options.signal)
     } catch (error) {
@@ -488,28 +467,36 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
    * Takes over a connected `SOCK_SEQPACKET` socket descriptor (it is closed with the
    * endpoint), such as one a parent process passed down.
    */
-  static fromFd(fd: number): Endpoint {
-    checkInteger(fd, 'fd', 0)
-    return Endpoint._wrap(binding.NativeEndpoint.fromFd(fd))
+  static fromFd(fd: number, options: EndpointOptionsInit = {}): Endpoint {
+    return new Endpoint(binding.NativeEndpoint.fromFd(checkInteger(fd, 'fd', 0), options))
   }
 
-  /** In a process started by {@link spawnWithEndpoint}: the endpoint its parent passed down. */
-  static inherited(): Endpoint {
-    const fd = Number(process.env.SHMLINK_FD)
-    if (!Number.isSafeInteger(fd) || fd < 3) {
-      throw shmlinkError(
-        'ERR_SHMLINK_INVALID_ARG',
-        'SHMLINK_FD is not set: this process was not started by spawnWithEndpoint()',
-      )
-    }
+  /**
+   * In a process started by {@link spawnWithEndpoint} (or any parent that sets
+   * `SHMLINK_FD`, docs/LANGUAGES.md): the endpoint its parent passed down.
+   */
+  static inherited(options: EndpointOptionsInit = {}): Endpoint {
+    const endpoint = new Endpoint(binding.NativeEndpoint.inherited(options))
     delete process.env.SHMLINK_FD
-    return Endpoint.fromFd(fd)
+    return endpoint
   }
 
   /** Listens at `path`; the server is an async iterable of accepted endpoints. */
-  static listen(path: string): Server {
-    if (typeof path !== 'string') throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'path must be a string', TypeError)
-    return new Server(binding.NativeListener.bind(path))
+  static listen(path: string, options: ListenOptions = {}): Server {
+    if (typeof path !== 'string') throw invalid('path must be a string')
+    return newServer(
+      binding.NativeListener.bind(path, {
+        allow: peerFilter(options.allow),
+        acceptWritable: options.acceptWritable,
+        limits: options.limits,
+        maxPending: options.maxPending,
+      }),
+    )
+  }
+
+  /** Identifies this connection within the process (in `NODE_DEBUG=shmlink` logs too). */
+  get id(): number {
+    return this.#native?.id ?? 0
   }
 
   /** The socket's file descriptor (-1 once closed). */
@@ -519,73 +506,218 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
 
   /** Whether the connection is over (closed here, by the peer, or after an error). */
   get closed(): boolean {
-    return this.#native === undefined
+    return this.#ended !== undefined || this.#native === undefined
   }
 
   /** The peer's process, user and group ids (for a socketpair: those of its creator). */
   get peer(): PeerCredentials {
-    return this.#live().peer() as PeerCredentials
+    return this.#live().peer()
+  }
+
+  /** Traffic and binding counters, and the limits in force. */
+  stats(): binding.EndpointStats {
+    return this.#live().stats()
+  }
+
+  /** This side's id for `region` on this connection while the peer has it bound (the id the peer sees). */
+  regionId(region: Region): number | undefined {
+    return this.#live().regionId(nativeOf(region)) ?? undefined
   }
 
   #live(): NativeEndpoint {
-    if (this.#native === undefined) {
-      throw this.#ended ?? shmlinkError('ERR_SHMLINK_CLOSED', 'the endpoint is closed; create or accept a new one')
-    }
+    if (this.#native === undefined) throw this.#ended ?? Object.assign(new Error('the endpoint is closed'), { code: 'ERR_SHMLINK_CLOSED' as const })
     return this.#native
   }
 
-  #watch(): void {
-    const native = this.#native!
-    native.watch(this.#onEvent, this)
-    this.#updateInterest()
-    this.#updateRef()
+  readonly #onMessage = (received: ReceivedMessage): boolean => {
+    const message = toMessage(this.#native!, received)
+    if (debugging) this.#log('recv', message)
+    const waiter = this.#waiters.shift()
+    if (waiter !== undefined) waiter.resolve(message)
+    else if (this.listenerCount('message') > 0) this.emit('message', message)
+    else return false
+    return true
   }
 
-  readonly #onEvent = (kind: number, a?: unknown, b?: unknown): boolean => {
-    switch (kind) {
-      case EVENT_MESSAGE:
-        return this.#deliver(toMessage(this.#native!, a as Buffer, b as number[] | undefined))
-      case EVENT_WRITABLE:
-      case EVENT_HANDSHAKE:
-        if (kind === EVENT_HANDSHAKE) this.#settleHandshake()
-        this.#flush()
-        return true
-      case EVENT_FAILURE:
-        this.#end(a as ShmlinkError)
-        return false
-      default:
-        return false
+  readonly #onEvent = (event: EndpointEvent): void => {
+    switch (event.type) {
+      case 'sent':
+        for (const [ticket, waiter] of this.#sends) {
+          if (ticket > event.through) break
+          this.#sends.delete(ticket)
+          waiter.resolve()
+        }
+        break
+      case 'sendFailed':
+        this.#sends.get(event.ticket)?.reject(fromInfo(event.error))
+        this.#sends.delete(event.ticket)
+        break
+      case 'handshake':
+        for (const waiter of this.#handshakes.splice(0)) waiter.resolve()
+        this.#native?.hold(this.#isHeld())
+        break
+      case 'closed':
+        if (!this.#closing) this.#end(fromInfo(event.error))
+        break
     }
+  }
+
+  readonly #listenersChanged = (event: string | symbol): void => {
+    if (event !== 'message' && event !== 'close') return
+    // 'newListener' fires before the listener is added, 'removeListener' after it is gone.
+    process.nextTick(() => {
+      this.#native?.setListening(this.listenerCount('message') > 0)
+      this.#native?.hold(this.#isHeld())
+    })
+  }
+
+  #isHeld(): boolean {
+    return this.#handshakes.length > 0 || this.listenerCount('close') > 0 || this.listenerCount('message') > 0
+  }
+
+  #log(what: 'send' | 'recv', message: { payload: Uint8Array; regions: readonly Region[] }, detail = ''): void {
+    const regions = message.regions.map((r) => `${this.#native?.regionId(nativeOf(r)) ?? '?'}:${r.size}${r.frozen ? ':frozen' : ''}`)
+    debug('connection %d %s %d bytes, %d regions [%s]%s', this.id, what, message.payload.byteLength, regions.length, regions.join(' '), detail)
   }
 
   /**
-   * Hands a message to a waiting `recv()` or queues it. Returns whether another `recv()`
-   * is already waiting, so the binding reads on at once only when that helps.
+   * Sends `payload` with regions attached. Resolves once the message is in the socket;
+   * waits (in order behind earlier sends) while the socket is full.
    */
-  #deliver(message: Message): boolean {
-    if (debugging) debug('recv %d bytes, %d regions', message.payload.length, message.regions.length)
-    const waiter = this.#waiters.shift()
-    if (waiter !== undefined) {
-      waiter.resolve(message)
-    } else {
-      this.#inbox.push(message)
-      if (this.#inbox.length >= HIGH_WATER_MARK) {
-        this.#reading = false
-        this.#updateInterest()
-      }
+  send(payload: string | ArrayBufferView | ArrayBuffer, options: SendOptions = {}): Promise<void> {
+    let ticket: number
+    try {
+      checkSignal(options.signal)
+      if (options.signal?.aborted) return Promise.reject(abortError(options.signal))
+      const bytes = toBytes(payload, 'payload')
+      ticket = this.#live().send(bytes, attachments(options))
+      if (debugging) this.#log('send', { payload: bytes, regions: [...(options.regions ?? []), ...(options.transfer ?? [])] }, ticket === 0 ? '' : ` (queued as ${ticket})`)
+    } catch (error) {
+      return Promise.reject(error)
     }
-    this.#updateRef()
-    return this.#waiters.length > 0
+    if (ticket === 0) return SENT
+    const { signal } = options
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => {
+        if (this.#native?.cancel(ticket)) {
+          this.#sends.delete(ticket)
+          reject(abortError(signal!))
+        }
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.#sends.set(ticket, {
+        resolve: () => {
+          signal?.removeEventListener('abort', onAbort)
+          resolve()
+        },
+        reject: (error) => {
+          signal?.removeEventListener('abort', onAbort)
+          reject(error)
+        },
+      })
+    })
   }
 
-  #settleHandshake(): void {
-    for (const waiter of this.#handshakeWaiters.splice(0)) waiter.resolve()
+  /** Sends behind anything queued, blocking the thread until there is room (or `timeoutMs` passes). */
+  sendSync(payload: string | ArrayBufferView | ArrayBuffer, options: SendSyncOptions = {}): void {
+    const timeoutMs = checkTimeout(options.timeoutMs)
+    this.#live().sendSync(toBytes(payload, 'payload'), attachments(options), timeoutMs)
+  }
+
+  /** Resolves with the next message. */
+  recv(options: RecvOptions = {}): Promise<Message> {
+    const { signal } = options
+    let received: ReceivedMessage | null
+    try {
+      checkSignal(signal)
+      if (signal?.aborted) return Promise.reject(abortError(signal))
+      received = this.#live().recv()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    if (received !== null) {
+      const message = toMessage(this.#native!, received)
+      if (debugging) this.#log('recv', message)
+      return Promise.resolve(message)
+    }
+    return new Promise<Message>((resolve, reject) => {
+      const onAbort = (): void => {
+        const index = this.#waiters.indexOf(waiter)
+        if (index < 0) return
+        this.#waiters.splice(index, 1)
+        this.#native?.unwant()
+        reject(abortError(signal!))
+      }
+      const waiter: Waiter<Message> = {
+        resolve: (message) => {
+          signal?.removeEventListener('abort', onAbort)
+          resolve(message)
+        },
+        reject: (error) => {
+          signal?.removeEventListener('abort', onAbort)
+          reject(error)
+        },
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      this.#waiters.push(waiter)
+    })
+  }
+
+  /** Receives the next message, blocking the thread (for CLIs and worker threads). */
+  recvSync(options: RecvSyncOptions = {}): Message {
+    const timeoutMs = checkTimeout(options.timeoutMs)
+    const native = this.#live()
+    return toMessage(native, native.recvSync(timeoutMs))
+  }
+
+  /**
+   * Messages until the connection ends, for `for await`. Ends quietly when either side
+   * closes the connection; `signal` aborts a wait. Leaving the loop (`break`) leaves the
+   * endpoint open, unlike a Node stream: close it yourself when you are done.
+   */
+  messages(options: RecvOptions = {}): AsyncIterableIterator<Message> {
+    const next = (): Promise<IteratorResult<Message>> =>
+      this.recv(options).then(
+        (value) => ({ value, done: false }),
+        (error: ShmlinkError) => {
+          if (error.code === 'ERR_SHMLINK_PEER_CLOSED' || error.code === 'ERR_SHMLINK_CLOSED') return { value: undefined, done: true }
+          throw error
+        },
+      )
+    const iterator: AsyncIterableIterator<Message> = {
+      next,
+      return: () => Promise.resolve({ value: undefined, done: true }),
+      [Symbol.asyncIterator]: () => iterator,
+    }
+    return iterator
+  }
+
+  /** `for await (const message of endpoint)`: {@link Endpoint.messages} without a signal. */
+  [Symbol.asyncIterator](): AsyncIterator<Message> {
+    return this.messages()
+  }
+
+  /** Tells the peer this side will not refer to `region` again (it may unmap it); the next send passes it anew. */
+  release(region: Region): void {
+    this.#native?.release(nativeOf(region))
+  }
+
+  /** Closes the connection: the peer sees it end; waiting calls reject with `ERR_SHMLINK_CLOSED`. */
+  close(): void {
+    const native = this.#native
+    if (native === undefined) return
+    this.#closing = true
+    native.close()
+    this.#native = undefined
+    this.#end(undefined)
   }
 
   #handshake(signal?: AbortSignal): Promise<void> {
     if (this.#native?.handshakeComplete) return Promise.resolve()
+    if (this.#ended !== undefined) return Promise.reject(this.#ended)
+    if (signal?.aborted) return Promise.reject(abortError(signal))
     return new Promise<void>((resolve, reject) => {
-      if (this.#ended !== undefined) return reject(this.#ended)
+      const onAbort = (): void => waiter.reject(abortError(signal!))
       const waiter: Waiter<void> = {
         resolve: () => {
           signal?.removeEventListener('abort', onAbort)
@@ -596,317 +728,35 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
           reject(error)
         },
       }
-      const onAbort = () => {
-        this.#handshakeWaiters.splice(this.#handshakeWaiters.indexOf(waiter), 1)
-        reject(abortError(signal!))
-      }
-      if (signal?.aborted) return reject(abortError(signal))
       signal?.addEventListener('abort', onAbort, { once: true })
-      this.#handshakeWaiters.push(waiter)
-      this.#updateRef()
+      this.#handshakes.push(waiter)
+      this.#native?.hold(true)
     })
   }
 
-  /** Resumes reading once the queue has drained below half the high-water mark. */
-  #updateInterest(): void {
-    if (!this.#reading && this.#inbox.length < HIGH_WATER_MARK / 2) this.#reading = true
-    const writing = this.#outbox.length > 0 && this.#native !== undefined && this.#native.handshakeComplete
-    const interest = (this.#reading ? 1 : 0) | (writing ? 2 : 0)
-    if (interest !== this.#interest && this.#native !== undefined) {
-      this.#interest = interest
-      this.#native.setInterest(this.#reading, writing)
-    }
-  }
-
-  /** The handle keeps the process alive only while something here waits for the peer. */
-  #updateRef(): void {
-    const waiting = this.#waiters.length > 0 || this.#outbox.length > 0 || this.#handshakeWaiters.length > 0
-    const referenced = this.#referenced && waiting
-    if (referenced !== this.#handleReferenced && this.#native !== undefined) {
-      this.#handleReferenced = referenced
-      this.#native.setRef(referenced)
-    }
-  }
-
-  /**
-   * Sends `payload` with regions attached. Resolves once the message is in the socket;
-   * waits while the socket is full.
-   */
-  send(payload: string | ArrayBufferView | ArrayBuffer, options: SendOptions = {}): Promise<void> {
-    let pending: PendingSend
-    try {
-      checkSignal(options.signal)
-      if (options.signal?.aborted) return Promise.reject(abortError(options.signal))
-      pending = this.#prepare(payload, options)
-    } catch (error) {
-      return Promise.reject(error)
-    }
-    if (this.#outbox.length === 0) {
-      let sent: boolean
-      try {
-        sent = this.#nativeSend(this.#live(), pending)
-      } catch (error) {
-        this.#failSend(pending, error as Error)
-        return Promise.reject(error)
-      }
-      if (sent) {
-        if (debugging) debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
-        return SENT
-      }
-    }
-    return new Promise<void>((resolve, reject) => {
-      pending.resolve = resolve
-      pending.reject = reject
-      this.#enqueue(pending, options.signal)
-    })
-  }
-
-  #prepare(payload: string | ArrayBufferView | ArrayBuffer, options: SendSyncOptions): PendingSend {
-    this.#live()
-    const bytes = toBytes(payload, 'payload')
-    const shared = options.regions ?? NONE
-    const transferred = options.transfer ?? NONE
-    if (!Array.isArray(shared) || !Array.isArray(transferred)) {
-      throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'options.regions and options.transfer must be arrays', TypeError)
-    }
-    if (shared.length === 0 && transferred.length === 0) {
-      return { payload: bytes, natives: NONE, transferFlags: NONE, regions: NONE, resolve: noop, reject: noop }
-    }
-    // Attachments keep the order of `regions`; a region listed in `transfer` too is
-    // transferred in its place, the others in `transfer` follow (as with postMessage's
-    // transfer list).
-    const regions = [...shared, ...transferred.filter((region) => !shared.includes(region))]
-    for (const region of regions) {
-      if (!(region instanceof Region)) {
-        throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'options.regions and options.transfer hold Regions only', TypeError)
-      }
-      if (region.closed) {
-        throw shmlinkError('ERR_SHMLINK_REGION_CLOSED', 'a closed region cannot be sent; create a new one')
-      }
-    }
-    const transferFlags = regions.map((region) => transferred.includes(region))
-    if (transferFlags.some((transfer, i) => transfer && regions.indexOf(regions[i]) !== i)) {
-      throw shmlinkError('ERR_SHMLINK_INVALID_ARG', 'a transferred region can be attached only once')
-    }
-    const natives = regions.map((region, i) => region._forSend(this, transferFlags[i]))
-    return { payload: bytes, natives, transferFlags, regions, resolve: noop, reject: noop }
-  }
-
-  /** Sends without waiting; false when the socket is full. Regions travel only if there are any. */
-  #nativeSend(native: NativeEndpoint, pending: PendingSend): boolean {
-    return pending.natives.length === 0
-      ? native.send(pending.payload)
-      : native.send(pending.payload, pending.natives, pending.transferFlags)
-  }
-
-  /** Tries to send now; true when the message left (or failed for good). */
-  #trySend(pending: PendingSend): boolean {
-    try {
-      if (!this.#nativeSend(this.#live(), pending)) return false
-    } catch (error) {
-      this.#failSend(pending, error as Error)
-      return true
-    }
-    if (debugging) debug('send %d bytes, %d regions', pending.payload.length, pending.natives.length)
-    pending.signal?.removeEventListener('abort', pending.onAbort!)
-    pending.resolve()
-    return true
-  }
-
-  #failSend(pending: PendingSend, error: Error): void {
-    pending.signal?.removeEventListener('abort', pending.onAbort!)
-    for (let i = 0; i < pending.regions.length; i++) {
-      if (pending.transferFlags[i]) pending.regions[i]._transferFailed()
-    }
-    pending.reject(error)
-  }
-
-  #enqueue(pending: PendingSend, signal: AbortSignal | undefined): void {
-    if (signal !== undefined) {
-      pending.signal = signal
-      pending.onAbort = () => {
-        const index = this.#outbox.indexOf(pending)
-        if (index >= 0) {
-          this.#outbox.splice(index, 1)
-          this.#failSend(pending, abortError(signal))
-          this.#updateInterest()
-          this.#updateRef()
-        }
-      }
-      signal.addEventListener('abort', pending.onAbort, { once: true })
-    }
-    this.#outbox.push(pending)
-    this.#updateInterest()
-    this.#updateRef()
-  }
-
-  #flush(): void {
-    while (this.#outbox.length > 0 && this.#native !== undefined) {
-      if (!this.#trySend(this.#outbox[0])) break
-      this.#outbox.shift()
-    }
-    if (this.#native?.hasPendingOutput) this.#native.flush()
-    this.#updateInterest()
-    this.#updateRef()
-  }
-
-  /** Sends, blocking the thread until there is room (or `timeoutMs` passes). */
-  sendSync(payload: string | ArrayBufferView | ArrayBuffer, options: SendSyncOptions = {}): void {
-    const timeoutMs = checkTimeout(options.timeoutMs)
-    const pending = this.#prepare(payload, options)
-    const native = this.#live()
-    try {
-      for (const queued of this.#outbox.splice(0)) {
-        native.sendSync(queued.payload, timeoutMs, queued.natives, queued.transferFlags)
-        queued.resolve()
-      }
-      if (pending.natives.length === 0) native.sendSync(pending.payload, timeoutMs)
-      else native.sendSync(pending.payload, timeoutMs, pending.natives, pending.transferFlags)
-    } catch (error) {
-      this.#failSend(pending, error as Error)
-      throw this.#observe(error as ShmlinkError)
-    } finally {
-      this.#updateInterest()
-      this.#updateRef()
-    }
-  }
-
-  /** Resolves with the next message. */
-  recv(options: RecvOptions = {}): Promise<Message> {
-    try {
-      checkSignal(options.signal)
-    } catch (error) {
-      return Promise.reject(error)
-    }
-    const { signal } = options
-    if (signal?.aborted) return Promise.reject(abortError(signal))
-    const queued = this.#inbox.shift()
-    if (queued !== undefined) {
-      this.#updateInterest()
-      return Promise.resolve(queued)
-    }
-    if (this.#native === undefined) {
-      return Promise.reject(this.#ended ?? shmlinkError('ERR_SHMLINK_CLOSED', 'the endpoint is closed'))
-    }
-    if (signal === undefined) {
-      return new Promise<Message>((resolve, reject) => {
-        this.#waiters.push({ resolve, reject })
-        this.#updateRef()
-      })
-    }
-    return new Promise<Message>((resolve, reject) => {
-      const onAbort = () => {
-        const index = this.#waiters.indexOf(waiter)
-        if (index >= 0) this.#waiters.splice(index, 1)
-        this.#updateRef()
-        reject(abortError(signal))
-      }
-      const waiter: Waiter<Message> = {
-        resolve: (message) => {
-          signal.removeEventListener('abort', onAbort)
-          resolve(message)
-        },
-        reject: (error) => {
-          signal.removeEventListener('abort', onAbort)
-          reject(error)
-        },
-      }
-      signal.addEventListener('abort', onAbort, { once: true })
-      this.#waiters.push(waiter)
-      this.#updateRef()
-    })
-  }
-
-  /** Receives the next message, blocking the thread (for CLIs and worker threads). */
-  recvSync(options: RecvSyncOptions = {}): Message {
-    const timeoutMs = checkTimeout(options.timeoutMs)
-    const queued = this.#inbox.shift()
-    if (queued !== undefined) {
-      this.#updateInterest()
-      return queued
-    }
-    const native = this.#live()
-    try {
-      const received = native.recvSync(timeoutMs)
-      if (Buffer.isBuffer(received)) return { payload: received, regions: [], descriptors: [] }
-      const [payload, descriptors] = received as [Buffer, number[]]
-      return toMessage(native, payload, descriptors)
-    } catch (error) {
-      throw this.#observe(error as ShmlinkError)
-    }
-  }
-
-  /** Ends this endpoint too when the error of a synchronous call ended the connection. */
-  #observe(error: ShmlinkError): ShmlinkError {
-    if (this.#native !== undefined && !this.#native.open) this.#end(error)
-    return error
-  }
-
-  /** Messages until the connection ends; ends quietly when either side closes it. */
-  [Symbol.asyncIterator](): AsyncIterator<Message> {
-    const finished = (error: ShmlinkError): IteratorResult<Message> => {
-      if (error.code === 'ERR_SHMLINK_PEER_CLOSED' || error.code === 'ERR_SHMLINK_CLOSED') {
-        return { value: undefined, done: true }
-      }
-      throw error
-    }
-    return {
-      next: () => this.recv().then((value) => ({ value, done: false }), finished),
-      return: () => Promise.resolve({ value: undefined, done: true }),
-    }
-  }
-
-  /** @internal `region` was sent here: it tells this endpoint when it closes. */
-  _sent(region: Region): void {
-    this.#regionsSent.add(region)
-  }
-
-  /** @internal Tells the peer this side will not refer to `region` again. */
-  _forget(region: Region, native: NativeRegion): void {
-    this.#regionsSent.delete(region)
-    try {
-      this.#native?.release(native)
-    } catch (error) {
-      debug('release failed: %s', (error as Error).message)
-    }
-  }
-
-  /** Closes the connection: the peer sees it end; waiting calls reject with `ERR_SHMLINK_CLOSED`. */
-  close(): void {
-    if (this.#native === undefined) return
-    this.#finish(shmlinkError('ERR_SHMLINK_CLOSED', 'the endpoint was closed'), undefined)
-  }
-
-  #end(error: ShmlinkError): void {
-    if (this.#native === undefined) return
-    debug('connection ended: %s', error.message)
-    this.#ended = error
-    this.#finish(error, error)
-  }
-
-  #finish(error: ShmlinkError, reason: ShmlinkError | undefined): void {
-    const native = this.#native!
-    this.#native = undefined
-    native.close()
-    for (const region of this.#regionsSent) region._unlink(this)
-    this.#regionsSent.clear()
+  /** The connection ended (`reason`), or `close()` was called (no reason). */
+  #end(reason: ShmlinkError | undefined): void {
+    if (this.#ended !== undefined && reason !== undefined) return
+    const error = reason ?? Object.assign(new Error('the endpoint was closed'), { code: 'ERR_SHMLINK_CLOSED' as const })
+    const first = this.#ended === undefined
+    this.#ended ??= error
+    if (debugging) debug('connection %d ended: %s', this.id, error.message)
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error)
-    for (const waiter of this.#handshakeWaiters.splice(0)) waiter.reject(error)
-    for (const pending of this.#outbox.splice(0)) this.#failSend(pending, error)
-    process.nextTick(() => this.emit('close', reason))
+    for (const waiter of this.#handshakes.splice(0)) waiter.reject(error)
+    for (const waiter of this.#sends.values()) waiter.reject(error)
+    this.#sends.clear()
+    if (first) process.nextTick(() => this.emit('close', reason))
   }
 
   /** Lets the process exit even while this endpoint waits for messages. */
   unref(): this {
-    this.#referenced = false
-    this.#updateRef()
+    this.#native?.setRef(false)
     return this
   }
 
   /** Undoes {@link Endpoint.unref}. */
   ref(): this {
-    this.#referenced = true
-    this.#updateRef()
+    this.#native?.setRef(true)
     return this
   }
 
@@ -915,21 +765,30 @@ export class Endpoint extends EventEmitter implements AsyncIterable<Message>, Di
   }
 }
 
+/** Events a {@link Server} emits. */
+export interface ServerEvents {
+  /** A connection, when no `accept()` waits for it. */
+  connection: [endpoint: Endpoint]
+  close: []
+}
+
 /** A listening socket; iterate it (or listen for `'connection'`) to accept endpoints. */
-export class Server extends EventEmitter implements AsyncIterable<Endpoint>, Disposable {
+export class Server extends EventEmitter<ServerEvents> implements AsyncIterable<Endpoint>, Disposable {
   #native: NativeListener | undefined
   readonly #path: string
-  readonly #pending: Endpoint[] = []
-  readonly #waiters: Waiter<IteratorResult<Endpoint>>[] = []
-  #referenced = true
+  readonly #waiters: Waiter<Endpoint>[] = []
 
-  /** @internal */
-  constructor(native: NativeListener) {
+  private constructor(native: NativeListener) {
     super()
     this.#native = native
     this.#path = native.path
-    native.watch(this.#onEvent, this)
-    this.#updateRef()
+    native.watch(this.#onConnection)
+    const untyped: EventEmitter = this
+    untyped.on('newListener', this.#listenersChanged).on('removeListener', this.#listenersChanged)
+  }
+
+  static {
+    newServer = (native) => new Server(native)
   }
 
   /** The path it listens at. */
@@ -937,42 +796,40 @@ export class Server extends EventEmitter implements AsyncIterable<Endpoint>, Dis
     return this.#path
   }
 
-  readonly #onEvent = (kind: number, value?: unknown): boolean => {
-    if (kind === EVENT_CONNECTION) {
-      const endpoint = Endpoint._wrap(value as NativeEndpoint)
+  /** Connections refused by the `allow` filter so far. */
+  get rejected(): number {
+    return this.#native?.rejected ?? 0
+  }
+
+  readonly #onConnection = (): void => {
+    for (;;) {
+      const wantsOne = this.#waiters.length > 0 || this.listenerCount('connection') > 0
+      const native = wantsOne ? this.#native?.take() : null
+      if (native == null) break
+      const endpoint = wrapEndpoint(native)
       const waiter = this.#waiters.shift()
-      if (waiter !== undefined) waiter.resolve({ value: endpoint, done: false })
-      else if (this.listenerCount('connection') > 0) this.emit('connection', endpoint)
-      else this.#pending.push(endpoint)
-      this.#updateRef()
-    } else if (kind === EVENT_FAILURE) {
-      this.emit('error', value)
+      if (waiter !== undefined) waiter.resolve(endpoint)
+      else this.emit('connection', endpoint)
     }
-    return true
+    this.#hold()
   }
 
-  #updateRef(): void {
-    const waiting = this.#waiters.length > 0 || this.listenerCount('connection') > 0
-    this.#native?.setRef(this.#referenced && waiting)
+  readonly #listenersChanged = (event: string | symbol): void => {
+    if (event === 'connection') process.nextTick(this.#onConnection)
   }
 
-  override on(event: string | symbol, listener: (...args: any[]) => void): this {
-    super.on(event, listener)
-    if (event === 'connection') this.#updateRef()
-    return this
+  #hold(): void {
+    this.#native?.hold(this.#waiters.length > 0 || this.listenerCount('connection') > 0)
   }
 
   /** Resolves with the next accepted connection. */
   accept(): Promise<Endpoint> {
-    const next = this.#pending.shift()
-    if (next !== undefined) return Promise.resolve(next)
-    if (this.#native === undefined) return Promise.reject(shmlinkError('ERR_SHMLINK_CLOSED', 'the server is closed'))
+    if (this.#native === undefined) return Promise.reject(Object.assign(new Error('the server is closed'), { code: 'ERR_SHMLINK_CLOSED' as const }))
+    const pending = this.#native.take()
+    if (pending !== null) return Promise.resolve(wrapEndpoint(pending))
     return new Promise<Endpoint>((resolve, reject) => {
-      this.#waiters.push({
-        resolve: (result) => (result.done ? reject(shmlinkError('ERR_SHMLINK_CLOSED', 'the server is closed')) : resolve(result.value)),
-        reject,
-      })
-      this.#updateRef()
+      this.#waiters.push({ resolve, reject })
+      this.#hold()
     })
   }
 
@@ -999,20 +856,18 @@ export class Server extends EventEmitter implements AsyncIterable<Endpoint>, Dis
     if (native === undefined) return
     this.#native = undefined
     native.close()
-    for (const waiter of this.#waiters.splice(0)) waiter.resolve({ value: undefined, done: true })
-    for (const endpoint of this.#pending.splice(0)) endpoint.close()
+    const closed = Object.assign(new Error('the server is closed'), { code: 'ERR_SHMLINK_CLOSED' as const })
+    for (const waiter of this.#waiters.splice(0)) waiter.reject(closed)
     process.nextTick(() => this.emit('close'))
   }
 
   unref(): this {
-    this.#referenced = false
-    this.#updateRef()
+    this.#native?.setRef(false)
     return this
   }
 
   ref(): this {
-    this.#referenced = true
-    this.#updateRef()
+    this.#native?.setRef(true)
     return this
   }
 
@@ -1021,27 +876,41 @@ export class Server extends EventEmitter implements AsyncIterable<Endpoint>, Dis
   }
 }
 
+/** The process-wide limits on what all peers together may make this process map, and their use now. */
+export function processStats(): binding.ProcessStats {
+  return binding.processStats()
+}
+
+/** Sets the process-wide limits (docs/SECURITY.md). */
+export function setProcessLimits(limits: { maxMappedBytes: number; maxRegions: number }): void {
+  binding.setProcessLimits(limits.maxMappedBytes, limits.maxRegions)
+}
+
 /**
  * Spawns `command` with an endpoint connected to it: the child calls
- * {@link Endpoint.inherited} to get its end. Options are those of `child_process.spawn`.
+ * {@link Endpoint.inherited} to get its end (`SHMLINK_FD` names its descriptor). Options
+ * are those of `child_process.spawn`. Spawn the runtime itself, not a wrapper script
+ * (`process.execPath` with `['--import', 'tsx', 'child.ts']`, not `node_modules/.bin/tsx`),
+ * since a wrapper starts the real child with descriptors of its own.
  */
 export function spawnWithEndpoint(
   command: string,
   args: readonly string[] = [],
-  options: SpawnOptions = {},
+  options: SpawnOptions & EndpointOptionsInit = {},
 ): { child: ChildProcess; endpoint: Endpoint } {
-  const [mine, theirs] = binding.NativeEndpoint.pairForChild()
-  const base: StdioOptions = options.stdio ?? 'inherit'
+  const { acceptWritable, limits, ...spawnOptions } = options
+  const [mine, theirs] = binding.NativeEndpoint.pairForChild({ acceptWritable, limits })
+  const base: StdioOptions = spawnOptions.stdio ?? 'inherit'
   const stdio = typeof base === 'string' ? [base, base, base] : [...base]
   const index = stdio.length
   stdio.push(theirs.fd)
   try {
     const child = spawn(command, args, {
-      ...options,
+      ...spawnOptions,
       stdio,
-      env: { ...(options.env ?? process.env), SHMLINK_FD: String(index) },
+      env: { ...(spawnOptions.env ?? process.env), SHMLINK_FD: String(index) },
     })
-    return { child, endpoint: Endpoint._wrap(mine) }
+    return { child, endpoint: wrapEndpoint(mine) }
   } catch (error) {
     mine.close()
     throw error

@@ -253,7 +253,7 @@ test('a waiting recv keeps the process alive until the message comes', async (t)
 
 test('listen, connect, peer credentials and a private socket file', async (t) => {
   const path = socketPath('listen')
-  const server = Endpoint.listen(path)
+  const server = Endpoint.listen(path, { acceptWritable: true })
   t.is(statSync(path).mode & 0o777, 0o600)
   const accepted = server.accept()
   const client = await Endpoint.connect(path)
@@ -309,8 +309,8 @@ test('NODE_DEBUG=shmlink logs traffic through util.debuglog', async (t) => {
   const quiet = await runNode([fixture('debuglog.cjs')], { NODE_DEBUG: '' })
   t.is(quiet.stderr, '')
   const logged = await runNode([fixture('debuglog.cjs')], { NODE_DEBUG: 'shmlink' })
-  t.regex(logged.stderr, /SHMLINK \d+: send 6 bytes, 0 regions/)
-  t.regex(logged.stderr, /SHMLINK \d+: recv 6 bytes, 0 regions/)
+  t.regex(logged.stderr, /SHMLINK \d+: connection \d+ send 6 bytes, 0 regions/)
+  t.regex(logged.stderr, /SHMLINK \d+: connection \d+ recv 6 bytes, 0 regions/)
 })
 
 test('inherited() outside spawnWithEndpoint explains itself', (t) => {

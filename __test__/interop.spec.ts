@@ -374,7 +374,7 @@ async function runScenario(driverLang: Lang, responderLang: Lang, tapped: boolea
   const addr = address(dir, driverLang !== 'node' && !tapped)
   const nodeDrives = driverLang === 'node'
   const out = join(dir, nodeDrives ? 'responder.jsonl' : 'driver.jsonl')
-  const server = Endpoint.listen(addr.listen)
+  const server = Endpoint.listen(addr.listen, { acceptWritable: true })
   const programs: ChildProgram[] = []
   try {
     const peerArgs = (sock: string) =>
@@ -505,7 +505,7 @@ async function hostileTest(t: ExecutionContext, lang: Lang, hostile: nodePeer.Ho
   const dir = workDir(`hostile-${lang}-${hostile.name}`)
   const addr = address(dir, false)
   const fdsBefore = openFds()
-  const server = Endpoint.listen(addr.listen)
+  const server = Endpoint.listen(addr.listen, { acceptWritable: true })
   let peer: ChildProgram | undefined
   try {
     peer = startPeer(lang, ['hostile', addr.arg, HOSTILE, hostile.name], { SHMLINK_PEER_TMPDIR: peerTmpdir })

@@ -374,7 +374,7 @@ async function main(args: string[]): Promise<void> {
   if (socket === undefined || want[role] !== rest.length) {
     throw new Error('usage: node-peer driver|responder|echo|expect-hostile <socket> ... (peers/SCENARIO.md)')
   }
-  const endpoint = await Endpoint.connect(socketAddress(socket), { signal: AbortSignal.timeout(WAIT_MS) })
+  const endpoint = await Endpoint.connect(socketAddress(socket), { signal: AbortSignal.timeout(WAIT_MS), acceptWritable: true })
   switch (role) {
     case 'driver': {
       const scenario = loadScenario(rest[0])

@@ -50,7 +50,7 @@ export class EchoPeer {
   }
 
   async start() {
-    const server = Endpoint.listen(this.socketPath)
+    const server = Endpoint.listen(this.socketPath, { acceptWritable: true })
     try {
       const child = spawn(this.spec.command, [...this.spec.args, 'echo', this.socketPath], {
         stdio: ['ignore', 'inherit', 'inherit'],

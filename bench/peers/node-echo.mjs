@@ -12,7 +12,7 @@ if (role !== 'echo' || path === undefined) {
   console.error('usage: node-echo.mjs echo <socket-path>')
   process.exit(1)
 }
-const endpoint = await Endpoint.connect(path.startsWith('@') ? `\0${path.slice(1)}` : path)
+const endpoint = await Endpoint.connect(path.startsWith('@') ? `\0${path.slice(1)}` : path, { acceptWritable: true })
 let sink = 0
 for (;;) {
   let message

@@ -11,7 +11,7 @@
 //! Sending is a release and receiving an acquire (`docs/MEMORY-MODEL.md`).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::Limits;
 use crate::region::{Binder, Realm, Region};
 use crate::session::{Attach, Control, Inbound, Message, Record, Session};
+use crate::socket::Socket;
 use crate::sync::{AtomicU64, Ordering, fence};
 use crate::sys::{self, Credentials, Interest, Io};
 use crate::wire::Announced;
@@ -304,8 +305,10 @@ struct Conn {
     notices: VecDeque<Event>,
     /// An event loop drives this endpoint (it takes notices).
     driven: bool,
-    /// The application wants messages delivered as events.
-    wanted: bool,
+    /// Receives the application waits on: each takes one message delivered as an event.
+    demand: u32,
+    /// The application takes every message as an event (an event listener).
+    listening: bool,
     /// The socket was reported readable and no receive has found it empty since.
     readable: bool,
     delivered_this_turn: bool,
@@ -320,12 +323,12 @@ struct Conn {
     stats: Stats,
     scratch: Scratch,
     binder: Weak<dyn Binder>,
+    socket: Socket,
 }
 
 #[derive(Debug)]
 struct Shared {
     id: u64,
-    fd: OwnedFd,
     conn: Mutex<Conn>,
 }
 
@@ -335,7 +338,7 @@ impl Binder for Shared {
         if conn.session.release(region) && conn.is_open() {
             // The RELEASE waits in the session if the socket is full; it leaves with the
             // next send or when the loop next finds the socket writable.
-            let _ = conn.send_control(self.fd.as_fd());
+            let _ = conn.send_control();
         }
     }
 }
@@ -365,20 +368,23 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
-    /// A connected pair of endpoints (`socketpair(2)`), for a thread or a child process
-    /// this program starts; both accept writable regions.
+    /// A connected pair of endpoints (`socketpair(2)`), for a thread this program
+    /// starts; both accept writable regions.
     pub fn pair() -> Result<(Endpoint, Endpoint)> {
         Self::pair_with(Options::trusted())
     }
 
-    /// [`Endpoint::pair`] with both ends using `options`.
+    /// [`Endpoint::pair`] with both ends using `options`, except that the second end
+    /// resolves regions in a [`Realm`] of its own, as another process would: a region
+    /// sent from one end to the other is a separate region there, with its own custody.
     pub fn pair_with(options: Options) -> Result<(Endpoint, Endpoint)> {
         options.limits.validate("Endpoint.pair")?;
         let (a, b) = sys::seqpacket_pair()?;
-        Ok((
-            Endpoint::start(a, options.clone())?,
-            Endpoint::start(b, options)?,
-        ))
+        let second = Options {
+            realm: Realm::unique(),
+            ..options.clone()
+        };
+        Ok((Endpoint::start(a, options)?, Endpoint::start(b, second)?))
     }
 
     /// An endpoint and the raw socket of its peer, for a child process: pass the
@@ -406,9 +412,57 @@ impl Endpoint {
     /// Takes over a connected `SOCK_SEQPACKET` socket, such as one a parent process
     /// passed down. It is made non-blocking.
     pub fn from_fd(fd: OwnedFd, options: Options) -> Result<Endpoint> {
-        options.limits.validate("Endpoint.fromFd")?;
-        sys::adopt_socket(fd.as_fd())?;
+        const OP: &str = "Endpoint.fromFd";
+        options.limits.validate(OP)?;
+        sys::adopt_socket(fd.as_fd(), OP)?;
         Endpoint::start(fd, options)
+    }
+
+    /// [`Endpoint::from_fd`] for a descriptor number this process owns but holds no
+    /// [`OwnedFd`] for (one a parent passed down, or one a binding received as a number).
+    /// The number is refused unless it is open and not a standard stream.
+    pub fn from_raw_fd(raw: std::os::fd::RawFd, options: Options) -> Result<Endpoint> {
+        const OP: &str = "Endpoint.fromFd";
+        options.limits.validate(OP)?;
+        Endpoint::start(sys::claim_socket(raw, OP)?, options)
+    }
+
+    /// The endpoint a parent passed down to this process: the descriptor number in the
+    /// environment variable `SHMLINK_FD` (set by Node's `spawnWithEndpoint`, or by any
+    /// parent that follows `docs/LANGUAGES.md`). The variable is read, not removed.
+    pub fn inherited(options: Options) -> Result<Endpoint> {
+        const OP: &str = "Endpoint.inherited";
+        const WRAPPERS: &str = "the usual cause is a wrapper program (tsx, ts-node, npx, a shell \
+             script) between the parent and this process, which started this process with its \
+             own descriptors: spawn the runtime itself (process.execPath with --import tsx, or \
+             execArgv) instead";
+        let value = std::env::var("SHMLINK_FD").map_err(|_| {
+            Error::invalid(
+                OP,
+                "SHMLINK_FD is not set: this process was not started by spawnWithEndpoint() (or a \
+                 parent that passes a socket the same way, docs/LANGUAGES.md)",
+            )
+        })?;
+        let raw: std::os::fd::RawFd = value.trim().parse().ok().filter(|fd| *fd > 2).ok_or_else(|| {
+            Error::invalid(
+                OP,
+                format!(
+                    "SHMLINK_FD is {value:?}, which is not a descriptor number above 2; the parent \
+                     must set it to the number of the socket it passed down"
+                ),
+            )
+        })?;
+        match sys::claim_socket(raw, OP) {
+            Ok(fd) => {
+                options.limits.validate(OP)?;
+                Endpoint::start(fd, options)
+            }
+            Err(e) if e.kind() == ErrorKind::InvalidArgument => Err(Error::invalid(
+                OP,
+                format!("SHMLINK_FD={raw} does not name the socket the parent passed down: {e}; {WRAPPERS}"),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// Wraps a connected socket and sends this side's HELLO.
@@ -419,7 +473,6 @@ impl Endpoint {
             let binder: Weak<dyn Binder> = weak.clone();
             Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                fd,
                 conn: Mutex::new(Conn {
                     session: Session::new(limits, options.accept_writable, options.realm),
                     status: Status::Open,
@@ -428,7 +481,8 @@ impl Endpoint {
                     inbox_bytes: 0,
                     notices: VecDeque::new(),
                     driven: false,
-                    wanted: false,
+                    demand: 0,
+                    listening: false,
                     readable: true,
                     delivered_this_turn: false,
                     sends_this_turn: 0,
@@ -445,19 +499,33 @@ impl Endpoint {
                         control: sys::control_buffer(max_fds),
                     },
                     binder,
+                    socket: Socket::new(fd),
                 }),
             }
         });
-        shared.lock().send_control(shared.fd.as_fd())?;
-        Ok(Endpoint { shared })
+        let endpoint = Endpoint { shared };
+        endpoint.conn().send_control()?;
+        Ok(endpoint)
     }
 
     fn conn(&self) -> MutexGuard<'_, Conn> {
         self.shared.lock()
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.shared.fd.as_fd()
+    /// The socket's descriptor number, for an event loop to watch; `None` once
+    /// [`Endpoint::release_socket`] closed it. Do not read or write it directly.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.conn().socket.raw()
+    }
+
+    /// Closes the socket of a connection that has ended (by either side, or a failure)
+    /// now, instead of when the endpoint is dropped; received messages stay available.
+    /// The event loop must have stopped watching it. Does nothing while it is open.
+    pub fn release_socket(&self) {
+        let conn = self.conn();
+        if !conn.is_open() {
+            conn.socket.release();
+        }
     }
 
     /// A number that identifies this connection within the process, for logs.
@@ -488,7 +556,9 @@ impl Endpoint {
 
     /// Who is at the other end (`SO_PEERCRED`): for a socketpair, its creator.
     pub fn peer_credentials(&self) -> Result<Credentials> {
-        sys::peer_credentials(self.fd())
+        let conn = self.conn();
+        let fd = conn.socket("Endpoint.peer")?;
+        sys::peer_credentials(fd)
     }
 
     /// This side's id for `region` on this connection, while the peer has it bound (the
@@ -520,7 +590,7 @@ impl Endpoint {
     /// (too large, a closed or transferred region) leave everything as it was.
     pub fn send<'p>(&self, payload: impl Into<Bytes<'p>>, regions: &[Attach<'_>]) -> Result<Submitted> {
         self.conn()
-            .submit(self.fd(), "send", payload.into(), regions, false)
+            .submit("send", payload.into(), regions, false)
     }
 
     /// Sends, waiting up to `timeout` (`None`: forever) for the messages queued before
@@ -545,14 +615,14 @@ impl Endpoint {
     ) -> Result<()> {
         const OP: &str = "sendSync";
         let deadline = timeout.map(|t| Instant::now() + t);
-        let ticket = match self.conn().submit(self.fd(), OP, payload, regions, true)? {
+        let ticket = match self.conn().submit(OP, payload, regions, true)? {
             Submitted::Sent => return Ok(()),
             Submitted::Queued(ticket) => ticket,
         };
         loop {
             let interest = {
                 let mut conn = self.conn();
-                conn.advance_for_blocking_caller(self.fd());
+                conn.advance_for_blocking_caller();
                 if let Some(result) = conn.outcome(ticket) {
                     return result.map_err(|e| e.during(OP));
                 }
@@ -574,9 +644,9 @@ impl Endpoint {
         let mut conn = self.conn();
         conn.check_open("flush")?;
         if !conn.session.is_established() {
-            conn.read_for_handshake(self.fd(), "flush")?;
+            conn.read_for_handshake("flush")?;
         }
-        conn.flush(self.fd());
+        conn.flush();
         conn.check_open("flush")?;
         Ok(conn.outbox.is_empty() && !conn.session.has_control())
     }
@@ -590,27 +660,43 @@ impl Endpoint {
     pub fn try_recv(&self) -> Result<Message> {
         let mut conn = self.conn();
         conn.readable = true;
-        conn.take_message(self.fd(), "recv")
+        conn.take_message("recv")
     }
 
-    /// For an event loop's receive: a message if one is there, otherwise `None`, and
-    /// from then on messages are delivered as [`Event::Message`] until
-    /// [`Endpoint::set_wanted`] says otherwise.
+    /// For an event loop's receive: a message if one is there; otherwise `None`, and
+    /// the next message will be delivered as an [`Event::Message`] (one per such call,
+    /// until [`Endpoint::unwant`] withdraws one).
     pub fn recv_or_want(&self) -> Result<Option<Message>> {
         let mut conn = self.conn();
-        match conn.take_message(self.fd(), "recv") {
+        match conn.take_message("recv") {
             Ok(message) => Ok(Some(message)),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                conn.wanted = true;
+                conn.demand += 1;
                 Ok(None)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Whether the application wants messages delivered as [`Event::Message`].
-    pub fn set_wanted(&self, wanted: bool) {
-        self.conn().wanted = wanted;
+    /// Withdraws one receive [`Endpoint::recv_or_want`] registered (it was aborted).
+    pub fn unwant(&self) {
+        let mut conn = self.conn();
+        conn.demand = conn.demand.saturating_sub(1);
+    }
+
+    /// Whether every message is delivered as an [`Event::Message`] (an event listener),
+    /// besides the receives registered one by one.
+    pub fn set_listening(&self, listening: bool) {
+        self.conn().listening = listening;
+    }
+
+    /// Puts back a delivered message nobody took: it is received next, and deliveries
+    /// stop until the application asks again.
+    pub fn unreceive(&self, message: Message) {
+        let mut conn = self.conn();
+        conn.inbox_bytes += message.payload.len();
+        conn.inbox.push_front(message);
+        conn.demand = 0;
     }
 
     /// Receives one message, waiting up to `timeout` (`None`: forever).
@@ -634,7 +720,7 @@ impl Endpoint {
             }
             let mut conn = self.conn();
             conn.readable = true;
-            match conn.take_message(self.fd(), OP) {
+            match conn.take_message(OP) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     conn.last_receive_waited = true;
                     wait_first = true;
@@ -661,7 +747,7 @@ impl Endpoint {
                 }
                 conn.check_open(OP)?;
                 conn.readable = true;
-                conn.read_for_handshake(self.fd(), OP)?;
+                conn.read_for_handshake(OP)?;
                 if let Some(limits) = conn.session.peer_limits() {
                     return Ok(limits);
                 }
@@ -683,7 +769,16 @@ impl Endpoint {
                 return Err(Error::timed_out(op));
             }
             let slice = remaining.map_or(INTERRUPT_SLICE, |r| r.min(INTERRUPT_SLICE));
-            if sys::wait(self.fd(), interest, Some(slice))? {
+            // The descriptor is waited on without the lock, so another thread may close
+            // the endpoint meanwhile; the socket is released only after that, so a stale
+            // number here at worst wakes the loop, which then finds the connection ended.
+            let Some(fd) = self.conn().socket.raw() else {
+                return Ok(());
+            };
+            // SAFETY: see above: at worst a closed or reused number, which poll(2) merely
+            // reports on; nothing reads or writes through it.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if sys::wait(fd, interest, Some(slice))? {
                 return Ok(());
             }
             if interrupted() {
@@ -702,7 +797,7 @@ impl Endpoint {
     pub fn release(&self, region: &Region) {
         let mut conn = self.conn();
         if conn.session.release(region) && conn.is_open() {
-            let _ = conn.send_control(self.fd());
+            let _ = conn.send_control();
         }
     }
 
@@ -714,10 +809,16 @@ impl Endpoint {
     pub fn close(&self) {
         let mut conn = self.conn();
         if conn.is_open() {
-            conn.end(self.fd(), Error::closed("close"));
+            conn.end(Error::closed("close"));
         }
         conn.inbox.clear();
         conn.inbox_bytes = 0;
+    }
+
+    /// An event loop drives this endpoint from now on: besides messages, it takes the
+    /// events ([`Event::Sent`], [`Event::Closed`], …) that calls from elsewhere produce.
+    pub fn attach_driver(&self) {
+        self.conn().driven = true;
     }
 
     /// What the driving event loop should wait for now.
@@ -736,7 +837,7 @@ impl Endpoint {
             conn.readable = true;
         }
         if ready.writable {
-            conn.flush(self.fd());
+            conn.flush();
         }
     }
 
@@ -745,22 +846,33 @@ impl Endpoint {
     pub fn poll_event(&self) -> Option<Event> {
         let mut conn = self.conn();
         conn.driven = true;
-        conn.next_event(self.fd())
+        conn.next_event()
     }
 
-    /// Whether events wait to be taken with [`Endpoint::poll_event`] without new
-    /// readiness (a blocking call or `close` produced them).
-    pub fn has_events(&self) -> bool {
+    /// The next event that is not a message, without reading the socket: what a call
+    /// that did not come from the event loop (a blocking send, `close`) produced.
+    pub fn poll_notice(&self) -> Option<Event> {
+        let mut conn = self.conn();
+        if let Some(notice) = conn.notices.pop_front() {
+            return Some(notice);
+        }
+        if conn.sent_through > conn.reported_through {
+            conn.reported_through = conn.sent_through;
+            return Some(Event::Sent {
+                through: conn.sent_through,
+            });
+        }
+        None
+    }
+
+    /// Whether the application waits for something from this endpoint: a receive, every
+    /// message (a listener), or a queued send. An event loop keeps such an endpoint, and
+    /// itself, alive.
+    pub fn is_awaited(&self) -> bool {
         let conn = self.conn();
-        !conn.notices.is_empty() || conn.sent_through > conn.reported_through
+        conn.is_open() && (conn.wants_message() || !conn.outbox.is_empty())
     }
-}
 
-impl AsFd for Endpoint {
-    /// The socket, for an event loop to wait on. Do not read or write it directly.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd()
-    }
 }
 
 /// Whether `error`, from sending one message, is about that message alone: the
@@ -777,6 +889,11 @@ fn concerns_message_only(error: &Error) -> bool {
 }
 
 impl Conn {
+    /// The socket, for a call made with the lock held; an error once it was released.
+    fn socket(&self, op: &'static str) -> Result<BorrowedFd<'static>> {
+        self.socket.borrow().ok_or_else(|| Error::closed(op))
+    }
+
     fn is_open(&self) -> bool {
         matches!(self.status, Status::Open)
     }
@@ -818,7 +935,6 @@ impl Conn {
     /// Queues or sends a message (see [`Endpoint::send`]).
     fn submit(
         &mut self,
-        fd: BorrowedFd<'_>,
         op: &'static str,
         payload: Bytes<'_>,
         attachments: &[Attach<'_>],
@@ -826,26 +942,26 @@ impl Conn {
     ) -> Result<Submitted> {
         self.check_open(op)?;
         if !self.session.is_established() && self.readable {
-            self.read_for_handshake(fd, op)?;
+            self.read_for_handshake(op)?;
         }
         self.session.check_message(op, payload.len(), attachments)?;
         let may_go_now = self.outbox.is_empty()
             && self.session.is_established()
             && (blocking || self.yield_every == 0 || self.sends_this_turn < self.yield_every);
         if may_go_now {
-            match self.transmit(fd, op, payload, attachments) {
+            match self.transmit(op, payload, attachments) {
                 Ok(Io::Done(())) => {
                     self.sends_this_turn += 1;
                     return Ok(Submitted::Sent);
                 }
                 Ok(Io::WouldBlock) => {}
                 Ok(Io::Disconnected) => {
-                    self.end(fd, Error::peer_closed(op));
+                    self.end(Error::peer_closed(op));
                     return Err(Error::peer_closed(op));
                 }
                 Err(e) if concerns_message_only(&e) => return Err(e),
                 Err(e) => {
-                    self.end(fd, e.clone());
+                    self.end(e.clone());
                     return Err(e);
                 }
             }
@@ -869,7 +985,8 @@ impl Conn {
     }
 
     /// Sends control frames the session has pending (HELLO, RELEASE).
-    fn send_control(&mut self, fd: BorrowedFd<'_>) -> Result<Io<()>> {
+    fn send_control(&mut self) -> Result<Io<()>> {
+        let fd = self.socket("send")?;
         while let Some(control) = self.session.poll_control(&mut self.scratch.frame) {
             match sys::send_record(fd, &[Bytes::from(self.scratch.frame.as_slice())], &[])? {
                 Io::Done(_) => self.session.control_sent(control),
@@ -886,12 +1003,11 @@ impl Conn {
     /// Puts one message in the socket now, or reports why it cannot go.
     fn transmit(
         &mut self,
-        fd: BorrowedFd<'_>,
         op: &'static str,
         payload: Bytes<'_>,
         attachments: &[Attach<'_>],
     ) -> Result<Io<()>> {
-        match self.send_control(fd)? {
+        match self.send_control()? {
             Io::Done(()) => {}
             other => return Ok(other),
         }
@@ -904,7 +1020,7 @@ impl Conn {
         // SYNC POINT: release (MEMORY-MODEL.md §3). Every write this thread made to the
         // attached regions happens-before the peer's reads after its receive.
         fence(Ordering::Release);
-        match sys::send_record(fd, &parts, &files)? {
+        match sys::send_record(self.socket(op)?, &parts, &files)? {
             Io::Done(n) if n == expected => {}
             Io::Done(n) => {
                 return Err(Error::new(
@@ -929,19 +1045,19 @@ impl Conn {
     }
 
     /// Sends what is queued, in order, while the socket has room.
-    fn flush(&mut self, fd: BorrowedFd<'_>) {
+    fn flush(&mut self) {
         if !self.is_open() || !self.session.is_established() {
             return;
         }
-        match self.send_control(fd) {
+        match self.send_control() {
             Ok(Io::Done(())) => {}
             Ok(Io::WouldBlock) => return,
-            Ok(Io::Disconnected) => return self.end(fd, Error::peer_closed("send")),
-            Err(e) => return self.end(fd, e),
+            Ok(Io::Disconnected) => return self.end(Error::peer_closed("send")),
+            Err(e) => return self.end(e),
         }
         while let Some(queued) = self.outbox.pop_front() {
             let attachments = queued.attachments();
-            let sent = self.transmit(fd, "send", Bytes::from(&queued.payload), &attachments);
+            let sent = self.transmit("send", Bytes::from(&queued.payload), &attachments);
             drop(attachments);
             match sent {
                 Ok(Io::Done(())) => self.sent_through = queued.ticket,
@@ -951,12 +1067,12 @@ impl Conn {
                 }
                 Ok(Io::Disconnected) => {
                     self.outbox.push_front(queued);
-                    return self.end(fd, Error::peer_closed("send"));
+                    return self.end(Error::peer_closed("send"));
                 }
                 Err(e) if concerns_message_only(&e) => self.fail_queued(queued, e),
                 Err(e) => {
                     self.outbox.push_front(queued);
-                    return self.end(fd, e);
+                    return self.end(e);
                 }
             }
         }
@@ -1005,21 +1121,21 @@ impl Conn {
     }
 
     /// Moves a blocking send forward: reads the HELLO if it has not come, then sends.
-    fn advance_for_blocking_caller(&mut self, fd: BorrowedFd<'_>) {
+    fn advance_for_blocking_caller(&mut self) {
         if !self.session.is_established() && self.is_open() {
             self.readable = true;
-            let _ = self.read_for_handshake(fd, "sendSync");
+            let _ = self.read_for_handshake("sendSync");
         }
-        self.flush(fd);
+        self.flush();
     }
 
     /// Reads the peer's HELLO, which is always its first record, so that reading it
     /// can never take a message from the application.
-    fn read_for_handshake(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
-        match self.read_record(fd, op)? {
+    fn read_for_handshake(&mut self, op: &'static str) -> Result<()> {
+        match self.read_record(op)? {
             None | Some(Inbound::Handshake) => Ok(()),
             Some(other) => {
-                self.accept_inbound(fd, other);
+                self.accept_inbound(other);
                 Ok(())
             }
         }
@@ -1027,9 +1143,10 @@ impl Conn {
 
     /// Reads and judges one record; `None` when the socket is empty. A failure ends the
     /// connection and is returned.
-    fn read_record(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<Option<Inbound>> {
+    fn read_record(&mut self, op: &'static str) -> Result<Option<Inbound>> {
         let max_fds = usize::from(self.session.limits().max_regions);
         let mut fds = Vec::new();
+        let fd = self.socket(op)?;
         let received = sys::recv_record(
             fd,
             &mut self.scratch.record,
@@ -1049,7 +1166,7 @@ impl Conn {
             Ok(Io::Disconnected) => return Ok(Some(Inbound::EndOfFile)),
             Err(e) => {
                 let e = e.during(op);
-                self.end(fd, e.clone());
+                self.end(e.clone());
                 return Err(e);
             }
         };
@@ -1065,20 +1182,20 @@ impl Conn {
                 if self.driven {
                     self.notices.push_back(Event::Handshake);
                 }
-                self.flush(fd);
+                self.flush();
                 Ok(Some(Inbound::Handshake))
             }
             Ok(inbound) => Ok(Some(inbound)),
             Err(e) => {
                 let e = e.during(op);
-                self.end(fd, e.clone());
+                self.end(e.clone());
                 Err(e)
             }
         }
     }
 
     /// Files what a record brought: a message into the inbox, end-of-file as the end.
-    fn accept_inbound(&mut self, fd: BorrowedFd<'_>, inbound: Inbound) {
+    fn accept_inbound(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Message(message) => {
                 self.stats.messages_in += 1;
@@ -1086,13 +1203,13 @@ impl Conn {
                 self.inbox_bytes += message.payload.len();
                 self.inbox.push_back(message);
             }
-            Inbound::EndOfFile => self.end(fd, Error::peer_closed("recv")),
+            Inbound::EndOfFile => self.end(Error::peer_closed("recv")),
             Inbound::Handshake | Inbound::Released => {}
         }
     }
 
     /// The next message: queued first, then from the socket.
-    fn take_message(&mut self, fd: BorrowedFd<'_>, op: &'static str) -> Result<Message> {
+    fn take_message(&mut self, op: &'static str) -> Result<Message> {
         loop {
             if let Some(message) = self.inbox.pop_front() {
                 self.inbox_bytes -= message.payload.len();
@@ -1104,20 +1221,25 @@ impl Conn {
             if !self.readable {
                 return Err(Error::would_block(op));
             }
-            match self.read_record(fd, op)? {
+            match self.read_record(op)? {
                 None => return Err(Error::would_block(op)),
-                Some(inbound) => self.accept_inbound(fd, inbound),
+                Some(inbound) => self.accept_inbound(inbound),
             }
         }
     }
 
-    fn next_event(&mut self, fd: BorrowedFd<'_>) -> Option<Event> {
+    fn wants_message(&self) -> bool {
+        self.listening || self.demand > 0
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
         loop {
-            if self.wanted
+            if self.wants_message()
                 && let Some(message) = self.inbox.pop_front()
             {
                 self.inbox_bytes -= message.payload.len();
                 self.delivered_this_turn = true;
+                self.demand = self.demand.saturating_sub(1);
                 return Some(Event::Message(message));
             }
             if let Some(notice) = self.notices.pop_front() {
@@ -1132,13 +1254,14 @@ impl Conn {
             let may_read = self.is_open()
                 && self.readable
                 && (!self.session.is_established()
-                    || (self.inbox_has_room() && (self.wanted || !self.delivered_this_turn)));
+                    || (self.inbox_has_room()
+                        && (self.wants_message() || !self.delivered_this_turn)));
             if !may_read {
                 return None;
             }
-            match self.read_record(fd, "recv") {
+            match self.read_record("recv") {
                 Ok(None) => return None,
-                Ok(Some(inbound)) => self.accept_inbound(fd, inbound),
+                Ok(Some(inbound)) => self.accept_inbound(inbound),
                 // The failure ended the connection and queued a Closed event.
                 Err(_) => {}
             }
@@ -1147,11 +1270,13 @@ impl Conn {
 
     /// Ends the connection with `reason`: the socket is shut down so the peer reads
     /// end-of-file, queued sends fail, and the tables are dropped.
-    fn end(&mut self, fd: BorrowedFd<'_>, reason: Error) {
+    fn end(&mut self, reason: Error) {
         if !self.is_open() {
             return;
         }
-        sys::shutdown_both(fd);
+        if let Some(fd) = self.socket.borrow() {
+            sys::shutdown_both(fd);
+        }
         self.session.end();
         self.status = Status::Ended(reason.clone());
         for queued in std::mem::take(&mut self.outbox) {

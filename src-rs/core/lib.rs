@@ -39,6 +39,7 @@ mod limits;
 mod listener;
 mod region;
 mod session;
+mod socket;
 mod sync;
 mod sys;
 mod table;

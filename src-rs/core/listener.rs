@@ -8,13 +8,14 @@
 //! clients wait.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::endpoint::{Endpoint, Options, PeerFilter};
 use crate::error::{Error, ErrorKind, Result};
+use crate::socket::Socket;
 use crate::sync::{AtomicU64, Ordering};
 use crate::sys::{self, Interest};
 
@@ -52,7 +53,7 @@ struct State {
 /// closed or dropped (if it is still the one this listener created).
 #[derive(Debug)]
 pub struct Listener {
-    fd: OwnedFd,
+    socket: Socket,
     path: PathBuf,
     /// `(st_dev, st_ino)` of the socket file, or `None` for an abstract name.
     file: Option<(u64, u64)>,
@@ -74,7 +75,7 @@ impl Listener {
         let path = path.as_ref();
         let (fd, file) = sys::listen_at(path, options.backlog)?;
         Ok(Listener {
-            fd,
+            socket: Socket::new(fd),
             path: path.to_path_buf(),
             file,
             options,
@@ -121,7 +122,10 @@ impl Listener {
     pub fn on_ready(&self) -> Result<usize> {
         let mut state = self.state();
         while !state.closed && state.pending.len() < self.options.max_pending {
-            let Some(fd) = sys::accept(self.fd.as_fd())? else {
+            let Some(listening) = self.socket.borrow() else {
+                break;
+            };
+            let Some(fd) = sys::accept(listening)? else {
                 break;
             };
             if self.options.allow.check(fd.as_fd(), "accept").is_err() {
@@ -160,9 +164,10 @@ impl Listener {
                 other => return other,
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining == Some(Duration::ZERO)
-                || !sys::wait(self.fd.as_fd(), Interest::READABLE, remaining)?
-            {
+            let Some(listening) = self.socket.borrow() else {
+                return Err(closed());
+            };
+            if remaining == Some(Duration::ZERO) || !sys::wait(listening, Interest::READABLE, remaining)? {
                 return Err(Error::timed_out("accept"));
             }
         }
@@ -177,9 +182,26 @@ impl Listener {
         if std::mem::replace(&mut state.closed, true) {
             return;
         }
-        sys::shutdown_both(self.fd.as_fd());
+        if let Some(listening) = self.socket.borrow() {
+            sys::shutdown_both(listening);
+        }
         self.remove_socket_file();
         state.pending.clear();
+    }
+
+    /// Closes the descriptor of a closed listener now, instead of on drop. The event loop
+    /// must have stopped watching it.
+    pub fn release_socket(&self) {
+        let state = self.state();
+        if state.closed {
+            self.socket.release();
+        }
+    }
+
+    /// The listening socket's descriptor number, for an event loop to watch; `None` once
+    /// released.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.socket.raw()
     }
 
     /// Whether [`Listener::close`] was called.
@@ -206,13 +228,6 @@ fn closed() -> Error {
         "accept",
         "the listener is closed; listen again to accept connections",
     )
-}
-
-impl AsFd for Listener {
-    /// The listening socket, for an event loop to wait on.
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
 }
 
 impl Drop for Listener {

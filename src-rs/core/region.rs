@@ -550,10 +550,19 @@ impl Region {
     /// - `dst` must be valid for writes of `len` bytes for the duration of the call.
     /// - `dst` may point into this or any other region's memory: the copy is a
     ///   `memmove`, and no reference is formed over either range.
+    ///
+    /// A frozen region is read from its memory file, not from this process's mapping:
+    /// what it returns is what every peer sees, whatever a stray write through a view
+    /// changed in this process's copy-on-write pages.
     pub unsafe fn copy_out(&self, offset: usize, dst: *mut u8, len: usize) -> Result<()> {
         const OP: &str = "Region.read";
         self.check_range(OP, offset, len)?;
         let mapping = self.primary(OP)?;
+        if self.is_frozen() {
+            let file = self.file().ok_or_else(|| closed_error(OP))?;
+            // SAFETY: the caller guarantees `dst` for `len` writes; pread writes through it.
+            return unsafe { sys::read_file_at(file.as_fd(), offset, dst, len, OP) };
+        }
         let _copying = self.inner.contents.read();
         let src = mapping.as_ptr().wrapping_add(offset);
         // SAFETY: `offset..offset + len` lies inside the mapping (checked), which

@@ -1,99 +1,240 @@
-//! Region memory as JavaScript `ArrayBuffer`s, without copying.
+//! Region memory as JavaScript `ArrayBuffer`s, without copying, and JavaScript memory
+//! as raw bytes, without forming Rust references over it.
 //!
-//! Each mapping is exposed as exactly one external `ArrayBuffer`, whose finalizer owns
-//! an `Arc<Mapping>`: the memory stays mapped until V8 has let the buffer go, even after
-//! the `Region` was closed. Closing or transferring a region detaches its buffer, so old
-//! views read as empty instead of touching memory the peer now owns.
+//! Each lent view is an external `ArrayBuffer` whose finalizer owns an `Arc<Mapping>`:
+//! the address range stays mapped until V8 has let the buffer go, even after the region
+//! was closed (whose memory is then private zero pages). The view is registered with the
+//! core region as a [`Lease`], so transferring or closing the region detaches it,
+//! whichever `Region` object lent it.
 //!
 //! Runtimes with V8's memory cage (Electron ≥ 21) refuse external buffers with
-//! `napi_no_external_buffers_allowed`; that status is detected, never papered over with a
+//! `napi_no_external_buffers_allowed`; that status is reported, never papered over with a
 //! silent copy, because writes to a copy would not reach the peer.
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::Arc;
+use std::thread::ThreadId;
 
-use napi::bindgen_prelude::Unknown;
 use napi::sys;
-use shmlink::Mapping;
+use shmlink::{Bytes, ErrorKind, Lease, Mapping, Region};
 
-/// Why an external buffer could not be made.
-pub enum ExposeError {
-    /// The runtime forbids external buffers (V8 sandbox / memory cage).
-    NotAllowed,
-    /// Any other Node-API failure, with its status.
-    Failed(sys::napi_status),
-}
+use crate::error::{check, fail};
 
-unsafe extern "C" fn release_mapping(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
-    // SAFETY: `hint` is the `Box<Arc<Mapping>>` leaked in `expose`, handed to exactly one
-    // buffer whose finalizer runs once; taking the box back ends that buffer's share.
-    drop(unsafe { Box::from_raw(hint.cast::<Arc<Mapping>>()) });
-}
-
-/// Creates an `ArrayBuffer` over `mapping`'s memory.
-pub fn expose<'env>(
-    env: &'env napi::Env,
-    mapping: Arc<Mapping>,
-) -> Result<Unknown<'env>, ExposeError> {
-    let env_raw = env.raw();
-    let data = mapping.as_ptr().cast::<c_void>();
-    let len = mapping.len();
-    let hint = Box::into_raw(Box::new(mapping)).cast::<c_void>();
-    let mut buffer = ptr::null_mut();
-    // SAFETY: `data..data + len` is a live mapping kept alive by `hint` until the
-    // finalizer runs; nothing else frees or reuses it meanwhile (the Arc), and the
-    // region's size never changes (sealed), so every byte V8 may touch stays mapped.
-    let status = unsafe {
-        sys::napi_create_external_arraybuffer(
-            env_raw,
-            data,
-            len,
-            Some(release_mapping),
-            hint,
-            &mut buffer,
-        )
-    };
-    match status {
-        // SAFETY: `buffer` is the ArrayBuffer Node just created in `env`.
-        sys::Status::napi_ok => Ok(unsafe { Unknown::from_raw_unchecked(env_raw, buffer) }),
-        sys::Status::napi_no_external_buffers_allowed | sys::Status::napi_invalid_arg => {
-            // SAFETY: on these statuses Node returns before taking the finalizer, so the
-            // box is still ours and is reclaimed exactly once.
-            drop(unsafe { Box::from_raw(hint.cast::<Arc<Mapping>>()) });
-            Err(if status == sys::Status::napi_no_external_buffers_allowed {
-                ExposeError::NotAllowed
-            } else {
-                ExposeError::Failed(status)
-            })
-        }
-        // Whether Node registered the finalizer is unknown on other failures; keeping
-        // the mapping alive (a leak on a failure path) is the memory-safe choice.
-        other => Err(ExposeError::Failed(other)),
-    }
-}
-
-/// Detaches `buffer`: every view of it reads as length 0 from now on. Returns the
-/// memory it pointed at (null if it was detached already).
-pub fn detach(
+/// A view lent to JavaScript: a weak reference to its `ArrayBuffer`.
+struct JsView {
     env: sys::napi_env,
-    buffer: sys::napi_value,
-) -> Result<*mut c_void, sys::napi_status> {
-    let mut is_arraybuffer = false;
-    // SAFETY: `buffer` is a value of `env` passed in by the current call.
-    unsafe { sys::napi_is_arraybuffer(env, buffer, &mut is_arraybuffer) };
-    if !is_arraybuffer {
-        return Err(sys::Status::napi_arraybuffer_expected);
+    buffer: sys::napi_ref,
+    thread: ThreadId,
+}
+
+// SAFETY: `env` and `buffer` are used only on the thread that created them (`revoke`
+// checks `thread`; the finalizer runs on that thread). Revoking happens where a region is
+// transferred or closed, which the binding does only on its JavaScript thread.
+unsafe impl Send for JsView {}
+// SAFETY: as for `Send`; no method touches the fields from another thread.
+unsafe impl Sync for JsView {}
+
+impl Lease for JsView {
+    fn revoke(&self) {
+        if std::thread::current().id() != self.thread {
+            return;
+        }
+        let mut value = ptr::null_mut();
+        // SAFETY: `buffer` is a live reference of `env` (deleted only in the finalizer,
+        // after which no lease can be upgraded to call this).
+        let status = unsafe { sys::napi_get_reference_value(self.env, self.buffer, &mut value) };
+        if status == sys::Status::napi_ok && !value.is_null() {
+            // SAFETY: `value` is the ArrayBuffer this lease was made for. Detaching an
+            // already detached buffer does nothing.
+            let status = unsafe { sys::napi_detach_arraybuffer(self.env, value) };
+            debug_assert_eq!(status, sys::Status::napi_ok);
+        }
     }
+}
+
+/// What the finalizer of a lent `ArrayBuffer` lets go of: the mapping (unmapped when
+/// the last holder lets go) and the lease (whose end tells the region the view is gone).
+struct Lent {
+    _mapping: Arc<Mapping>,
+    view: Option<Arc<JsView>>,
+}
+
+unsafe extern "C" fn release_lent(env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
+    // SAFETY: `hint` is the `Box<Lent>` leaked in `lend`, handed to exactly one buffer
+    // whose finalizer runs once.
+    let lent = unsafe { Box::from_raw(hint.cast::<Lent>()) };
+    if let Some(view) = &lent.view {
+        // SAFETY: the reference belongs to `env`, on whose thread finalizers run; it is
+        // deleted exactly once, here. A failure cannot be acted upon in a finalizer.
+        let _ = unsafe { sys::napi_delete_reference(env, view.buffer) };
+    }
+}
+
+/// An `ArrayBuffer` over `region`'s memory, registered with the region so that a
+/// transfer or close detaches it.
+pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_value> {
+    const OP: &str = "Region.bytes";
+    let mut created = ptr::null_mut();
+    region.lend(|mapping| {
+        let data = mapping.as_ptr().cast::<c_void>();
+        let len = mapping.len();
+        let lent = Box::into_raw(Box::new(Lent {
+            _mapping: mapping,
+            view: None,
+        }));
+        let mut buffer = ptr::null_mut();
+        // SAFETY: `data..data + len` is a live mapping kept alive by `lent` until the
+        // finalizer runs; the region's size never changes (sealed), so every byte V8 may
+        // touch stays mapped.
+        let status = unsafe {
+            sys::napi_create_external_arraybuffer(
+                env,
+                data,
+                len,
+                Some(release_lent),
+                lent.cast(),
+                &mut buffer,
+            )
+        };
+        match status {
+            sys::Status::napi_ok => {}
+            sys::Status::napi_no_external_buffers_allowed | sys::Status::napi_invalid_arg => {
+                // SAFETY: on these statuses Node returns before taking the finalizer, so
+                // the box is still ours and is reclaimed exactly once.
+                drop(unsafe { Box::from_raw(lent) });
+                return Err(if status == sys::Status::napi_invalid_arg {
+                    fail(OP, "napi_create_external_arraybuffer", status)
+                } else {
+                    shmlink::Error::new(
+                        ErrorKind::ZeroCopyUnavailable,
+                        OP,
+                        "this runtime refuses external buffers (Electron's V8 memory cage); use \
+                         region.read() and region.write()",
+                    )
+                });
+            }
+            // Whether Node kept the finalizer is unknown; leaving the box (and the
+            // mapping) alive is the memory-safe choice on this failure path.
+            other => return Err(fail(OP, "napi_create_external_arraybuffer", other)),
+        }
+        let mut reference = ptr::null_mut();
+        // SAFETY: `buffer` was just created in `env`; a reference of count 0 is weak.
+        check(OP, "napi_create_reference", unsafe {
+            sys::napi_create_reference(env, buffer, 0, &mut reference)
+        })?;
+        let view = Arc::new(JsView {
+            env,
+            buffer: reference,
+            thread: std::thread::current().id(),
+        });
+        // SAFETY: `lent` stays live until the buffer's finalizer, which runs on this
+        // thread and cannot run before this function returns.
+        unsafe { (*lent).view = Some(Arc::clone(&view)) };
+        let mut array = ptr::null_mut();
+        // SAFETY: `buffer` is the ArrayBuffer just created, of `len` bytes.
+        let status = unsafe {
+            sys::napi_create_typedarray(env, sys::TypedarrayType::uint8_array, len, buffer, 0, &mut array)
+        };
+        if status != sys::Status::napi_ok {
+            clear_exception(env);
+            return Err(shmlink::Error::new(
+                ErrorKind::RegionTooLarge,
+                OP,
+                format!(
+                    "a {len}-byte region is larger than one Uint8Array can be here; use \
+                     region.read(offset, length) or readInto(offset, target) in pieces"
+                ),
+            ));
+        }
+        created = array;
+        Ok(view)
+    })?;
+    Ok(created)
+}
+
+/// Clears the exception a refused allocation left pending: the caller reports a coded
+/// error instead.
+fn clear_exception(env: sys::napi_env) {
+    let mut pending = false;
+    // SAFETY: `env` is live; a pending exception is taken (and dropped) before the coded
+    // error is thrown in its place.
+    unsafe {
+        sys::napi_is_exception_pending(env, &mut pending);
+        if pending {
+            let mut ignored = ptr::null_mut();
+            sys::napi_get_and_clear_last_exception(env, &mut ignored);
+        }
+    }
+}
+
+/// The bytes of a JavaScript `ArrayBufferView` (a `Buffer`, any `TypedArray`, a
+/// `DataView`), as a raw pointer and length: a view may alias region memory another
+/// process writes, so no `&[u8]` is formed over it.
+pub fn view_bytes(
+    env: sys::napi_env,
+    value: sys::napi_value,
+    op: &'static str,
+) -> shmlink::Result<(*mut u8, usize)> {
+    let mut is_typed = false;
+    // SAFETY: `value` is a live value of `env` passed in by the current call.
+    check(op, "napi_is_typedarray", unsafe {
+        sys::napi_is_typedarray(env, value, &mut is_typed)
+    })?;
     let mut data = ptr::null_mut();
-    let mut len = 0;
-    // SAFETY: `buffer` is an ArrayBuffer of `env` (checked above); the out pointers are valid.
-    unsafe { sys::napi_get_arraybuffer_info(env, buffer, &mut data, &mut len) };
-    // SAFETY: as above; detaching an already detached buffer is a no-op in V8.
-    match unsafe { sys::napi_detach_arraybuffer(env, buffer) } {
-        sys::Status::napi_ok => Ok(if len == 0 { ptr::null_mut() } else { data }),
-        other => Err(other),
+    let mut len = 0usize;
+    if is_typed {
+        let mut kind = 0;
+        let mut elements = 0usize;
+        let mut buffer = ptr::null_mut();
+        let mut offset = 0usize;
+        // SAFETY: `value` is a TypedArray (checked); the out pointers are valid.
+        check(op, "napi_get_typedarray_info", unsafe {
+            sys::napi_get_typedarray_info(
+                env,
+                value,
+                &mut kind,
+                &mut elements,
+                &mut data,
+                &mut buffer,
+                &mut offset,
+            )
+        })?;
+        len = elements * element_size(kind);
+    } else {
+        let mut is_view = false;
+        // SAFETY: as above.
+        check(op, "napi_is_dataview", unsafe {
+            sys::napi_is_dataview(env, value, &mut is_view)
+        })?;
+        if !is_view {
+            return Err(shmlink::Error::new(
+                ErrorKind::InvalidArgument,
+                op,
+                "expected a Buffer, TypedArray or DataView",
+            ));
+        }
+        let mut buffer = ptr::null_mut();
+        let mut offset = 0usize;
+        // SAFETY: `value` is a DataView (checked); the out pointers are valid.
+        check(op, "napi_get_dataview_info", unsafe {
+            sys::napi_get_dataview_info(env, value, &mut len, &mut data, &mut buffer, &mut offset)
+        })?;
+    }
+    Ok((data.cast(), if data.is_null() { 0 } else { len }))
+}
+
+fn element_size(kind: sys::napi_typedarray_type) -> usize {
+    match kind {
+        sys::TypedarrayType::int16_array | sys::TypedarrayType::uint16_array => 2,
+        sys::TypedarrayType::int32_array
+        | sys::TypedarrayType::uint32_array
+        | sys::TypedarrayType::float32_array => 4,
+        sys::TypedarrayType::float64_array
+        | sys::TypedarrayType::bigint64_array
+        | sys::TypedarrayType::biguint64_array => 8,
+        _ => 1,
     }
 }
 
@@ -114,8 +255,9 @@ pub fn external_buffers_allowed(env: sys::napi_env) -> bool {
         )
     };
     if status == sys::Status::napi_ok {
-        // Detaching can only fail for a non-ArrayBuffer, which this is not.
-        let _ = detach(env, buffer);
+        // SAFETY: `buffer` is the ArrayBuffer just created; detaching it cannot fail for
+        // an ArrayBuffer, and a failure would leave a 1-byte view nobody can reach.
+        let _ = unsafe { sys::napi_detach_arraybuffer(env, buffer) };
         true
     } else {
         if status == sys::Status::napi_no_external_buffers_allowed {
@@ -129,4 +271,105 @@ pub fn external_buffers_allowed(env: sys::napi_env) -> bool {
 unsafe extern "C" fn free_probe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
     // SAFETY: `data` is the byte boxed in `external_buffers_allowed`, finalized once.
     drop(unsafe { Box::from_raw(data.cast::<u8>()) });
+}
+
+/// A Buffer the runtime allocated, not yet handed to JavaScript.
+pub struct Allocated {
+    value: sys::napi_value,
+    data: *mut u8,
+    len: usize,
+}
+
+impl Allocated {
+    /// Its memory: valid for `len` bytes while the Buffer lives.
+    pub fn bytes(&mut self) -> (*mut u8, usize) {
+        (self.data, self.len)
+    }
+
+    pub fn into_buffer(self, env: &napi::Env) -> napi::Result<napi::bindgen_prelude::BufferSlice<'_>> {
+        // SAFETY: `value` is the Buffer `allocate` created in `env`, in the current scope.
+        unsafe { <napi::bindgen_prelude::BufferSlice as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), self.value) }
+    }
+}
+
+/// A new Buffer of `len` bytes, allocated by the runtime. A length the runtime cannot
+/// hold is refused with `ERR_SHMLINK_REGION_TOO_LARGE` rather than aborting the process
+/// (a Rust allocation that fails would).
+pub fn allocate(env: sys::napi_env, len: usize, op: &'static str) -> shmlink::Result<Allocated> {
+    let mut data = ptr::null_mut();
+    let mut value = ptr::null_mut();
+    // SAFETY: the out pointers are valid; napi_create_buffer allocates through V8.
+    let status = unsafe { sys::napi_create_buffer(env, len, &mut data, &mut value) };
+    if status == sys::Status::napi_ok {
+        return Ok(Allocated {
+            value,
+            data: data.cast(),
+            len,
+        });
+    }
+    clear_exception(env);
+    Err(shmlink::Error::new(
+        ErrorKind::RegionTooLarge,
+        op,
+        format!(
+            "{len} bytes do not fit in one Buffer here (buffer.constants.MAX_LENGTH, or memory); \
+             copy in pieces with readInto(offset, target)"
+        ),
+    ))
+}
+
+/// Copies `length` bytes at `offset` of `region` into a new Buffer (one copy).
+pub fn read_new<'env>(
+    env: &'env napi::Env,
+    region: &Region,
+    offset: usize,
+    length: usize,
+) -> napi::Result<napi::bindgen_prelude::BufferSlice<'env>> {
+    const OP: &str = "Region.read";
+    let fail = |e| crate::error::throw(env, e);
+    if offset.checked_add(length).is_none_or(|end| end > region.size()) {
+        return Err(fail(shmlink::Error::new(
+            ErrorKind::InvalidArgument,
+            OP,
+            format!("bytes {offset}..{offset}+{length} lie outside the region's {} bytes", region.size()),
+        )));
+    }
+    let mut target = allocate(env.raw(), length, OP).map_err(fail)?;
+    let (ptr, len) = target.bytes();
+    // SAFETY: `ptr` is the new Buffer's memory, valid for `len` writes while `target` is
+    // alive (it is, until returned); it cannot alias region memory.
+    unsafe { region.copy_out(offset, ptr, len) }.map_err(fail)?;
+    target.into_buffer(env)
+}
+
+/// Copies from `region` at `offset` into the view `target`, as many bytes as fit;
+/// returns how many.
+pub fn read_into(env: sys::napi_env, region: &Region, offset: usize, target: sys::napi_value) -> shmlink::Result<usize> {
+    const OP: &str = "Region.read";
+    let (ptr, len) = view_bytes(env, target, OP)?;
+    let count = len.min(region.size().saturating_sub(offset));
+    // SAFETY: `ptr` is valid for `len ≥ count` writes for this call (the caller holds
+    // the view); `copy_out` is a memmove, so the view may alias a region.
+    unsafe { region.copy_out(offset, ptr, count) }?;
+    Ok(count)
+}
+
+/// Copies the bytes of the view `data` into `region` at `offset`.
+pub fn write_from(env: sys::napi_env, region: &Region, offset: usize, data: sys::napi_value) -> shmlink::Result<()> {
+    let (ptr, len) = view_bytes(env, data, "Region.write")?;
+    // SAFETY: `ptr` is valid for `len` reads for this call; `copy_in` is a memmove, so
+    // `data` may be a view of this very region.
+    unsafe { region.copy_in(offset, ptr, len) }
+}
+
+/// The bytes of the view `payload`, for sending without a copy.
+pub fn payload<'a>(env: sys::napi_env, payload: &'a napi::bindgen_prelude::Uint8ArraySlice<'_>, op: &'static str) -> shmlink::Result<Bytes<'a>> {
+    use napi::bindgen_prelude::ToNapiValue;
+    // SAFETY: converting an argument of the current call back to its own value.
+    let value = unsafe { <&napi::bindgen_prelude::Uint8ArraySlice as ToNapiValue>::to_napi_value(env, payload) }
+        .map_err(|e| shmlink::Error::new(ErrorKind::Runtime, op, e.to_string()))?;
+    let (ptr, len) = view_bytes(env, value, op)?;
+    // SAFETY: the view is an argument of the current call, alive (and its memory valid
+    // for `len` reads) for as long as `payload` is borrowed.
+    Ok(unsafe { Bytes::from_raw(ptr, len) })
 }

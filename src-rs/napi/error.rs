@@ -1,78 +1,77 @@
-//! Core errors as JavaScript `Error`s with a stable `code` (`docs/ERRORS.md`).
+//! Core errors as JavaScript values. Every error that reaches JavaScript is a core
+//! [`shmlink::Error`], so it carries one of the codes `docs/ERRORS.md` lists; the code
+//! and the wording come from the core.
+#![allow(unsafe_code)]
 
-use napi::Env;
-use napi::bindgen_prelude::{JsValue, Object, Unknown};
+use napi::bindgen_prelude::{JsValue, Object};
+use napi::{Env, sys};
+use napi_derive::napi;
 use shmlink::ErrorKind;
 
-/// The stable code of a core error kind.
-pub fn code(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Closed => "ERR_SHMLINK_CLOSED",
-        ErrorKind::PeerClosed => "ERR_SHMLINK_PEER_CLOSED",
-        ErrorKind::WouldBlock => "ERR_SHMLINK_WOULD_BLOCK",
-        ErrorKind::TimedOut => "ERR_SHMLINK_TIMED_OUT",
-        ErrorKind::Protocol => "ERR_SHMLINK_PROTOCOL_VIOLATION",
-        ErrorKind::Incompatible => "ERR_SHMLINK_PEER_INCOMPATIBLE",
-        ErrorKind::RegionUnsealed => "ERR_SHMLINK_REGION_UNSEALED",
-        ErrorKind::RegionSizeMismatch => "ERR_SHMLINK_REGION_SIZE_MISMATCH",
-        ErrorKind::RegionNotMemfd => "ERR_SHMLINK_REGION_NOT_MEMFD",
-        ErrorKind::RegionTransferred => "ERR_SHMLINK_REGION_TRANSFERRED",
-        ErrorKind::RegionFrozen => "ERR_SHMLINK_REGION_FROZEN",
-        ErrorKind::RegionBusy => "ERR_SHMLINK_REGION_BUSY",
-        ErrorKind::TooManyRegions => "ERR_SHMLINK_TOO_MANY_REGIONS",
-        ErrorKind::PayloadTooLarge => "ERR_SHMLINK_PAYLOAD_TOO_LARGE",
-        ErrorKind::FdsTruncated => "ERR_SHMLINK_FDS_TRUNCATED",
-        ErrorKind::InvalidArgument => "ERR_SHMLINK_INVALID_ARG",
-        ErrorKind::Unsupported => "ERR_SHMLINK_UNSUPPORTED",
-        _ => "ERR_SHMLINK_OS",
-    }
+/// An error as plain data, for events: `index.ts` turns it into an `Error`.
+#[napi(object)]
+pub struct ErrorInfo {
+    /// One of the `ERR_SHMLINK_*` codes.
+    pub code: String,
+    pub message: String,
+    /// The system call that failed, when one did.
+    pub syscall: Option<String>,
+    /// Its error number.
+    pub errno: Option<i32>,
 }
 
-/// A region handle used after `close()`.
-pub const REGION_CLOSED: &str = "ERR_SHMLINK_REGION_CLOSED";
-/// `bytes` asked for in a runtime that refuses external buffers.
-pub const ZERO_COPY_UNAVAILABLE: &str = "ERR_SHMLINK_ZERO_COPY_UNAVAILABLE";
-/// An argument the binding itself refuses.
-pub const INVALID_ARG: &str = "ERR_SHMLINK_INVALID_ARG";
+impl From<&shmlink::Error> for ErrorInfo {
+    fn from(error: &shmlink::Error) -> Self {
+        ErrorInfo {
+            code: error.code().to_owned(),
+            message: error.to_string(),
+            syscall: error.syscall().map(str::to_owned),
+            errno: error.errno(),
+        }
+    }
+}
 
 /// An `Error` object with `code`, and `syscall`/`errno` when a system call failed.
-pub fn object<'env>(
-    env: &'env Env,
-    code: &str,
-    message: &str,
-    syscall: Option<&str>,
-    errno: Option<i32>,
-) -> napi::Result<Object<'env>> {
-    let mut error = env.create_error(napi::Error::from_reason(message))?;
-    error.set("code", code)?;
-    if let Some(syscall) = syscall {
-        error.set("syscall", syscall)?;
+fn to_js<'env>(env: &'env Env, error: &shmlink::Error) -> napi::Result<Object<'env>> {
+    let mut object = env.create_error(napi::Error::from_reason(error.to_string()))?;
+    object.set("code", error.code())?;
+    if let Some(syscall) = error.syscall() {
+        object.set("syscall", syscall)?;
     }
-    if let Some(errno) = errno {
-        error.set("errno", errno)?;
+    if let Some(errno) = error.errno() {
+        object.set("errno", errno)?;
     }
-    Ok(error)
-}
-
-/// The JavaScript form of a core error.
-pub fn to_js<'env>(env: &'env Env, error: &shmlink::Error) -> napi::Result<Unknown<'env>> {
-    let errno = error.errno();
-    let syscall = errno.map(|_| error.op());
-    Ok(object(env, code(error.kind()), &error.to_string(), syscall, errno)?.to_unknown())
+    Ok(object)
 }
 
 /// A core error, thrown from a binding method.
 pub fn throw(env: &Env, error: shmlink::Error) -> napi::Error {
     match to_js(env, &error) {
-        Ok(value) => napi::Error::from(value),
+        Ok(value) => napi::Error::from(value.to_unknown()),
         Err(e) => e,
     }
 }
 
-/// An error with one of the binding's own codes, thrown from a binding method.
-pub fn throw_code(env: &Env, code: &str, message: &str) -> napi::Error {
-    match object(env, code, message, None, None) {
-        Ok(value) => napi::Error::from(value.to_unknown()),
-        Err(e) => e,
+/// A Node-API call that did not succeed, as a core error of kind `Runtime`.
+pub fn fail(op: &'static str, call: &'static str, status: sys::napi_status) -> shmlink::Error {
+    shmlink::Error::new(
+        ErrorKind::Runtime,
+        op,
+        format!("{call} failed (napi status {status}); the runtime refused the call"),
+    )
+}
+
+/// `Ok` when a Node-API call succeeded.
+pub fn check(op: &'static str, call: &'static str, status: sys::napi_status) -> shmlink::Result<()> {
+    if status == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(fail(op, call, status))
     }
+}
+
+/// Every code, in the order `docs/ERRORS.md` lists them (tests compare the three).
+#[napi]
+pub fn error_codes() -> Vec<&'static str> {
+    ErrorKind::ALL.iter().map(|kind| kind.code()).collect()
 }

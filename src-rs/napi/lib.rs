@@ -1,82 +1,156 @@
-//! The Node-API binding: it converts arguments, calls the `shmlink` core and maps its
-//! errors. `index.ts` builds the public API (promises, iteration, `AbortSignal`) on these
-//! classes; nothing here is meant to be used directly.
+//! The Node-API binding: it converts arguments and results between JavaScript and the
+//! `shmlink` core, and drives endpoints from the event loop (`driver.rs`). It holds no
+//! protocol state and makes no protocol decision; `index.ts` builds the public API
+//! (promises, iteration, `AbortSignal`) on these classes.
 #![deny(unsafe_code)]
 
+mod backend;
 mod buffer;
+mod driver;
 mod error;
-mod fd;
-mod poll;
+mod uv;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{BufferSlice, ClassInstance, JsValue, Object, ToNapiValue, Unknown};
-use napi::{Env, sys};
+use napi::bindgen_prelude::{BufferSlice, ClassInstance, FnArgs, Function, JsValue, Object, Uint8ArraySlice};
+use napi::Env;
 use napi_derive::napi;
-use shmlink::{Attach, Endpoint, Listener, Region};
+use shmlink::{
+    Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Realm,
+    Region, Submitted,
+};
 
-use crate::poll::{Deliver, Event, Poller, Source};
+use crate::driver::{Arrived, Driver, EndpointEvent, ReceivedMessage, Target};
+use crate::error::throw;
 
-/// Event kinds passed as the first argument of a `watch` callback.
-const EVENT_MESSAGE: u32 = 0;
-const EVENT_WRITABLE: u32 = 1;
-const EVENT_FAILURE: u32 = 2;
-const EVENT_CONNECTION: u32 = 3;
-const EVENT_HANDSHAKE: u32 = 4;
+thread_local! {
+    /// Each JavaScript environment (the main thread, each worker) is its own realm: it
+    /// never shares a region object, or its views, with another.
+    static REALM: Realm = Realm::unique();
+}
 
-fn invalid(env: &Env, message: &str) -> napi::Error {
-    error::throw_code(env, error::INVALID_ARG, message)
+fn realm() -> Realm {
+    REALM.with(|realm| *realm)
+}
+
+fn invalid(env: &Env, op: &'static str, message: String) -> napi::Error {
+    throw(env, shmlink::Error::new(ErrorKind::InvalidArgument, op, message))
 }
 
 /// A non-negative integer argument that JavaScript passed as a number.
-fn to_usize(env: &Env, value: f64, what: &str) -> napi::Result<usize> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0
-    {
-        Ok(value as usize)
+fn to_count(env: &Env, op: &'static str, value: f64, what: &str) -> napi::Result<u64> {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0 {
+        Ok(value as u64)
     } else {
-        Err(invalid(
-            env,
-            &format!("{what} must be a non-negative safe integer, not {value}"),
-        ))
+        Err(invalid(env, op, format!("{what} must be a non-negative safe integer, not {value}")))
     }
 }
 
+fn to_usize(env: &Env, op: &'static str, value: f64, what: &str) -> napi::Result<usize> {
+    let count = to_count(env, op, value, what)?;
+    usize::try_from(count).map_err(|_| invalid(env, op, format!("{what} is too large")))
+}
+
 /// A timeout in milliseconds; negative means "wait forever".
-fn to_timeout(env: &Env, millis: f64) -> napi::Result<Option<Duration>> {
+fn to_timeout(env: &Env, op: &'static str, millis: f64) -> napi::Result<Option<Duration>> {
     if millis.is_nan() {
-        return Err(invalid(env, "timeoutMs must be a number"));
+        return Err(invalid(env, op, "timeoutMs must be a number".into()));
     }
     Ok((millis >= 0.0).then(|| Duration::from_secs_f64(millis.min(1e12) / 1000.0)))
+}
+
+/// Limits as JavaScript passes them; absent fields keep their defaults (`docs/SECURITY.md`).
+#[napi(object)]
+pub struct LimitsInit {
+    pub max_regions: Option<u32>,
+    pub max_payload: Option<u32>,
+    pub max_region_size: Option<f64>,
+    pub max_bound_regions: Option<u32>,
+    pub max_mapped_bytes: Option<f64>,
+}
+
+/// Which peers are allowed; nothing set means this user (or root).
+#[napi(object)]
+pub struct PeerFilterInit {
+    /// Any local user.
+    pub any_user: Option<bool>,
+    /// Only these user ids.
+    pub uids: Option<Vec<u32>>,
+}
+
+/// How an endpoint treats its peer.
+#[napi(object)]
+pub struct EndpointOptions {
+    /// Accept regions the peer can still write (not frozen).
+    pub accept_writable: Option<bool>,
+    pub limits: Option<LimitsInit>,
+    /// For `connect`: who must be serving.
+    pub server: Option<PeerFilterInit>,
+}
+
+/// How a listener admits connections.
+#[napi(object)]
+pub struct ListenerOptions {
+    /// Who may connect.
+    pub allow: Option<PeerFilterInit>,
+    /// Whether accepted peers may send regions they can still write.
+    pub accept_writable: Option<bool>,
+    pub limits: Option<LimitsInit>,
+    /// Accepted connections not yet taken, at most.
+    pub max_pending: Option<u32>,
+    pub backlog: Option<u32>,
+}
+
+fn limits(env: &Env, op: &'static str, init: Option<&LimitsInit>) -> napi::Result<Limits> {
+    let mut limits = Limits::default();
+    let Some(init) = init else {
+        return Ok(limits);
+    };
+    if let Some(value) = init.max_regions {
+        limits.max_regions = u16::try_from(value).map_err(|_| invalid(env, op, format!("maxRegions {value} is out of range")))?;
+    }
+    if let Some(value) = init.max_payload {
+        limits.max_payload = value;
+    }
+    if let Some(value) = init.max_region_size {
+        limits.max_region_size = to_count(env, op, value, "maxRegionSize")?;
+    }
+    if let Some(value) = init.max_bound_regions {
+        limits.max_bound_regions = value;
+    }
+    if let Some(value) = init.max_mapped_bytes {
+        limits.max_mapped_bytes = to_count(env, op, value, "maxMappedBytes")?;
+    }
+    Ok(limits)
+}
+
+fn peer_filter(init: Option<&PeerFilterInit>) -> PeerFilter {
+    match init {
+        Some(PeerFilterInit { any_user: Some(true), .. }) => PeerFilter::AnyUser,
+        Some(PeerFilterInit { uids: Some(uids), .. }) => PeerFilter::Users(uids.clone()),
+        _ => PeerFilter::SameUser,
+    }
+}
+
+/// Sends that go out at once between two turns of the event loop (`Options::yield_every`).
+const SENDS_PER_TURN: u32 = 64;
+
+fn endpoint_options(env: &Env, op: &'static str, init: Option<&EndpointOptions>, trusted: bool) -> napi::Result<Options> {
+    Ok(Options {
+        limits: limits(env, op, init.and_then(|o| o.limits.as_ref()))?,
+        accept_writable: init.and_then(|o| o.accept_writable).unwrap_or(trusted),
+        yield_every: SENDS_PER_TURN,
+        realm: realm(),
+    })
 }
 
 /// A region handle (one JavaScript `Region`).
 #[napi]
 pub struct NativeRegion {
-    region: Option<Region>,
-    /// Whether an attached `ArrayBuffer` lends the region's own mapping.
-    primary_attached: std::cell::Cell<bool>,
-}
-
-impl NativeRegion {
-    fn wrap(region: Region) -> Self {
-        NativeRegion {
-            region: Some(region),
-            primary_attached: std::cell::Cell::new(false),
-        }
-    }
-
-    fn get(&self, env: &Env) -> napi::Result<&Region> {
-        self.region.as_ref().ok_or_else(|| {
-            error::throw_code(
-                env,
-                error::REGION_CLOSED,
-                "the region is closed; create a new one with Region.create()",
-            )
-        })
-    }
+    region: Region,
 }
 
 #[napi]
@@ -84,144 +158,89 @@ impl NativeRegion {
     /// A new sealed region of `size` bytes.
     #[napi(factory)]
     pub fn create(env: Env, size: f64) -> napi::Result<Self> {
-        let size = to_usize(&env, size, "size")?;
-        Region::create(size)
-            .map(NativeRegion::wrap)
-            .map_err(|e| error::throw(&env, e))
+        let size = to_usize(&env, "Region.create", size, "size")?;
+        Region::create_in(size, realm())
+            .map(|region| NativeRegion { region })
+            .map_err(|e| throw(&env, e))
     }
 
     #[napi(getter)]
     pub fn size(&self) -> f64 {
-        self.region.as_ref().map_or(0.0, |r| r.size() as f64)
+        if self.region.is_closed() { 0.0 } else { self.region.size() as f64 }
     }
 
     #[napi(getter)]
     pub fn frozen(&self) -> bool {
-        self.region.as_ref().is_some_and(Region::is_frozen)
+        self.region.is_frozen()
     }
 
     #[napi(getter)]
     pub fn transferred(&self) -> bool {
-        self.region.as_ref().is_some_and(Region::is_transferred)
+        self.region.is_transferred()
     }
 
     #[napi(getter)]
     pub fn closed(&self) -> bool {
-        self.region.is_none()
+        self.region.is_closed()
     }
 
-    /// Identifies the underlying region within this process.
+    /// Identifies the region within this JavaScript environment.
     #[napi(getter)]
     pub fn serial(&self) -> f64 {
-        self.region.as_ref().map_or(0.0, |r| r.serial() as f64)
+        self.region.serial() as f64
     }
 
     #[napi]
     pub fn freeze(&self, env: Env) -> napi::Result<()> {
-        self.get(&env)?.freeze().map_err(|e| error::throw(&env, e))
+        self.region.freeze().map_err(|e| throw(&env, e))
     }
 
-    /// Copies `length` bytes at `offset` into a new Buffer.
     #[napi]
-    pub fn read<'env>(
-        &self,
-        env: &'env Env,
-        offset: f64,
-        length: f64,
-    ) -> napi::Result<BufferSlice<'env>> {
-        let offset = to_usize(env, offset, "offset")?;
-        let length = to_usize(env, length, "length")?;
-        let region = self.get(env)?;
-        if offset
-            .checked_add(length)
-            .is_none_or(|end| end > region.size())
-        {
-            return Err(invalid(
-                env,
-                &format!(
-                    "{offset}+{length} lies outside the region's {} bytes",
-                    region.size()
-                ),
-            ));
-        }
-        let mut bytes = vec![0u8; length];
-        region
-            .read(offset, &mut bytes)
-            .map_err(|e| error::throw(env, e))?;
-        BufferSlice::copy_from(env, bytes)
+    pub fn reclaim(&self, env: Env) -> napi::Result<()> {
+        self.region.reclaim().map_err(|e| throw(&env, e))
     }
 
-    /// Copies `data` into the region at `offset`.
+    /// Copies `length` bytes at `offset` into a new Buffer, allocated by the runtime
+    /// (one copy; a length no Buffer can hold is refused, never an abort).
     #[napi]
-    pub fn write(&self, env: Env, offset: f64, data: BufferSlice) -> napi::Result<()> {
-        let offset = to_usize(&env, offset, "offset")?;
-        self.get(&env)?
-            .write(offset, &data)
-            .map_err(|e| error::throw(&env, e))
+    pub fn read<'env>(&self, env: &'env Env, offset: f64, length: f64) -> napi::Result<BufferSlice<'env>> {
+        const OP: &str = "Region.read";
+        let offset = to_usize(env, OP, offset, "offset")?;
+        let length = to_usize(env, OP, length, "length")?;
+        buffer::read_new(env, &self.region, offset, length)
     }
 
-    /// A zero-copy `ArrayBuffer` over the region (one per mapping).
+    /// Copies bytes at `offset` into `target` (any view), as many as fit; returns how many.
     #[napi]
-    pub fn expose<'env>(&self, env: &'env Env) -> napi::Result<Unknown<'env>> {
-        let region = self.get(env)?;
-        if region.is_transferred() {
-            return Err(error::throw(
-                env,
-                shmlink::Error::new(
-                    shmlink::ErrorKind::RegionTransferred,
-                    "Region.bytes",
-                    "the region was transferred to a peer; wait until the peer sends it back",
-                ),
-            ));
-        }
-        // Each mapping backs one attached ArrayBuffer at a time: the region's own mapping
-        // unless a buffer over it is still attached, a fresh mapping otherwise. A detached
-        // buffer no longer reaches the memory, so the mapping can back a new one at once;
-        // it stays mapped until V8 finalizes every buffer over it.
-        let mapping = if self.primary_attached.get() {
-            region.map_again().map_err(|e| error::throw(env, e))?
-        } else {
-            region.mapping()
-        };
-        let is_primary = mapping.as_ptr() == region.mapping().as_ptr();
-        match buffer::expose(env, mapping) {
-            Ok(value) => {
-                self.primary_attached
-                    .set(self.primary_attached.get() || is_primary);
-                Ok(value)
-            }
-            Err(buffer::ExposeError::NotAllowed) => Err(error::throw_code(
-                env,
-                error::ZERO_COPY_UNAVAILABLE,
-                "this runtime refuses external buffers (Electron's V8 memory cage); use region.read() and region.write()",
-            )),
-            Err(buffer::ExposeError::Failed(status)) => Err(napi::Error::from_reason(format!(
-                "napi_create_external_arraybuffer failed (status {status})"
-            ))),
-        }
+    pub fn read_into(&self, env: Env, offset: f64, target: Uint8ArraySlice) -> napi::Result<f64> {
+        const OP: &str = "Region.read";
+        let offset = to_usize(&env, OP, offset, "offset")?;
+        buffer::read_into(env.raw(), &self.region, offset, target.raw())
+            .map(|count| count as f64)
+            .map_err(|e| throw(&env, e))
     }
 
-    /// Detaches an `ArrayBuffer` made by `expose`.
+    /// Copies the bytes of `data` (any view) into the region at `offset`.
     #[napi]
-    pub fn detach(&self, env: Env, buffer: Unknown) -> napi::Result<()> {
-        let data = buffer::detach(env.raw(), buffer.raw()).map_err(|status| {
-            napi::Error::from_reason(format!("napi_detach_arraybuffer failed (status {status})"))
-        })?;
-        if self
-            .region
-            .as_ref()
-            .is_some_and(|r| r.mapping().as_ptr().cast() == data)
-        {
-            self.primary_attached.set(false);
-        }
-        Ok(())
+    pub fn write(&self, env: Env, offset: f64, data: Uint8ArraySlice) -> napi::Result<()> {
+        const OP: &str = "Region.write";
+        let offset = to_usize(&env, OP, offset, "offset")?;
+        buffer::write_from(env.raw(), &self.region, offset, data.raw()).map_err(|e| throw(&env, e))
     }
 
-    /// Drops this handle. The memory is unmapped once no buffer, endpoint or other
-    /// handle uses it.
+    /// A zero-copy `Uint8Array` over the region, detached when the region is transferred
+    /// or closed (whichever handle does it).
+    #[napi(ts_return_type = "Uint8Array")]
+    pub fn lend(&self, env: Env) -> napi::Result<Object<'_>> {
+        buffer::lend(env.raw(), &self.region)
+            .map(|value| Object::from_raw(env.raw(), value))
+            .map_err(|e| throw(&env, e))
+    }
+
+    /// Lets go of the region now (`Region::close`).
     #[napi]
-    pub fn close(&mut self) {
-        self.region = None;
+    pub fn close(&self) {
+        self.region.close();
     }
 }
 
@@ -231,370 +250,344 @@ pub fn external_buffers_allowed(env: Env) -> bool {
     buffer::external_buffers_allowed(env.raw())
 }
 
-/// The regions of the message being delivered, until the next one arrives: JavaScript
-/// takes a handle (`takeRegion`) only for a region it does not hold already, so a
-/// region sent again costs no new JavaScript object.
-type Arrived = Rc<RefCell<Vec<Region>>>;
-
-fn kind(env: &Env, kind: u32) -> napi::Result<sys::napi_value> {
-    kind.into_unknown(env).map(|v| v.raw())
+/// A region attached to an outgoing message.
+#[napi(object)]
+pub struct Attachment<'a> {
+    pub region: ClassInstance<'a, NativeRegion>,
+    /// Hand it over: unusable here until the peer sends it back.
+    pub transfer: bool,
 }
 
-/// Converts endpoint events into `callback(kind, ...)` arguments.
-struct EndpointEvents {
-    arrived: Arrived,
+/// Who is at the other end of a connection (`SO_PEERCRED`).
+#[napi(object)]
+pub struct PeerCredentials {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
-impl Deliver for EndpointEvents {
-    fn arguments(&self, env: &Env, event: Event) -> napi::Result<Vec<sys::napi_value>> {
-        match event {
-            Event::Message(message) if message.regions.is_empty() => {
-                let payload = BufferSlice::copy_from(env, &message.payload)?.raw();
-                Ok(vec![kind(env, EVENT_MESSAGE)?, payload])
-            }
-            Event::Message(message) => {
-                let [payload, descriptors] = message_values(env, message, &self.arrived)?;
-                Ok(vec![
-                    kind(env, EVENT_MESSAGE)?,
-                    payload.raw(),
-                    descriptors.raw(),
-                ])
-            }
-            Event::Writable => Ok(vec![kind(env, EVENT_WRITABLE)?]),
-            Event::Handshake => Ok(vec![kind(env, EVENT_HANDSHAKE)?]),
-            Event::Failure(e) => Ok(vec![
-                kind(env, EVENT_FAILURE)?,
-                error::to_js(env, &e)?.raw(),
-            ]),
-            Event::Connection(_) => Err(napi::Error::from_reason(
-                "an endpoint does not accept connections",
-            )),
-        }
+/// Traffic and binding counters of a connection.
+#[napi(object)]
+pub struct EndpointStats {
+    pub messages_out: f64,
+    pub bytes_out: f64,
+    pub messages_in: f64,
+    pub bytes_in: f64,
+    /// This side's regions the peer has bound now.
+    pub own_regions: f64,
+    /// The peer's regions bound on this connection now.
+    pub peer_regions: f64,
+    /// Bytes of distinct regions the peer's bindings hold mapped.
+    pub peer_mapped_bytes: f64,
+    /// Sends waiting in the output queue.
+    pub queued: f64,
+    /// Received messages not yet taken.
+    pub inbox: f64,
+    pub limits: LimitsInit,
+}
+
+fn limits_object(limits: Limits) -> LimitsInit {
+    LimitsInit {
+        max_regions: Some(u32::from(limits.max_regions)),
+        max_payload: Some(limits.max_payload),
+        max_region_size: Some(limits.max_region_size as f64),
+        max_bound_regions: Some(limits.max_bound_regions),
+        max_mapped_bytes: Some(limits.max_mapped_bytes as f64),
     }
 }
 
-/// Converts listener events into `callback(kind, ...)` arguments.
-struct ListenerEvents;
-
-impl Deliver for ListenerEvents {
-    fn arguments(&self, env: &Env, event: Event) -> napi::Result<Vec<sys::napi_value>> {
-        match event {
-            Event::Connection(endpoint) => {
-                let endpoint = NativeEndpoint::wrap(*endpoint).into_unknown(env)?;
-                Ok(vec![kind(env, EVENT_CONNECTION)?, endpoint.raw()])
-            }
-            Event::Failure(e) => Ok(vec![
-                kind(env, EVENT_FAILURE)?,
-                error::to_js(env, &e)?.raw(),
-            ]),
-            _ => Err(napi::Error::from_reason(
-                "a listener only accepts connections",
-            )),
-        }
-    }
-}
-
-/// `payload` (a Buffer) and `descriptors` (`[id, flags, serial, ...]`: the wire's id and
-/// flag bits and the region's serial, per region); the regions themselves go to `arrived`.
-fn message_values<'env>(
-    env: &'env Env,
-    message: shmlink::Message,
-    arrived: &RefCell<Vec<Region>>,
-) -> napi::Result<[Unknown<'env>; 2]> {
-    let payload = BufferSlice::copy_from(env, &message.payload)?.to_unknown();
-    let mut descriptors = Vec::with_capacity(message.regions.len() * 3);
-    let mut regions = arrived.borrow_mut();
-    regions.clear();
-    for incoming in message.regions {
-        let mut flags = 0u32;
-        if incoming.new {
-            flags |= shmlink::wire::FLAG_NEW;
-        }
-        if incoming.region.is_frozen() {
-            flags |= shmlink::wire::FLAG_FROZEN;
-        }
-        if incoming.transferred {
-            flags |= shmlink::wire::FLAG_TRANSFER;
-        }
-        descriptors.push(f64::from(incoming.id));
-        descriptors.push(f64::from(flags));
-        descriptors.push(incoming.region.serial() as f64);
-        regions.push(incoming.region);
-    }
-    Ok([payload, descriptors.into_unknown(env)?])
-}
-
-/// An endpoint handle (one JavaScript `Endpoint`). `close()` lets go of the socket,
-/// which is closed as soon as the event loop has stopped watching it.
+/// An endpoint handle (one JavaScript `Endpoint`). Closing or collecting it closes the
+/// connection.
 #[napi]
 pub struct NativeEndpoint {
-    endpoint: Option<Arc<Endpoint>>,
-    poller: Option<Poller>,
+    endpoint: Arc<Endpoint>,
+    driver: RefCell<Option<Driver>>,
     arrived: Arrived,
 }
 
 impl NativeEndpoint {
     fn wrap(endpoint: Endpoint) -> Self {
         NativeEndpoint {
-            endpoint: Some(Arc::new(endpoint)),
-            poller: None,
-            arrived: Arrived::default(),
+            endpoint: Arc::new(endpoint),
+            driver: RefCell::new(None),
+            arrived: Rc::new(RefCell::new(Vec::new())),
         }
     }
 
-    fn get(&self, env: &Env) -> napi::Result<&Arc<Endpoint>> {
-        self.endpoint
-            .as_ref()
-            .ok_or_else(|| error::throw(env, closed_endpoint()))
+    /// The driver's core, once watching; no borrow is held while JavaScript runs.
+    fn driver(&self) -> Option<Rc<driver::Core>> {
+        self.driver.borrow().as_ref().map(Driver::core)
+    }
+
+    /// Delivers events a call produced (a blocking call, `close`) to the handlers.
+    fn settle(&self) {
+        if let Some(core) = self.driver() {
+            core.settle();
+        }
+    }
+
+    fn received<'env>(&self, env: &'env Env, message: &shmlink::Message) -> napi::Result<ReceivedMessage<'env>> {
+        driver::received(env, message, &self.arrived)
     }
 }
 
-fn closed_endpoint() -> shmlink::Error {
-    shmlink::Error::new(
-        shmlink::ErrorKind::Closed,
-        "Endpoint",
-        "the endpoint is closed; create or accept a new one",
-    )
-}
-
-/// Regions and their transfer flags as the core wants them.
-fn attachments<'a>(
-    env: &Env,
-    regions: &'a [ClassInstance<'_, NativeRegion>],
-    transfer: &[bool],
-) -> napi::Result<Vec<Attach<'a>>> {
-    if regions.is_empty() && transfer.is_empty() {
-        return Ok(Vec::new());
-    }
-    if regions.len() != transfer.len() {
-        return Err(invalid(env, "regions and transfer flags differ in length"));
-    }
-    regions
-        .iter()
-        .zip(transfer)
-        .map(|(native, &transfer)| {
-            Ok(Attach {
-                region: native.get(env)?,
-                transfer,
-            })
-        })
+fn attachments<'a>(list: &'a [Attachment<'_>]) -> Vec<Attach<'a>> {
+    list.iter()
+        .map(|a| Attach { region: &a.region.region, transfer: a.transfer })
         .collect()
+}
+
+fn payload_bytes<'a>(env: &Env, payload: &'a Uint8ArraySlice, op: &'static str) -> napi::Result<Bytes<'a>> {
+    buffer::payload(env.raw(), payload, op).map_err(|e| throw(env, e))
 }
 
 #[napi]
 impl NativeEndpoint {
-    /// A connected pair.
+    /// A connected pair; both ends accept writable regions.
     #[napi]
-    pub fn pair(env: Env) -> napi::Result<Vec<NativeEndpoint>> {
-        let (a, b) = Endpoint::pair().map_err(|e| error::throw(&env, e))?;
+    pub fn pair(env: Env, options: Option<EndpointOptions>) -> napi::Result<Vec<NativeEndpoint>> {
+        let options = endpoint_options(&env, "Endpoint.pair", options.as_ref(), true)?;
+        let (a, b) = Endpoint::pair_with(options).map_err(|e| throw(&env, e))?;
         Ok(vec![NativeEndpoint::wrap(a), NativeEndpoint::wrap(b)])
     }
 
     /// An endpoint and the raw socket of its peer, to hand to a child process.
     #[napi]
-    pub fn pair_for_child(env: Env) -> napi::Result<(NativeEndpoint, NativeSocket)> {
-        let (mine, theirs) = Endpoint::pair_for_child().map_err(|e| error::throw(&env, e))?;
-        Ok((
-            NativeEndpoint::wrap(mine),
-            NativeSocket { fd: Some(theirs) },
-        ))
+    pub fn pair_for_child(env: Env, options: Option<EndpointOptions>) -> napi::Result<(NativeEndpoint, NativeSocket)> {
+        let options = endpoint_options(&env, "spawnWithEndpoint", options.as_ref(), true)?;
+        let (mine, theirs) = Endpoint::pair_for_child(options).map_err(|e| throw(&env, e))?;
+        Ok((NativeEndpoint::wrap(mine), NativeSocket { fd: Some(theirs) }))
     }
 
-    /// Connects to a listener at `path` (a leading NUL byte: Linux abstract name).
+    /// Connects to a listener at `path` (a leading NUL byte: Linux abstract name) whose
+    /// owner passes `options.server`.
     #[napi]
-    pub fn connect(env: Env, path: String) -> napi::Result<NativeEndpoint> {
-        Endpoint::connect(path)
+    pub fn connect(env: Env, path: String, options: Option<EndpointOptions>) -> napi::Result<NativeEndpoint> {
+        const OP: &str = "Endpoint.connect";
+        let server = peer_filter(options.as_ref().and_then(|o| o.server.as_ref()));
+        let options = endpoint_options(&env, OP, options.as_ref(), false)?;
+        Endpoint::connect(path, &server, options)
             .map(NativeEndpoint::wrap)
-            .map_err(|e| error::throw(&env, e))
+            .map_err(|e| throw(&env, e))
     }
 
     /// Takes over the connected `SOCK_SEQPACKET` socket `fd`.
     #[napi]
-    pub fn from_fd(env: Env, fd: i32) -> napi::Result<NativeEndpoint> {
-        let owned = fd::claim(fd).map_err(|why| invalid(&env, why))?;
-        Endpoint::from_fd(owned)
+    pub fn from_fd(env: Env, fd: i32, options: Option<EndpointOptions>) -> napi::Result<NativeEndpoint> {
+        const OP: &str = "Endpoint.fromFd";
+        let options = endpoint_options(&env, OP, options.as_ref(), true)?;
+        Endpoint::from_raw_fd(fd, options)
             .map(NativeEndpoint::wrap)
-            .map_err(|e| error::throw(&env, e))
+            .map_err(|e| throw(&env, e))
     }
 
-    /// The socket's descriptor, or -1 once closed.
+    /// The endpoint a parent passed down (`SHMLINK_FD`).
+    #[napi]
+    pub fn inherited(env: Env, options: Option<EndpointOptions>) -> napi::Result<NativeEndpoint> {
+        let options = endpoint_options(&env, "Endpoint.inherited", options.as_ref(), true)?;
+        Endpoint::inherited(options)
+            .map(NativeEndpoint::wrap)
+            .map_err(|e| throw(&env, e))
+    }
+
+    /// Identifies the connection within the process, for logs.
+    #[napi(getter)]
+    pub fn id(&self) -> f64 {
+        self.endpoint.id() as f64
+    }
+
+    /// The socket's descriptor, or -1 once the connection ended and it was closed.
     #[napi(getter)]
     pub fn fd(&self) -> i32 {
-        use std::os::fd::{AsFd, AsRawFd};
-        self.endpoint.as_ref().map_or(-1, |e| e.as_fd().as_raw_fd())
+        self.endpoint.raw_fd().unwrap_or(-1)
     }
 
-    /// Whether the connection can still carry messages (false after end-of-file, a
-    /// protocol violation or `close()`).
+    /// Whether the connection can still carry messages.
     #[napi(getter)]
     pub fn open(&self) -> bool {
-        self.endpoint.as_ref().is_some_and(|e| e.is_open())
+        self.endpoint.is_open()
     }
 
     #[napi(getter)]
     pub fn handshake_complete(&self) -> bool {
-        self.endpoint
-            .as_ref()
-            .is_some_and(|e| e.is_handshake_complete())
+        self.endpoint.is_handshake_complete()
     }
 
-    /// `{ pid, uid, gid }` of the peer (`SO_PEERCRED`).
     #[napi]
-    pub fn peer<'env>(&self, env: &'env Env) -> napi::Result<Object<'env>> {
-        let creds = self
-            .get(env)?
-            .peer_credentials()
-            .map_err(|e| error::throw(env, e))?;
-        let mut peer = Object::new(env)?;
-        peer.set("pid", creds.pid)?;
-        peer.set("uid", creds.uid)?;
-        peer.set("gid", creds.gid)?;
-        Ok(peer)
+    pub fn peer(&self, env: Env) -> napi::Result<PeerCredentials> {
+        let creds = self.endpoint.peer_credentials().map_err(|e| throw(&env, e))?;
+        Ok(PeerCredentials { pid: creds.pid, uid: creds.uid, gid: creds.gid })
     }
 
-    /// Sends now if the socket has room: `true` when sent, `false` when the caller must
-    /// wait (the socket is full, or the peer's HELLO has not arrived).
     #[napi]
-    pub fn send(
-        &self,
-        env: Env,
-        payload: BufferSlice,
-        regions: Option<Vec<ClassInstance<NativeRegion>>>,
-        transfer: Option<Vec<bool>>,
-    ) -> napi::Result<bool> {
-        let endpoint = self.get(&env)?;
-        let (regions, transfer) = (regions.unwrap_or_default(), transfer.unwrap_or_default());
-        let attach = attachments(&env, &regions, &transfer)?;
-        match endpoint.send(&payload, &attach) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(error::throw(&env, e)),
+    pub fn stats(&self) -> EndpointStats {
+        let stats = self.endpoint.stats();
+        EndpointStats {
+            messages_out: stats.messages_out as f64,
+            bytes_out: stats.bytes_out as f64,
+            messages_in: stats.messages_in as f64,
+            bytes_in: stats.bytes_in as f64,
+            own_regions: stats.own_regions as f64,
+            peer_regions: stats.peer_regions as f64,
+            peer_mapped_bytes: stats.peer_mapped_bytes as f64,
+            queued: stats.queued as f64,
+            inbox: stats.inbox as f64,
+            limits: limits_object(self.endpoint.limits()),
         }
     }
 
-    /// Sends, blocking up to `timeoutMs` (negative: forever) for room.
+    /// This side's id for `region` on this connection, while the peer has it bound.
     #[napi]
-    pub fn send_sync(
-        &self,
-        env: Env,
-        payload: BufferSlice,
-        timeout_ms: f64,
-        regions: Option<Vec<ClassInstance<NativeRegion>>>,
-        transfer: Option<Vec<bool>>,
-    ) -> napi::Result<()> {
-        let endpoint = self.get(&env)?;
-        let (regions, transfer) = (regions.unwrap_or_default(), transfer.unwrap_or_default());
-        let attach = attachments(&env, &regions, &transfer)?;
-        let timeout = to_timeout(&env, timeout_ms)?;
-        endpoint
-            .send_blocking(&payload, &attach, timeout)
-            .map_err(|e| error::throw(&env, e))
+    pub fn region_id(&self, region: &NativeRegion) -> Option<u32> {
+        self.endpoint.region_id(&region.region)
     }
 
-    /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only
-    /// what is there). Returns the payload Buffer when no regions came with it, else
-    /// `[payload, regions, descriptors]`.
+    /// Sends now if it can, else queues: 0 when the message left, otherwise its ticket,
+    /// which a `sent` or `sendFailed` event settles.
     #[napi]
-    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<Unknown<'env>> {
-        let timeout = to_timeout(env, timeout_ms)?;
-        let message = self
-            .get(env)?
-            .recv_timeout(timeout)
-            .map_err(|e| error::throw(env, e))?;
-        if message.regions.is_empty() {
-            return Ok(BufferSlice::copy_from(env, &message.payload)?.to_unknown());
+    pub fn send(&self, env: Env, payload: Uint8ArraySlice, attachments_list: Option<Vec<Attachment>>) -> napi::Result<f64> {
+        let bytes = payload_bytes(&env, &payload, "send")?;
+        let list = attachments_list.unwrap_or_default();
+        match self.endpoint.send(bytes, &attachments(&list)) {
+            Ok(Submitted::Sent) => Ok(0.0),
+            Ok(Submitted::Queued(ticket)) => {
+                self.settle();
+                Ok(ticket as f64)
+            }
+            Err(e) => {
+                self.settle();
+                Err(throw(&env, e))
+            }
         }
-        Vec::from(message_values(env, message, &self.arrived)?).into_unknown(env)
     }
 
-    /// A handle to region `index` of the message just delivered.
+    /// Withdraws a queued send; false when it already left or failed.
+    #[napi]
+    pub fn cancel(&self, env: Env, ticket: f64) -> napi::Result<bool> {
+        let ticket = to_count(&env, "send", ticket, "ticket")?;
+        let cancelled = self.endpoint.cancel(ticket);
+        self.settle();
+        Ok(cancelled)
+    }
+
+    /// Sends behind whatever is queued, blocking up to `timeoutMs` (negative: forever).
+    #[napi]
+    pub fn send_sync(&self, env: Env, payload: Uint8ArraySlice, attachments_list: Option<Vec<Attachment>>, timeout_ms: f64) -> napi::Result<()> {
+        const OP: &str = "sendSync";
+        let timeout = to_timeout(&env, OP, timeout_ms)?;
+        let bytes = payload_bytes(&env, &payload, OP)?;
+        let list = attachments_list.unwrap_or_default();
+        let mut stop = backend::interrupt_check(env.raw());
+        let sent = self
+            .endpoint
+            .send_blocking_interruptible(bytes, &attachments(&list), timeout, &mut stop);
+        self.settle();
+        sent.map_err(|e| throw(&env, e))
+    }
+
+    /// A message if one is there; otherwise `null`, and the next one is delivered to
+    /// `onMessage` (once per such call, until `unwant`).
+    #[napi]
+    pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<Option<ReceivedMessage<'env>>> {
+        let received = self.endpoint.recv_or_want();
+        self.settle();
+        match received.map_err(|e| throw(env, e))? {
+            Some(message) => self.received(env, &message).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Withdraws one `recv` that is waiting (it was aborted).
+    #[napi]
+    pub fn unwant(&self) {
+        self.endpoint.unwant();
+        self.settle();
+    }
+
+    /// Whether every message goes to `onMessage` (a `'message'` listener is attached).
+    #[napi]
+    pub fn set_listening(&self, listening: bool) {
+        self.endpoint.set_listening(listening);
+        self.settle();
+    }
+
+    /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only what
+    /// is there).
+    #[napi]
+    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<ReceivedMessage<'env>> {
+        let timeout = to_timeout(env, "recvSync", timeout_ms)?;
+        let mut stop = backend::interrupt_check(env.raw());
+        let received = self.endpoint.recv_interruptible(timeout, &mut stop);
+        self.settle();
+        let message = received.map_err(|e| throw(env, e))?;
+        self.received(env, &message)
+    }
+
+    /// A handle to region `index` of the message last received.
     #[napi]
     pub fn take_region(&self, env: Env, index: u32) -> napi::Result<NativeRegion> {
-        let arrived = self.arrived.borrow();
-        let region = arrived
-            .get(index as usize)
-            .ok_or_else(|| invalid(&env, "no such region in the last message"))?;
-        Ok(NativeRegion::wrap(region.clone()))
+        let region = self.arrived.borrow().get(index as usize).cloned();
+        region
+            .map(|region| NativeRegion { region })
+            .ok_or_else(|| invalid(&env, "recv", format!("no region {index} in the last message")))
     }
 
     /// Tells the peer this side no longer refers to `region` (RELEASE).
     #[napi]
-    pub fn release(&self, env: Env, region: &NativeRegion) -> napi::Result<()> {
-        match (&self.endpoint, &region.region) {
-            (Some(endpoint), Some(r)) => endpoint.release(r).map_err(|e| error::throw(&env, e)),
-            _ => Ok(()),
-        }
+    pub fn release(&self, region: &NativeRegion) {
+        self.endpoint.release(&region.region);
     }
 
-    /// Sends queued RELEASE frames; `false` while some still wait for room.
+    /// Starts delivering messages to `onMessage` (returning whether it took the message)
+    /// and other events to `onEvent`, from the event loop.
     #[napi]
-    pub fn flush(&self, env: Env) -> napi::Result<bool> {
-        match self.get(&env)?.flush() {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == shmlink::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(error::throw(&env, e)),
+    pub fn watch(
+        &self,
+        env: Env,
+        on_message: Function<FnArgs<(ReceivedMessage,)>, bool>,
+        on_event: Function<EndpointEvent, ()>,
+    ) -> napi::Result<()> {
+        if self.driver.borrow().is_some() {
+            return Ok(());
         }
-    }
-
-    #[napi(getter)]
-    pub fn has_pending_output(&self) -> bool {
-        self.endpoint
-            .as_ref()
-            .is_some_and(|e| e.has_pending_output())
-    }
-
-    /// Starts delivering events to `callback(kind, ...)` from the event loop.
-    #[napi]
-    pub fn watch(&mut self, env: Env, callback: Unknown, resource: Unknown) -> napi::Result<()> {
-        let endpoint = self.get(&env)?;
-        if self.poller.is_none() {
-            let source = Source::Endpoint(Arc::clone(endpoint));
-            let events = Box::new(EndpointEvents {
-                arrived: Rc::clone(&self.arrived),
-            });
-            self.poller = Some(Poller::start(
-                env.raw(),
-                source,
-                events,
-                callback.raw(),
-                resource.raw(),
-            )?);
-        }
+        let driver = Driver::start(
+            env.raw(),
+            Target::Endpoint(Arc::clone(&self.endpoint)),
+            &[on_message.raw(), on_event.raw()],
+            Rc::clone(&self.arrived),
+            backend::start,
+        )
+        .map_err(|e| throw(&env, e))?;
+        *self.driver.borrow_mut() = Some(driver);
         Ok(())
     }
 
-    /// Which readiness to wait for.
+    /// Whether JavaScript waits for something the core does not track (a handshake, a
+    /// `'close'` listener): the endpoint is then kept from collection.
     #[napi]
-    pub fn set_interest(&self, readable: bool, writable: bool) {
-        if let Some(poller) = &self.poller {
-            let mut events = 0;
-            if readable {
-                events |= poll::READABLE | poll::DISCONNECT;
-            }
-            if writable {
-                events |= poll::WRITABLE;
-            }
-            poller.watch(events);
+    pub fn hold(&self, waiting: bool) {
+        if let Some(core) = self.driver() {
+            core.hold(waiting);
         }
     }
 
-    /// Whether waiting keeps the process alive.
+    /// Whether waiting keeps the event loop alive.
     #[napi]
     pub fn set_ref(&self, referenced: bool) {
-        if let Some(poller) = &self.poller {
-            poller.set_ref(referenced);
+        if let Some(core) = self.driver() {
+            core.set_user_ref(referenced);
         }
     }
 
-    /// Closes the connection and stops watching it.
+    /// Closes the connection; queued sends and waiting receives learn it from the events
+    /// this delivers.
     #[napi]
-    pub fn close(&mut self) {
-        if let Some(poller) = self.poller.take() {
-            poller.close();
-        }
-        if let Some(endpoint) = self.endpoint.take() {
-            endpoint.close();
-        }
+    pub fn close(&self) {
+        self.endpoint.close();
+        self.settle();
+        let driver = self.driver.borrow_mut().take();
+        drop(driver);
+        self.endpoint.release_socket();
     }
 }
 
@@ -623,68 +616,132 @@ impl NativeSocket {
 /// A listening socket (one JavaScript `Server`).
 #[napi]
 pub struct NativeListener {
-    listener: Option<Arc<Listener>>,
-    poller: Option<Poller>,
+    listener: Arc<Listener>,
+    driver: RefCell<Option<Driver>>,
 }
 
 #[napi]
 impl NativeListener {
     /// Listens at `path` (a leading NUL byte: Linux abstract name).
     #[napi]
-    pub fn bind(env: Env, path: String) -> napi::Result<NativeListener> {
-        Listener::bind(path)
-            .map(|listener| NativeListener {
-                listener: Some(Arc::new(listener)),
-                poller: None,
-            })
-            .map_err(|e| error::throw(&env, e))
+    pub fn bind(env: Env, path: String, options: Option<ListenerOptions>) -> napi::Result<NativeListener> {
+        const OP: &str = "Endpoint.listen";
+        let options = options.as_ref();
+        let endpoint = Options {
+            limits: limits(&env, OP, options.and_then(|o| o.limits.as_ref()))?,
+            accept_writable: options.and_then(|o| o.accept_writable).unwrap_or(false),
+            yield_every: SENDS_PER_TURN,
+            realm: realm(),
+        };
+        let defaults = ListenOptions::default();
+        let listen = ListenOptions {
+            allow: peer_filter(options.and_then(|o| o.allow.as_ref())),
+            endpoint,
+            max_pending: options.and_then(|o| o.max_pending).map_or(defaults.max_pending, |n| n as usize),
+            backlog: options.and_then(|o| o.backlog).map_or(defaults.backlog, |n| n as usize),
+        };
+        Listener::bind(path, listen)
+            .map(|listener| NativeListener { listener: Arc::new(listener), driver: RefCell::new(None) })
+            .map_err(|e| throw(&env, e))
     }
 
     #[napi(getter)]
     pub fn path(&self) -> String {
-        self.listener
-            .as_ref()
-            .map_or_else(String::new, |l| l.path().to_string_lossy().into_owned())
+        self.listener.path().to_string_lossy().into_owned()
     }
 
-    /// Starts delivering accepted connections to `callback(kind, endpoint)`.
+    /// Connections refused by the credential filter so far.
+    #[napi(getter)]
+    pub fn rejected(&self) -> f64 {
+        self.listener.rejected() as f64
+    }
+
+    /// Starts accepting on the event loop; `onConnection` is called when connections wait.
     #[napi]
-    pub fn watch(&mut self, env: Env, callback: Unknown, resource: Unknown) -> napi::Result<()> {
-        let listener = self
-            .listener
-            .as_ref()
-            .ok_or_else(|| error::throw(&env, closed_endpoint()))?;
-        if self.poller.is_none() {
-            let source = Source::Listener(Arc::clone(listener));
-            let poller = Poller::start(
-                env.raw(),
-                source,
-                Box::new(ListenerEvents),
-                callback.raw(),
-                resource.raw(),
-            )?;
-            poller.watch(poll::READABLE);
-            self.poller = Some(poller);
+    pub fn watch(&self, env: Env, on_connection: Function<(), ()>) -> napi::Result<()> {
+        if self.driver.borrow().is_some() {
+            return Ok(());
         }
+        let driver = Driver::start(
+            env.raw(),
+            Target::Listener(Arc::clone(&self.listener)),
+            &[on_connection.raw()],
+            Rc::new(RefCell::new(Vec::new())),
+            backend::start,
+        )
+        .map_err(|e| throw(&env, e))?;
+        *self.driver.borrow_mut() = Some(driver);
         Ok(())
     }
 
+    fn driver(&self) -> Option<Rc<driver::Core>> {
+        self.driver.borrow().as_ref().map(Driver::core)
+    }
+
+    /// The oldest accepted connection not yet taken, if any.
     #[napi]
-    pub fn set_ref(&self, referenced: bool) {
-        if let Some(poller) = &self.poller {
-            poller.set_ref(referenced);
+    pub fn take(&self) -> Option<NativeEndpoint> {
+        let endpoint = self.listener.take().map(NativeEndpoint::wrap);
+        if let Some(core) = self.driver() {
+            core.settle();
+        }
+        endpoint
+    }
+
+    /// Whether JavaScript waits for connections: the listener is kept from collection.
+    #[napi]
+    pub fn hold(&self, waiting: bool) {
+        if let Some(core) = self.driver() {
+            core.hold(waiting);
         }
     }
 
-    /// Stops listening. The socket is closed and its file removed as soon as the event
-    /// loop has stopped watching it.
+    /// Whether waiting keeps the event loop alive.
     #[napi]
-    pub fn close(&mut self) {
-        if let Some(poller) = self.poller.take() {
-            poller.close();
-        }
-        if let Some(listener) = self.listener.take() {
-            listener.remove_socket_file();
+    pub fn set_ref(&self, referenced: bool) {
+        if let Some(core) = self.driver() {
+            core.set_user_ref(referenced);
         }
     }
+
+    /// Stops listening; connections not yet taken are closed.
+    #[napi]
+    pub fn close(&self) {
+        self.listener.close();
+        let driver = self.driver.borrow_mut().take();
+        drop(driver);
+        self.listener.release_socket();
+    }
+}
+
+/// The process-wide limits, and how much of them received regions use now.
+#[napi(object)]
+pub struct ProcessStats {
+    pub max_mapped_bytes: f64,
+    pub max_regions: f64,
+    pub mapped_bytes: f64,
+    pub regions: f64,
+}
+
+#[napi]
+pub fn process_stats() -> ProcessStats {
+    let limits = shmlink::process_limits();
+    let usage = shmlink::process_usage();
+    ProcessStats {
+        max_mapped_bytes: limits.max_mapped_bytes as f64,
+        max_regions: limits.max_regions as f64,
+        mapped_bytes: usage.mapped_bytes as f64,
+        regions: usage.regions as f64,
+    }
+}
+
+/// Sets the process-wide limits on what all peers together may make this process map.
+#[napi]
+pub fn set_process_limits(env: Env, max_mapped_bytes: f64, max_regions: f64) -> napi::Result<()> {
+    const OP: &str = "setProcessLimits";
+    let limits = shmlink::ProcessLimits {
+        max_mapped_bytes: to_count(&env, OP, max_mapped_bytes, "maxMappedBytes")?,
+        max_regions: to_count(&env, OP, max_regions, "maxRegions")?,
+    };
+    shmlink::set_process_limits(limits).map_err(|e| throw(&env, e))
 }

@@ -148,6 +148,43 @@ pub(crate) fn file_info(fd: BorrowedFd<'_>) -> Result<FileInfo> {
     })
 }
 
+/// Copies `len` bytes of the file at `offset` to `dst` (`pread(2)`), as the file holds
+/// them, whatever this process's private mappings of it say.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes for the duration of the call.
+pub(crate) unsafe fn read_file_at(
+    fd: BorrowedFd<'_>,
+    offset: usize,
+    dst: *mut u8,
+    len: usize,
+    op: &'static str,
+) -> Result<()> {
+    let mut done = 0;
+    while done < len {
+        let at = i64::try_from(offset + done)
+            .map_err(|_| Error::invalid(op, "the offset does not fit in off_t"))?;
+        // SAFETY: `dst + done .. dst + len` is valid for writes (the caller's contract);
+        // the kernel writes at most `len - done` bytes there.
+        let n = unsafe {
+            libc::pread(fd.as_raw_fd(), dst.add(done).cast(), len - done, at)
+        };
+        match Errno::result(n) {
+            Ok(0) => {
+                return Err(Error::new(
+                    ErrorKind::Os,
+                    op,
+                    "the region's file ended early; it cannot have shrunk (sealed), so report this",
+                ));
+            }
+            Ok(n) => done += n as usize,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::os(op, "pread", e, "the region could not be read")),
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the mapping at `addr..addr + len` with a mapping of `fd` of `kind`, at the
 /// same address.
 ///
@@ -360,10 +397,42 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
     }
 }
 
+/// Takes ownership of socket number `raw`, which the caller says is this process's to
+/// close (handed down by a parent, or by JavaScript), once it is known to be a connected
+/// `SOCK_SEQPACKET` socket; anything else is refused and left open, since it belongs to
+/// someone else.
+pub(crate) fn claim_socket(raw: RawFd, op: &'static str) -> Result<OwnedFd> {
+    if raw <= 2 {
+        return Err(Error::invalid(
+            op,
+            format!("descriptor {raw} is stdin, stdout or stderr, not a socket"),
+        ));
+    }
+    if let Err(e) = fcntl(
+        // SAFETY: the number is only used for this F_GETFD query, which fails with EBADF
+        // for a number that is not open and touches nothing.
+        unsafe { BorrowedFd::borrow_raw(raw) },
+        FcntlArg::F_GETFD,
+    ) {
+        return Err(Error::sys(
+            ErrorKind::InvalidArgument,
+            op,
+            "fcntl(F_GETFD)",
+            e,
+            format!("descriptor {raw} is not open in this process"),
+        ));
+    }
+    // SAFETY: `raw` is open (checked above); borrowed only for the checks below.
+    adopt_socket(unsafe { BorrowedFd::borrow_raw(raw) }, op)?;
+    // SAFETY: `raw` is an open socket of the right kind and, by the caller's contract,
+    // ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// Makes an inherited socket non-blocking and checks that it is a connected
 /// `SOCK_SEQPACKET` socket.
-pub(crate) fn adopt_socket(fd: BorrowedFd<'_>) -> Result<()> {
-    const OP: &str = "Endpoint.fromFd";
+pub(crate) fn adopt_socket(fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
+
     let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| {
         let found = match e {
             Errno::EBADF => "no open descriptor".to_owned(),
@@ -371,7 +440,7 @@ pub(crate) fn adopt_socket(fd: BorrowedFd<'_>) -> Result<()> {
         };
         Error::sys(
             ErrorKind::InvalidArgument,
-            OP,
+            op,
             "getsockopt(SO_TYPE)",
             e,
             format!("the descriptor is not a socket (it is {found})"),
@@ -379,18 +448,18 @@ pub(crate) fn adopt_socket(fd: BorrowedFd<'_>) -> Result<()> {
     })?;
     if kind != SockType::SeqPacket {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
                 "the descriptor is a {kind:?} socket, not a SOCK_SEQPACKET one; create it with Endpoint.pair()"
             ),
         ));
     }
     let flags = fcntl(fd, FcntlArg::F_GETFL)
-        .map_err(|e| Error::os(OP, "fcntl(F_GETFL)", e, "the descriptor cannot be inspected"))?;
+        .map_err(|e| Error::os(op, "fcntl(F_GETFL)", e, "the descriptor cannot be inspected"))?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| {
         Error::os(
-            OP,
+            op,
             "fcntl(F_SETFL)",
             e,
             "the descriptor cannot be made non-blocking",

@@ -23,8 +23,8 @@ mod unsupported;
 use unsupported as os;
 
 pub(crate) use os::{
-    accept, adopt_socket, connect_to, control_buffer, create_memory_file, discard_in_place,
-    file_info, listen_at, peer_credentials, recv_record, remap_in_place, seal_contents, seals,
+    accept, adopt_socket, claim_socket, connect_to, control_buffer, create_memory_file, discard_in_place,
+    file_info, listen_at, peer_credentials, read_file_at, recv_record, remap_in_place, seal_contents, seals,
     send_record, seqpacket_pair, shutdown_both, wait,
 };
 

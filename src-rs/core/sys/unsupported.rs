@@ -35,6 +35,18 @@ pub(crate) fn file_info(_fd: BorrowedFd<'_>) -> Result<FileInfo> {
 }
 
 /// # Safety
+/// Never writes anything; `unsafe` to match the Linux signature.
+pub(crate) unsafe fn read_file_at(
+    _fd: BorrowedFd<'_>,
+    _offset: usize,
+    _dst: *mut u8,
+    _len: usize,
+    op: &'static str,
+) -> Result<()> {
+    unsupported(op)
+}
+
+/// # Safety
 /// Never maps anything; `unsafe` to match the Linux signature.
 pub(crate) unsafe fn remap_in_place(
     _addr: NonNull<u8>,
@@ -67,8 +79,12 @@ pub(crate) fn accept(_listener: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
     unsupported("accept")
 }
 
-pub(crate) fn adopt_socket(_fd: BorrowedFd<'_>) -> Result<()> {
-    unsupported("Endpoint.fromFd")
+pub(crate) fn claim_socket(_raw: std::os::fd::RawFd, op: &'static str) -> Result<OwnedFd> {
+    unsupported(op)
+}
+
+pub(crate) fn adopt_socket(_fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
+    unsupported(op)
 }
 
 pub(crate) fn shutdown_both(_fd: BorrowedFd<'_>) {}

@@ -1,0 +1,523 @@
+//! The driver: moves readiness from a wake-up backend into the core and the core's events
+//! out to JavaScript. It decides nothing about the protocol: the core says what to wait
+//! for ([`shmlink::Endpoint::interest`]) and what happened ([`shmlink::Endpoint::poll_event`]);
+//! the driver converts each event into typed JavaScript values and calls the handler.
+//!
+//! A backend (libuv poll handles on Node and Electron, `uv.rs`; a thread on runtimes
+//! without libuv, `thread.rs`) only watches a descriptor and calls [`Core::on_ready`] on
+//! the JavaScript thread. Handlers are held weakly unless the application waits for
+//! something ([`Core::hold`]), so an endpoint nothing can reach and nothing waits on is
+//! collected, closing its socket.
+#![allow(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{BufferSlice, ToNapiValue};
+use napi::{Env, sys};
+use napi_derive::napi;
+use shmlink::{Endpoint, Event, Interest, Listener, Message, Region};
+
+use crate::error::{ErrorInfo, check};
+
+/// What a wake-up backend does for a driver. Every method is called on the JavaScript
+/// thread.
+pub trait Backend {
+    /// Watch for `interest` from now on (nothing when empty).
+    fn watch(&self, interest: Interest) -> shmlink::Result<()>;
+    /// Whether waiting keeps the event loop (and the process) alive.
+    fn set_ref(&self, referenced: bool);
+    /// Stop watching for good; the backend calls [`Core::backend_closed`] once it has.
+    fn close(&self);
+}
+
+/// A region that arrived with a message, as `index.ts` sees it before it asks for the
+/// region itself (`takeRegion`): a region it already holds costs no new object.
+#[napi(object)]
+pub struct IncomingRegion {
+    /// The id the peer gave it on this connection.
+    pub id: u32,
+    /// Identifies the region within this JavaScript environment.
+    pub serial: f64,
+    /// Its descriptor came with this message.
+    pub new: bool,
+    pub frozen: bool,
+    /// The peer gave up access to it.
+    pub transferred: bool,
+}
+
+/// A received message.
+#[napi(object)]
+pub struct ReceivedMessage<'env> {
+    pub payload: BufferSlice<'env>,
+    /// The attached regions, in order (absent when none came).
+    pub regions: Option<Vec<IncomingRegion>>,
+}
+
+/// `message` as JavaScript receives it; the region handles go to `arrived`, for
+/// `takeRegion`, until the next message.
+pub fn received<'env>(env: &'env Env, message: &Message, arrived: &Arrived) -> napi::Result<ReceivedMessage<'env>> {
+    let payload = BufferSlice::copy_from(env, &message.payload)?;
+    if message.regions.is_empty() {
+        return Ok(ReceivedMessage { payload, regions: None });
+    }
+    let mut regions = arrived.borrow_mut();
+    regions.clear();
+    let descriptions = message
+        .regions
+        .iter()
+        .map(|incoming| {
+            regions.push(incoming.region.clone());
+            IncomingRegion {
+                id: incoming.id,
+                serial: incoming.region.serial() as f64,
+                new: incoming.new,
+                frozen: incoming.frozen,
+                transferred: incoming.transferred,
+            }
+        })
+        .collect();
+    Ok(ReceivedMessage { payload, regions: Some(descriptions) })
+}
+
+/// What happened on a connection, besides messages.
+#[napi(discriminant = "type", discriminant_case = "camelCase")]
+pub enum EndpointEvent {
+    /// Queued sends up to this ticket left (except those reported as failed).
+    Sent { through: f64 },
+    /// A queued send failed; nothing of it was sent.
+    SendFailed { ticket: f64, error: ErrorInfo },
+    /// The peer's HELLO arrived.
+    Handshake,
+    /// The connection ended.
+    Closed { error: ErrorInfo },
+}
+
+/// What a driver pumps.
+pub enum Target {
+    Endpoint(Arc<Endpoint>),
+    Listener(Arc<Listener>),
+}
+
+impl Target {
+    fn raw_fd(&self) -> Option<i32> {
+        match self {
+            Target::Endpoint(endpoint) => endpoint.raw_fd(),
+            Target::Listener(listener) => listener.raw_fd(),
+        }
+    }
+
+    fn interest(&self) -> Interest {
+        match self {
+            Target::Endpoint(endpoint) => endpoint.interest(),
+            Target::Listener(listener) => listener.interest(),
+        }
+    }
+
+    fn awaited(&self) -> bool {
+        match self {
+            Target::Endpoint(endpoint) => endpoint.is_awaited(),
+            Target::Listener(_) => false,
+        }
+    }
+}
+
+/// The JavaScript functions a driver calls: for an endpoint, `onMessage(payload,
+/// regions?) => taken` and `onEvent(event)`; for a listener, `onConnection()`.
+const ON_MESSAGE: usize = 0;
+const ON_EVENT: usize = 1;
+const ON_CONNECTION: usize = 0;
+
+pub struct Core {
+    env: sys::napi_env,
+    target: Target,
+    handlers: Vec<sys::napi_ref>,
+    context: sys::napi_async_context,
+    hook: Cell<sys::napi_async_cleanup_hook_handle>,
+    backend: RefCell<Option<Box<dyn Backend>>>,
+    closing: Cell<bool>,
+    /// JavaScript waits for something the core does not know about (a handshake, an
+    /// accept, a listener for `'close'`).
+    js_hold: Cell<bool>,
+    /// The application did not `unref()` it.
+    user_ref: Cell<bool>,
+    strong: Cell<bool>,
+    referenced: Cell<bool>,
+    /// The regions of the message being delivered, until the next one: `takeRegion`
+    /// hands out handles to them.
+    arrived: Arrived,
+}
+
+/// The regions of the message last delivered to JavaScript, by the driver or a receive
+/// call, until the next one.
+pub type Arrived = Rc<RefCell<Vec<Region>>>;
+
+/// A driver, owned by the JavaScript object whose socket it watches; dropping it (the
+/// object was closed or collected) closes the backend, and the core goes with it.
+pub struct Driver {
+    core: Rc<Core>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.core.close();
+    }
+}
+
+fn js_function(env: sys::napi_env, value: sys::napi_value, op: &'static str) -> shmlink::Result<sys::napi_ref> {
+    let mut reference = ptr::null_mut();
+    // SAFETY: `value` is a live value of `env`; a reference of count 0 is weak.
+    check(op, "napi_create_reference", unsafe {
+        sys::napi_create_reference(env, value, 0, &mut reference)
+    })?;
+    Ok(reference)
+}
+
+impl Driver {
+    /// Starts driving `target` on the JavaScript thread of `env`, calling `handlers`
+    /// (see the constants above), through the backend `make_backend` builds.
+    pub fn start(
+        env: sys::napi_env,
+        target: Target,
+        handlers: &[sys::napi_value],
+        arrived: Arrived,
+        make_backend: impl FnOnce(sys::napi_env, i32, &Rc<Core>) -> shmlink::Result<Box<dyn Backend>>,
+    ) -> shmlink::Result<Driver> {
+        const OP: &str = "watch";
+        let handlers = handlers
+            .iter()
+            .map(|&value| js_function(env, value, OP))
+            .collect::<shmlink::Result<Vec<_>>>()?;
+        let mut name = ptr::null_mut();
+        let label = "shmlink";
+        // SAFETY: `label` points at `label.len()` bytes of UTF-8.
+        check(OP, "napi_create_string_utf8", unsafe {
+            sys::napi_create_string_utf8(env, label.as_ptr().cast(), label.len() as isize, &mut name)
+        })?;
+        let mut context = ptr::null_mut();
+        // SAFETY: `name` is a live value of `env`; a null resource lets the runtime make one.
+        check(OP, "napi_async_init", unsafe {
+            sys::napi_async_init(env, ptr::null_mut(), name, &mut context)
+        })?;
+        let fd = target.raw_fd().ok_or_else(|| {
+            shmlink::Error::new(shmlink::ErrorKind::Closed, OP, "the connection has ended")
+        })?;
+        if let Target::Endpoint(endpoint) = &target {
+            endpoint.attach_driver();
+        }
+        let core = Rc::new(Core {
+            env,
+            target,
+            handlers,
+            context,
+            hook: Cell::new(ptr::null_mut()),
+            backend: RefCell::new(None),
+            closing: Cell::new(false),
+            js_hold: Cell::new(false),
+            user_ref: Cell::new(true),
+            strong: Cell::new(false),
+            referenced: Cell::new(true),
+            arrived,
+        });
+        let driver = Driver { core: Rc::clone(&core) };
+        let backend = make_backend(env, fd, &core)?;
+        *core.backend.borrow_mut() = Some(backend);
+        let mut hook = ptr::null_mut();
+        // SAFETY: the data is this core, kept alive by the backend until it is closed,
+        // which removes the hook first (`backend_closed`).
+        check(OP, "napi_add_async_cleanup_hook", unsafe {
+            sys::napi_add_async_cleanup_hook(env, Some(on_env_teardown), Rc::as_ptr(&core) as *mut c_void, &mut hook)
+        })?;
+        core.hook.set(hook);
+        core.set_ref(false);
+        core.update();
+        Ok(driver)
+    }
+
+    /// The core, to use without keeping the driver borrowed while JavaScript runs.
+    pub fn core(&self) -> Rc<Core> {
+        Rc::clone(&self.core)
+    }
+}
+
+unsafe extern "C" fn on_env_teardown(_hook: sys::napi_async_cleanup_hook_handle, data: *mut c_void) {
+    // SAFETY: `data` is the core, alive until `backend_closed` removes this hook.
+    let core = unsafe { &*(data as *const Core) };
+    core.close();
+}
+
+impl Core {
+    /// The backend saw readiness; `restart` when it stopped watching on its own (an
+    /// error on the socket), so the next interest must be set afresh.
+    pub fn on_ready(&self, ready: Interest, restart: bool) {
+        if self.closing.get() {
+            return;
+        }
+        if restart {
+            if let Some(backend) = self.backend.borrow().as_ref() {
+                let _ = backend.watch(Interest::default());
+            }
+        }
+        let mut scope = ptr::null_mut();
+        // SAFETY: we are on the JavaScript thread of `env`, in a backend callback.
+        if unsafe { sys::napi_open_handle_scope(self.env, &mut scope) } != sys::Status::napi_ok {
+            return;
+        }
+        match &self.target {
+            Target::Endpoint(endpoint) => {
+                endpoint.on_ready(ready);
+                self.pump_endpoint(endpoint);
+            }
+            Target::Listener(listener) => {
+                match listener.on_ready() {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        self.call(ON_CONNECTION, &[]);
+                    }
+                    // Accepting failed (the open-file limit): try again on the next
+                    // readiness report; connections wait in the backlog meanwhile.
+                    Err(_) => {}
+                }
+            }
+        }
+        self.update();
+        // SAFETY: `scope` was opened above in this function.
+        unsafe { sys::napi_close_handle_scope(self.env, scope) };
+    }
+
+    /// Delivers the events other than messages that a call produced without new
+    /// readiness (a blocking send, `close`), from inside that JavaScript call, and
+    /// re-arms the backend.
+    pub fn settle(&self) {
+        if let Target::Endpoint(endpoint) = &self.target {
+            while !self.closing.get() {
+                match endpoint.poll_notice() {
+                    Some(event) => self.dispatch(endpoint, event),
+                    None => break,
+                }
+            }
+        }
+        self.update();
+    }
+
+    fn pump_endpoint(&self, endpoint: &Endpoint) {
+        while !self.closing.get() {
+            match endpoint.poll_event() {
+                Some(event) => self.dispatch(endpoint, event),
+                None => break,
+            }
+        }
+    }
+
+    fn dispatch(&self, endpoint: &Endpoint, event: Event) {
+        {
+            match event {
+                Event::Message(message) => {
+                    if !self.deliver(&message) {
+                        endpoint.unreceive(message);
+                    }
+                }
+                Event::Sent { through } => self.event(EndpointEvent::Sent {
+                    through: through as f64,
+                }),
+                Event::SendFailed { ticket, error } => self.event(EndpointEvent::SendFailed {
+                    ticket: ticket as f64,
+                    error: ErrorInfo::from(&error),
+                }),
+                Event::Handshake => self.event(EndpointEvent::Handshake),
+                Event::Closed(error) => {
+                    self.event(EndpointEvent::Closed {
+                        error: ErrorInfo::from(&error),
+                    });
+                    // Nothing more can happen on the socket: stop watching it and close
+                    // it now; received messages stay available.
+                    self.close();
+                    endpoint.release_socket();
+                }
+            }
+        }
+    }
+
+    fn event(&self, event: EndpointEvent) {
+        // SAFETY: `env` is the current environment; the value is used at once.
+        match unsafe { EndpointEvent::to_napi_value(self.env, event) } {
+            Ok(value) => {
+                self.call(ON_EVENT, &[value]);
+            }
+            Err(error) => self.throw(error),
+        }
+    }
+
+    /// Calls `onMessage`; whether JavaScript took the message.
+    fn deliver(&self, message: &Message) -> bool {
+        let env = Env::from_raw(self.env);
+        let value = received(&env, message, &self.arrived)
+            // SAFETY: converting a value of `env` in the current scope.
+            .and_then(|m| unsafe { ReceivedMessage::to_napi_value(self.env, m) });
+        match value {
+            Ok(value) => self
+                .call(ON_MESSAGE, &[value])
+                .is_some_and(|taken| self.boolean(taken)),
+            Err(error) => {
+                self.throw(error);
+                false
+            }
+        }
+    }
+
+    fn boolean(&self, value: sys::napi_value) -> bool {
+        let mut result = false;
+        // SAFETY: `value` is the handler's return value in the current scope.
+        let status = unsafe { sys::napi_get_value_bool(self.env, value, &mut result) };
+        status == sys::Status::napi_ok && result
+    }
+
+    /// Calls handler `index` with `args`; its result, unless it threw or is gone.
+    fn call(&self, index: usize, args: &[sys::napi_value]) -> Option<sys::napi_value> {
+        if self.closing.get() {
+            return None;
+        }
+        let env = self.env;
+        let mut function = ptr::null_mut();
+        // SAFETY: the reference is live until `close`, which has not run (checked above).
+        let status = unsafe { sys::napi_get_reference_value(env, self.handlers[index], &mut function) };
+        if status != sys::Status::napi_ok || function.is_null() {
+            // The object that handled events was collected: nobody can take them.
+            self.close();
+            return None;
+        }
+        let mut receiver = ptr::null_mut();
+        let mut result = ptr::null_mut();
+        // SAFETY: on the JavaScript thread inside a handle scope; `context` is live until
+        // `close`. napi_make_callback runs queued microtasks after the call when it is the
+        // outermost callback, so code awaiting a receive runs before the next event.
+        let status = unsafe {
+            sys::napi_get_global(env, &mut receiver);
+            sys::napi_make_callback(env, self.context, receiver, function, args.len(), args.as_ptr(), &mut result)
+        };
+        if status == sys::Status::napi_ok {
+            Some(result)
+        } else {
+            report_exception(env);
+            None
+        }
+    }
+
+    fn throw(&self, error: napi::Error) {
+        // SAFETY: `env` is live; throwing then reporting makes the failure an uncaught
+        // exception instead of an event lost without a trace.
+        unsafe { napi::JsError::from(error).throw_into(self.env) };
+        report_exception(self.env);
+    }
+
+    /// Re-arms the backend for what the core waits for now.
+    fn update(&self) {
+        if self.closing.get() {
+            return;
+        }
+        let interest = self.target.interest();
+        let watched = match self.backend.borrow().as_ref() {
+            Some(backend) => backend.watch(interest),
+            None => Ok(()),
+        };
+        if let Err(error) = watched {
+            if let Target::Endpoint(_) = &self.target {
+                self.event(EndpointEvent::Closed {
+                    error: ErrorInfo::from(&error),
+                });
+            }
+            self.close();
+            return;
+        }
+        self.refresh_hold();
+    }
+
+    /// Something JavaScript waits for that the core does not know about.
+    pub fn hold(&self, waiting: bool) {
+        self.js_hold.set(waiting);
+        self.refresh_hold();
+    }
+
+    /// Whether waiting keeps the event loop alive (`ref()`/`unref()`).
+    pub fn set_user_ref(&self, referenced: bool) {
+        self.user_ref.set(referenced);
+        self.refresh_hold();
+    }
+
+    /// While the application waits for something, handlers are held strongly (the object
+    /// cannot be collected) and, unless unref'ed, the loop stays alive.
+    fn refresh_hold(&self) {
+        if self.closing.get() {
+            return;
+        }
+        let strong = self.js_hold.get() || self.target.awaited();
+        if self.strong.replace(strong) != strong {
+            for &handler in &self.handlers {
+                let mut count = 0;
+                // SAFETY: the references are live until `close` (not yet run).
+                let _ = unsafe {
+                    if strong {
+                        sys::napi_reference_ref(self.env, handler, &mut count)
+                    } else {
+                        sys::napi_reference_unref(self.env, handler, &mut count)
+                    }
+                };
+            }
+        }
+        self.set_ref(strong && self.user_ref.get());
+    }
+
+    fn set_ref(&self, referenced: bool) {
+        if self.referenced.replace(referenced) != referenced {
+            if let Some(backend) = self.backend.borrow().as_ref() {
+                backend.set_ref(referenced);
+            }
+        }
+    }
+
+    /// Stops driving: the handlers are let go and the backend is closed. Idempotent.
+    pub fn close(&self) {
+        if self.closing.replace(true) {
+            return;
+        }
+        for &handler in &self.handlers {
+            // SAFETY: each reference was created in `env` and is deleted exactly once, here.
+            let _ = unsafe { sys::napi_delete_reference(self.env, handler) };
+        }
+        // SAFETY: created in `env` by `start`, destroyed exactly once, here.
+        let _ = unsafe { sys::napi_async_destroy(self.env, self.context) };
+        if let Some(backend) = self.backend.borrow().as_ref() {
+            backend.close();
+        }
+    }
+
+    /// The backend has stopped for good: the cleanup hook is no longer needed.
+    pub fn backend_closed(&self) {
+        let hook = self.hook.replace(ptr::null_mut());
+        if !hook.is_null() {
+            // SAFETY: `hook` is this core's cleanup hook, removed exactly once (here). If
+            // the environment is tearing down, removing it tells Node our cleanup finished.
+            let _ = unsafe { sys::napi_remove_async_cleanup_hook(hook) };
+        }
+    }
+}
+
+/// Hands a JavaScript exception thrown by a handler to the runtime's
+/// `uncaughtException` machinery, as an exception thrown by any other event-loop callback
+/// would be.
+fn report_exception(env: sys::napi_env) {
+    let mut pending = false;
+    // SAFETY: `env` is live (we are on its thread).
+    let _ = unsafe { sys::napi_is_exception_pending(env, &mut pending) };
+    if pending {
+        let mut error = ptr::null_mut();
+        // SAFETY: an exception is pending; taking it clears it before re-raising it.
+        unsafe {
+            sys::napi_get_and_clear_last_exception(env, &mut error);
+            sys::napi_fatal_exception(env, error);
+        }
+    }
+}
