@@ -157,13 +157,10 @@ impl<'a> Bytes<'a> {
     }
 
     fn to_vec(self) -> Vec<u8> {
-        let mut copy = Vec::with_capacity(self.len);
+        let mut copy = vec![0u8; self.len];
         // SAFETY: `ptr` is valid for `len` reads (the constructor's contract) and `copy`
-        // has room for `len` bytes in a separate allocation; `set_len` follows the copy.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr, copy.as_mut_ptr(), self.len);
-            copy.set_len(self.len);
-        }
+        // is a separate allocation of `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, copy.as_mut_ptr(), self.len) };
         copy
     }
 }
@@ -401,7 +398,11 @@ impl Endpoint {
     /// abstract socket) whose owner passes `server` (checked with `SO_PEERCRED` before
     /// anything is sent or read). The handshake completes on the first send or receive,
     /// or explicitly with [`Endpoint::handshake`].
-    pub fn connect(path: impl AsRef<Path>, server: &PeerFilter, options: Options) -> Result<Endpoint> {
+    pub fn connect(
+        path: impl AsRef<Path>,
+        server: &PeerFilter,
+        options: Options,
+    ) -> Result<Endpoint> {
         const OP: &str = "Endpoint.connect";
         options.limits.validate(OP)?;
         let fd = sys::connect_to(path.as_ref())?;
@@ -459,7 +460,9 @@ impl Endpoint {
             }
             Err(e) if e.kind() == ErrorKind::InvalidArgument => Err(Error::invalid(
                 OP,
-                format!("SHMLINK_FD={raw} does not name the socket the parent passed down: {e}; {WRAPPERS}"),
+                format!(
+                    "SHMLINK_FD={raw} does not name the socket the parent passed down: {e}; {WRAPPERS}"
+                ),
             )),
             Err(e) => Err(e),
         }
@@ -588,9 +591,12 @@ impl Endpoint {
     /// that the frame carries its id. A transferred region is unusable here from this
     /// call on, until it comes back (or the send fails). Errors about the message itself
     /// (too large, a closed or transferred region) leave everything as it was.
-    pub fn send<'p>(&self, payload: impl Into<Bytes<'p>>, regions: &[Attach<'_>]) -> Result<Submitted> {
-        self.conn()
-            .submit("send", payload.into(), regions, false)
+    pub fn send<'p>(
+        &self,
+        payload: impl Into<Bytes<'p>>,
+        regions: &[Attach<'_>],
+    ) -> Result<Submitted> {
+        self.conn().submit("send", payload.into(), regions, false)
     }
 
     /// Sends, waiting up to `timeout` (`None`: forever) for the messages queued before
@@ -872,7 +878,6 @@ impl Endpoint {
         let conn = self.conn();
         conn.is_open() && (conn.wants_message() || !conn.outbox.is_empty())
     }
-
 }
 
 /// Whether `error`, from sending one message, is about that message alone: the
@@ -915,8 +920,7 @@ impl Conn {
         let established = self.session.is_established();
         Interest {
             readable: !established || self.inbox_has_room(),
-            writable: established
-                && (!self.outbox.is_empty() || self.session.has_control()),
+            writable: established && (!self.outbox.is_empty() || self.session.has_control()),
         }
     }
 
@@ -1011,9 +1015,9 @@ impl Conn {
             Io::Done(()) => {}
             other => return Ok(other),
         }
-        let plan = self
-            .session
-            .encode_message(op, payload.len(), attachments, &mut self.scratch.frame)?;
+        let plan =
+            self.session
+                .encode_message(op, payload.len(), attachments, &mut self.scratch.frame)?;
         let files: Vec<BorrowedFd<'_>> = plan.files.iter().map(|f| f.as_fd()).collect();
         let parts = [Bytes::from(self.scratch.frame.as_slice()), payload];
         let expected = self.scratch.frame.len() + payload.len();
@@ -1026,7 +1030,9 @@ impl Conn {
                 return Err(Error::new(
                     ErrorKind::Os,
                     op,
-                    format!("the kernel took {n} of {expected} bytes of a record; the connection was closed"),
+                    format!(
+                        "the kernel took {n} of {expected} bytes of a record; the connection was closed"
+                    ),
                 ));
             }
             Io::WouldBlock => return Ok(Io::WouldBlock),
@@ -1216,7 +1222,10 @@ impl Conn {
                 return Ok(message);
             }
             if let Status::Ended(_) = self.status {
-                return Err(self.check_open(op).err().unwrap_or_else(|| Error::closed(op)));
+                return Err(self
+                    .check_open(op)
+                    .err()
+                    .unwrap_or_else(|| Error::closed(op)));
             }
             if !self.readable {
                 return Err(Error::would_block(op));

@@ -33,6 +33,8 @@
 //! [`memfd_create(2)`]: https://man7.org/linux/man-pages/man2/memfd_create.2.html
 //! [`unix(7)`]: https://man7.org/linux/man-pages/man7/unix.7.html
 
+#![warn(missing_docs)]
+
 mod endpoint;
 mod error;
 mod limits;
@@ -47,7 +49,9 @@ pub mod wire;
 
 pub use endpoint::{Bytes, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
 pub use error::{Error, ErrorKind, Result};
-pub use limits::{Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits};
+pub use limits::{
+    Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits,
+};
 pub use listener::{ListenOptions, Listener};
 pub use region::{Lease, Mapping, Realm, Region};
 pub use session::{Attach, Incoming, Message};

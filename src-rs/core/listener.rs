@@ -70,7 +70,10 @@ impl Listener {
     pub fn bind(path: impl AsRef<Path>, options: ListenOptions) -> Result<Listener> {
         options.endpoint.limits.validate("Endpoint.listen")?;
         if options.max_pending == 0 {
-            return Err(Error::invalid("Endpoint.listen", "maxPending must be at least 1"));
+            return Err(Error::invalid(
+                "Endpoint.listen",
+                "maxPending must be at least 1",
+            ));
         }
         let path = path.as_ref();
         let (fd, file) = sys::listen_at(path, options.backlog)?;
@@ -167,7 +170,9 @@ impl Listener {
             let Some(listening) = self.socket.borrow() else {
                 return Err(closed());
             };
-            if remaining == Some(Duration::ZERO) || !sys::wait(listening, Interest::READABLE, remaining)? {
+            if remaining == Some(Duration::ZERO)
+                || !sys::wait(listening, Interest::READABLE, remaining)?
+            {
                 return Err(Error::timed_out("accept"));
             }
         }

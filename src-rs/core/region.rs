@@ -194,7 +194,9 @@ impl Realm {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its state consistent before anything can panic, so a
     // poisoned lock holds valid data.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for Inner {
@@ -603,9 +605,7 @@ impl Region {
         const OP: &str = "Region.bytes";
         self.check_usable(OP)?;
         let mut state = self.state();
-        state
-            .lent
-            .retain(|lent| lent.lease.strong_count() > 0);
+        state.lent.retain(|lent| lent.lease.strong_count() > 0);
         let primary_free = !state.lent.iter().any(|lent| lent.on_primary);
         let mapping = match (&state.primary, primary_free) {
             (Some(primary), true) => Arc::clone(primary),

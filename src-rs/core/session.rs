@@ -94,7 +94,9 @@ pub(crate) enum Inbound {
 pub(crate) enum Control {
     Hello,
     /// RELEASE of the first `count` queued ids.
-    Release { count: usize },
+    Release {
+        count: usize,
+    },
 }
 
 /// How a MESSAGE was encoded: the files to pass, and the ids that bind once it is sent.
@@ -272,10 +274,10 @@ impl Session {
         attachments: &[Attach<'_>],
         frame: &mut Vec<u8>,
     ) -> Result<Plan> {
-        let peer = self
-            .peer
-            .ok_or_else(|| Error::would_block(op))?;
-        if payload_len > peer.max_payload as usize || attachments.len() > usize::from(peer.max_regions) {
+        let peer = self.peer.ok_or_else(|| Error::would_block(op))?;
+        if payload_len > peer.max_payload as usize
+            || attachments.len() > usize::from(peer.max_regions)
+        {
             self.check_message(op, payload_len, attachments)?;
         }
         frame.clear();
@@ -298,7 +300,11 @@ impl Session {
                 (Some(id), _) | (None, Some(id)) => (id, false),
                 (None, None) => {
                     let file = region.file().ok_or_else(|| {
-                        Error::new(ErrorKind::RegionClosed, op, "a region was closed before it could be sent")
+                        Error::new(
+                            ErrorKind::RegionClosed,
+                            op,
+                            "a region was closed before it could be sent",
+                        )
                     })?;
                     let id = self.table.next_free_id(&planned);
                     planned.push(id);
@@ -532,9 +538,7 @@ impl Session {
                 ),
             ));
         }
-        let held = self
-            .table
-            .held_bytes_with(inspected.identity(), d.size);
+        let held = self.table.held_bytes_with(inspected.identity(), d.size);
         if held > self.limits.max_mapped_bytes {
             return Err(exceeded(
                 OP_RECV,
@@ -547,15 +551,16 @@ impl Session {
         }
         let (region, file) = match Region::existing(&inspected, self.realm) {
             Some(region) => {
-                let file = region
-                    .file()
-                    .unwrap_or_else(|| Arc::new(fd));
+                let file = region.file().unwrap_or_else(|| Arc::new(fd));
                 (region, file)
             }
             None => {
                 let charge = Charge::reserve(d.size, OP_RECV)?;
                 let file = Arc::new(fd);
-                (Region::adopt(Arc::clone(&file), inspected, self.realm, charge)?, file)
+                (
+                    Region::adopt(Arc::clone(&file), inspected, self.realm, charge)?,
+                    file,
+                )
             }
         };
         self.table.bind_peer(
@@ -595,7 +600,12 @@ impl Session {
         let inspected = Region::inspect(file.as_fd(), d.size, d.is_frozen())?;
         let region = match Region::existing(&inspected, self.realm) {
             Some(region) => region,
-            None => Region::adopt(file, inspected, self.realm, Charge::reserve(d.size, OP_RECV)?)?,
+            None => Region::adopt(
+                file,
+                inspected,
+                self.realm,
+                Charge::reserve(d.size, OP_RECV)?,
+            )?,
         };
         self.table.rebind_peer(d.id, region.clone());
         Ok(region)
@@ -610,5 +620,322 @@ fn refusal(refusal: Refusal) -> Error {
             format!("{text}; the connection was closed"),
         ),
         Refusal::Violation(text) => violation(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session alone: records in, frames and messages out, no socket anywhere.
+    use std::os::fd::OwnedFd;
+    use std::sync::Weak;
+
+    use super::*;
+    use crate::wire::{FLAG_FROZEN, FLAG_NEW, FLAG_TRANSFER};
+
+    struct NoBinder;
+    impl Binder for NoBinder {
+        fn region_closed(&self, _region: &Region) {}
+    }
+
+    fn binder() -> Weak<dyn Binder> {
+        let weak: Weak<NoBinder> = Weak::new();
+        weak
+    }
+
+    fn session() -> Session {
+        Session::new(Limits::default(), true, Realm::unique())
+    }
+
+    fn record(bytes: &[u8], fds: Vec<OwnedFd>) -> Record<'_> {
+        Record {
+            bytes,
+            fds,
+            data_truncated: false,
+            control_truncated: false,
+        }
+    }
+
+    /// A session that has sent its HELLO and received the peer's.
+    fn established() -> Session {
+        let mut s = session();
+        let mut frame = Vec::new();
+        assert_eq!(s.poll_control(&mut frame), Some(Control::Hello));
+        s.control_sent(Control::Hello);
+        let hello = wire::hello_frame(Announced::default());
+        assert!(matches!(
+            s.handle_record(record(&hello, vec![])),
+            Ok(Inbound::Handshake)
+        ));
+        s
+    }
+
+    fn message(descriptors: &[Descriptor], payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::put_header(
+            &mut out,
+            wire::KIND_MESSAGE,
+            descriptors.len() as u16,
+            payload.len() as u32,
+        );
+        for d in descriptors {
+            wire::put_descriptor(&mut out, *d);
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A memory file as another process would send it.
+    fn foreign(size: usize) -> OwnedFd {
+        let region = Region::create_in(size, Realm::unique()).unwrap();
+        region.file().unwrap().try_clone().unwrap()
+    }
+
+    #[test]
+    fn the_first_frame_out_is_hello_and_nothing_is_sent_before_the_peers_hello() {
+        let mut s = session();
+        let mut frame = Vec::new();
+        assert_eq!(s.poll_control(&mut frame), Some(Control::Hello));
+        assert_eq!(frame, wire::hello_frame(Announced::default()));
+        s.control_sent(Control::Hello);
+        assert_eq!(s.poll_control(&mut frame), None);
+        let region = Region::create(64).unwrap();
+        let e = s
+            .encode_message("send", 1, &[Attach::share(&region)], &mut frame)
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::WouldBlock,
+            "no frame before the peer's HELLO"
+        );
+    }
+
+    #[test]
+    fn a_region_travels_new_once_then_by_id_and_twice_in_one_frame_once() {
+        let mut s = established();
+        let region = Region::create(4096).unwrap();
+        let attach = [Attach::share(&region), Attach::transfer(&region)];
+        let mut frame = Vec::new();
+        let plan = s.encode_message("send", 2, &attach, &mut frame).unwrap();
+        assert_eq!(
+            plan.files.len(),
+            1,
+            "one descriptor for two attachments of one region"
+        );
+        let parsed = wire::parse(&[frame.as_slice(), b"hi"].concat())
+            .unwrap()
+            .descriptors()
+            .collect::<Vec<_>>();
+        assert_eq!(parsed[0].flags, FLAG_NEW);
+        assert_eq!(
+            (parsed[1].id, parsed[1].flags),
+            (parsed[0].id, FLAG_TRANSFER)
+        );
+        s.message_sent(&attach, plan, &binder());
+        assert_eq!(s.own_id(&region), Some(parsed[0].id));
+        let plan = s
+            .encode_message("send", 0, &[Attach::share(&region)], &mut frame)
+            .unwrap();
+        assert!(plan.files.is_empty(), "a bound region travels by id");
+        assert_eq!(
+            wire::parse(&frame)
+                .unwrap()
+                .descriptors()
+                .next()
+                .unwrap()
+                .flags,
+            0
+        );
+    }
+
+    #[test]
+    fn release_queues_a_release_frame_and_unbinds() {
+        let mut s = established();
+        let region = Region::create(4096).unwrap();
+        let mut frame = Vec::new();
+        let plan = s
+            .encode_message("send", 0, &[Attach::share(&region)], &mut frame)
+            .unwrap();
+        s.message_sent(&[Attach::share(&region)], plan, &binder());
+        assert!(s.release(&region));
+        assert!(
+            !s.release(&region),
+            "a second release has nothing to release"
+        );
+        assert_eq!(
+            s.poll_control(&mut frame),
+            Some(Control::Release { count: 1 })
+        );
+        let parsed = wire::parse(&frame).unwrap();
+        assert_eq!(parsed.header.kind, wire::KIND_RELEASE);
+        s.control_sent(Control::Release { count: 1 });
+        assert_eq!(s.poll_control(&mut frame), None);
+        assert_eq!(s.own_id(&region), None);
+    }
+
+    #[test]
+    fn a_received_region_is_bound_resolved_by_id_and_released() {
+        let mut s = established();
+        let d = Descriptor {
+            id: 5,
+            flags: FLAG_NEW,
+            size: 4096,
+        };
+        let Inbound::Message(m) = s
+            .handle_record(record(&message(&[d], b"one"), vec![foreign(4096)]))
+            .unwrap()
+        else {
+            panic!("not a message")
+        };
+        assert_eq!(
+            (m.payload.as_slice(), m.regions[0].id, m.regions[0].new),
+            (&b"one"[..], 5, true)
+        );
+        assert_eq!(s.peer_held(), (1, 4096));
+        let again = Descriptor { flags: 0, ..d };
+        let Inbound::Message(m2) = s
+            .handle_record(record(&message(&[again], b""), vec![]))
+            .unwrap()
+        else {
+            panic!("not a message")
+        };
+        assert!(m2.regions[0].region.same_as(&m.regions[0].region));
+        let mut release = Vec::new();
+        wire::put_header(&mut release, wire::KIND_RELEASE, 1, 0);
+        wire::put_descriptor(&mut release, again);
+        assert!(matches!(
+            s.handle_record(record(&release, vec![])),
+            Ok(Inbound::Released)
+        ));
+        assert_eq!(s.peer_held(), (0, 0));
+    }
+
+    #[test]
+    fn records_are_judged_in_the_documented_order_and_a_failure_ends_the_session() {
+        let mut s = established();
+        let d = Descriptor {
+            id: 1,
+            flags: FLAG_NEW,
+            size: 4096,
+        };
+        // Two new descriptors announced, one descriptor arrived: a violation, and the
+        // descriptor that did arrive is dropped with the record.
+        let two = message(&[d, Descriptor { id: 2, ..d }], b"");
+        let e = s
+            .handle_record(record(&two, vec![foreign(4096)]))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(s.ended_flag().load(Ordering::Acquire));
+        assert_eq!(
+            s.handle_record(record(&two, vec![])).unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+    }
+
+    #[test]
+    fn control_truncation_beats_everything_and_eof_is_an_empty_record() {
+        let mut s = established();
+        let truncated = Record {
+            control_truncated: true,
+            ..record(b"garbage", vec![])
+        };
+        assert_eq!(
+            s.handle_record(truncated).unwrap_err().kind(),
+            ErrorKind::FdsTruncated
+        );
+        let mut s = established();
+        assert!(matches!(
+            s.handle_record(record(b"", vec![])),
+            Ok(Inbound::EndOfFile)
+        ));
+    }
+
+    #[test]
+    fn a_writable_region_from_an_untrusted_peer_is_refused_a_frozen_one_accepted() {
+        let mut s = Session::new(Limits::default(), false, Realm::unique());
+        let mut frame = Vec::new();
+        s.poll_control(&mut frame);
+        s.control_sent(Control::Hello);
+        s.handle_record(record(&wire::hello_frame(Announced::default()), vec![]))
+            .unwrap();
+        let frozen = Region::create_in(4096, Realm::unique()).unwrap();
+        frozen.freeze().unwrap();
+        let d = Descriptor {
+            id: 1,
+            flags: FLAG_NEW | FLAG_FROZEN,
+            size: 4096,
+        };
+        let fd = frozen.file().unwrap().try_clone().unwrap();
+        assert!(matches!(
+            s.handle_record(record(&message(&[d], b""), vec![fd])),
+            Ok(Inbound::Message(_))
+        ));
+        let d = Descriptor {
+            id: 2,
+            flags: FLAG_NEW,
+            size: 4096,
+        };
+        let e = s
+            .handle_record(record(&message(&[d], b""), vec![foreign(4096)]))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RegionWritable);
+    }
+
+    #[test]
+    fn local_limits_end_the_session_before_anything_is_mapped() {
+        let limits = Limits {
+            max_bound_regions: 1,
+            max_region_size: 8192,
+            ..Limits::default()
+        };
+        let mut s = Session::new(limits, true, Realm::unique());
+        let mut frame = Vec::new();
+        s.poll_control(&mut frame);
+        s.control_sent(Control::Hello);
+        s.handle_record(record(&wire::hello_frame(Announced::default()), vec![]))
+            .unwrap();
+        let big = Descriptor {
+            id: 1,
+            flags: FLAG_NEW,
+            size: 16384,
+        };
+        let e = s
+            .handle_record(record(&message(&[big], b""), vec![foreign(16384)]))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+
+        let mut s = Session::new(limits, true, Realm::unique());
+        s.poll_control(&mut frame);
+        s.control_sent(Control::Hello);
+        s.handle_record(record(&wire::hello_frame(Announced::default()), vec![]))
+            .unwrap();
+        let one = Descriptor {
+            id: 1,
+            flags: FLAG_NEW,
+            size: 4096,
+        };
+        s.handle_record(record(&message(&[one], b""), vec![foreign(4096)]))
+            .unwrap();
+        let two = Descriptor { id: 2, ..one };
+        let e = s
+            .handle_record(record(&message(&[two], b""), vec![foreign(4096)]))
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::LimitExceeded,
+            "a second bound region is over maxBoundRegions"
+        );
+    }
+
+    #[test]
+    fn a_message_over_the_peers_announced_limits_is_refused_before_encoding() {
+        let s = established();
+        let e = s.check_message("send", 65537, &[]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
+        let regions: Vec<Region> = (0..33).map(|_| Region::create(64).unwrap()).collect();
+        let attach: Vec<Attach> = regions.iter().map(Attach::share).collect();
+        assert_eq!(
+            s.check_message("send", 0, &attach).unwrap_err().kind(),
+            ErrorKind::TooManyRegions
+        );
     }
 }

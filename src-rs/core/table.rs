@@ -193,7 +193,11 @@ mod tests {
         assert_eq!(table.own_id(&a), Some(1));
         assert_eq!(table.next_free_id(&[]), 2);
         table.bind_own(u32::MAX, &b);
-        assert_eq!(table.next_free_id(&[]), 2, "wraps past 0 to the first free id");
+        assert_eq!(
+            table.next_free_id(&[]),
+            2,
+            "wraps past 0 to the first free id"
+        );
         assert_eq!(table.unbind_own(&a), Some(1));
         assert_eq!(table.unbind_own(&a), None);
         assert_eq!(table.own_id(&a), None);

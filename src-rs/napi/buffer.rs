@@ -49,7 +49,9 @@ impl Lease for JsView {
             // SAFETY: `value` is the ArrayBuffer this lease was made for. Detaching an
             // already detached buffer does nothing.
             let status = unsafe { sys::napi_detach_arraybuffer(self.env, value) };
-            debug_assert_eq!(status, sys::Status::napi_ok);
+            // Detaching an ArrayBuffer of ours cannot fail unless the environment is
+            // going away, which takes the buffer with it.
+            crate::error::after_teardown(status);
         }
     }
 }
@@ -67,8 +69,8 @@ unsafe extern "C" fn release_lent(env: sys::napi_env, _data: *mut c_void, hint: 
     let lent = unsafe { Box::from_raw(hint.cast::<Lent>()) };
     if let Some(view) = &lent.view {
         // SAFETY: the reference belongs to `env`, on whose thread finalizers run; it is
-        // deleted exactly once, here. A failure cannot be acted upon in a finalizer.
-        let _ = unsafe { sys::napi_delete_reference(env, view.buffer) };
+        // deleted exactly once, here.
+        crate::error::after_teardown(unsafe { sys::napi_delete_reference(env, view.buffer) });
     }
 }
 
@@ -135,7 +137,14 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
         let mut array = ptr::null_mut();
         // SAFETY: `buffer` is the ArrayBuffer just created, of `len` bytes.
         let status = unsafe {
-            sys::napi_create_typedarray(env, sys::TypedarrayType::uint8_array, len, buffer, 0, &mut array)
+            sys::napi_create_typedarray(
+                env,
+                sys::TypedarrayType::uint8_array,
+                len,
+                buffer,
+                0,
+                &mut array,
+            )
         };
         if status != sys::Status::napi_ok {
             clear_exception(env);
@@ -157,16 +166,7 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
 /// Clears the exception a refused allocation left pending: the caller reports a coded
 /// error instead.
 fn clear_exception(env: sys::napi_env) {
-    let mut pending = false;
-    // SAFETY: `env` is live; a pending exception is taken (and dropped) before the coded
-    // error is thrown in its place.
-    unsafe {
-        sys::napi_is_exception_pending(env, &mut pending);
-        if pending {
-            let mut ignored = ptr::null_mut();
-            sys::napi_get_and_clear_last_exception(env, &mut ignored);
-        }
-    }
+    let _replaced_by_coded_error = crate::driver::take_exception(env);
 }
 
 /// The bytes of a JavaScript `ArrayBufferView` (a `Buffer`, any `TypedArray`, a
@@ -255,9 +255,9 @@ pub fn external_buffers_allowed(env: sys::napi_env) -> bool {
         )
     };
     if status == sys::Status::napi_ok {
-        // SAFETY: `buffer` is the ArrayBuffer just created; detaching it cannot fail for
-        // an ArrayBuffer, and a failure would leave a 1-byte view nobody can reach.
-        let _ = unsafe { sys::napi_detach_arraybuffer(env, buffer) };
+        // SAFETY: `buffer` is the ArrayBuffer just created; no script can reach it, so
+        // whether detaching it succeeds changes nothing anyone sees.
+        crate::error::after_teardown(unsafe { sys::napi_detach_arraybuffer(env, buffer) });
         true
     } else {
         if status == sys::Status::napi_no_external_buffers_allowed {
@@ -286,9 +286,14 @@ impl Allocated {
         (self.data, self.len)
     }
 
-    pub fn into_buffer(self, env: &napi::Env) -> napi::Result<napi::bindgen_prelude::BufferSlice<'_>> {
+    pub fn into_buffer(
+        self,
+        env: &napi::Env,
+    ) -> napi::Result<napi::bindgen_prelude::BufferSlice<'_>> {
         // SAFETY: `value` is the Buffer `allocate` created in `env`, in the current scope.
-        unsafe { <napi::bindgen_prelude::BufferSlice as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), self.value) }
+        unsafe {
+            <napi::bindgen_prelude::BufferSlice as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), self.value)
+        }
     }
 }
 
@@ -327,11 +332,17 @@ pub fn read_new<'env>(
 ) -> napi::Result<napi::bindgen_prelude::BufferSlice<'env>> {
     const OP: &str = "Region.read";
     let fail = |e| crate::error::throw(env, e);
-    if offset.checked_add(length).is_none_or(|end| end > region.size()) {
+    if offset
+        .checked_add(length)
+        .is_none_or(|end| end > region.size())
+    {
         return Err(fail(shmlink::Error::new(
             ErrorKind::InvalidArgument,
             OP,
-            format!("bytes {offset}..{offset}+{length} lie outside the region's {} bytes", region.size()),
+            format!(
+                "bytes {offset}..{offset}+{length} lie outside the region's {} bytes",
+                region.size()
+            ),
         )));
     }
     let mut target = allocate(env.raw(), length, OP).map_err(fail)?;
@@ -344,7 +355,12 @@ pub fn read_new<'env>(
 
 /// Copies from `region` at `offset` into the view `target`, as many bytes as fit;
 /// returns how many.
-pub fn read_into(env: sys::napi_env, region: &Region, offset: usize, target: sys::napi_value) -> shmlink::Result<usize> {
+pub fn read_into(
+    env: sys::napi_env,
+    region: &Region,
+    offset: usize,
+    target: sys::napi_value,
+) -> shmlink::Result<usize> {
     const OP: &str = "Region.read";
     let (ptr, len) = view_bytes(env, target, OP)?;
     let count = len.min(region.size().saturating_sub(offset));
@@ -355,7 +371,12 @@ pub fn read_into(env: sys::napi_env, region: &Region, offset: usize, target: sys
 }
 
 /// Copies the bytes of the view `data` into `region` at `offset`.
-pub fn write_from(env: sys::napi_env, region: &Region, offset: usize, data: sys::napi_value) -> shmlink::Result<()> {
+pub fn write_from(
+    env: sys::napi_env,
+    region: &Region,
+    offset: usize,
+    data: sys::napi_value,
+) -> shmlink::Result<()> {
     let (ptr, len) = view_bytes(env, data, "Region.write")?;
     // SAFETY: `ptr` is valid for `len` reads for this call; `copy_in` is a memmove, so
     // `data` may be a view of this very region.
@@ -363,11 +384,17 @@ pub fn write_from(env: sys::napi_env, region: &Region, offset: usize, data: sys:
 }
 
 /// The bytes of the view `payload`, for sending without a copy.
-pub fn payload<'a>(env: sys::napi_env, payload: &'a napi::bindgen_prelude::Uint8ArraySlice<'_>, op: &'static str) -> shmlink::Result<Bytes<'a>> {
+pub fn payload<'a>(
+    env: sys::napi_env,
+    payload: &'a napi::bindgen_prelude::Uint8ArraySlice<'_>,
+    op: &'static str,
+) -> shmlink::Result<Bytes<'a>> {
     use napi::bindgen_prelude::ToNapiValue;
     // SAFETY: converting an argument of the current call back to its own value.
-    let value = unsafe { <&napi::bindgen_prelude::Uint8ArraySlice as ToNapiValue>::to_napi_value(env, payload) }
-        .map_err(|e| shmlink::Error::new(ErrorKind::Runtime, op, e.to_string()))?;
+    let value = unsafe {
+        <&napi::bindgen_prelude::Uint8ArraySlice as ToNapiValue>::to_napi_value(env, payload)
+    }
+    .map_err(|e| shmlink::Error::new(ErrorKind::Runtime, op, e.to_string()))?;
     let (ptr, len) = view_bytes(env, value, op)?;
     // SAFETY: the view is an argument of the current call, alive (and its memory valid
     // for `len` reads) for as long as `payload` is borrowed.

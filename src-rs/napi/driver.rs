@@ -21,7 +21,7 @@ use napi::{Env, sys};
 use napi_derive::napi;
 use shmlink::{Endpoint, Event, Interest, Listener, Message, Region};
 
-use crate::error::{ErrorInfo, check};
+use crate::error::{ErrorInfo, after_teardown, check};
 
 /// What a wake-up backend does for a driver. Every method is called on the JavaScript
 /// thread.
@@ -59,10 +59,17 @@ pub struct ReceivedMessage<'env> {
 
 /// `message` as JavaScript receives it; the region handles go to `arrived`, for
 /// `takeRegion`, until the next message.
-pub fn received<'env>(env: &'env Env, message: &Message, arrived: &Arrived) -> napi::Result<ReceivedMessage<'env>> {
+pub fn received<'env>(
+    env: &'env Env,
+    message: &Message,
+    arrived: &Arrived,
+) -> napi::Result<ReceivedMessage<'env>> {
     let payload = BufferSlice::copy_from(env, &message.payload)?;
     if message.regions.is_empty() {
-        return Ok(ReceivedMessage { payload, regions: None });
+        return Ok(ReceivedMessage {
+            payload,
+            regions: None,
+        });
     }
     let mut regions = arrived.borrow_mut();
     regions.clear();
@@ -80,7 +87,10 @@ pub fn received<'env>(env: &'env Env, message: &Message, arrived: &Arrived) -> n
             }
         })
         .collect();
-    Ok(ReceivedMessage { payload, regions: Some(descriptions) })
+    Ok(ReceivedMessage {
+        payload,
+        regions: Some(descriptions),
+    })
 }
 
 /// What happened on a connection, besides messages.
@@ -167,7 +177,11 @@ impl Drop for Driver {
     }
 }
 
-fn js_function(env: sys::napi_env, value: sys::napi_value, op: &'static str) -> shmlink::Result<sys::napi_ref> {
+fn js_function(
+    env: sys::napi_env,
+    value: sys::napi_value,
+    op: &'static str,
+) -> shmlink::Result<sys::napi_ref> {
     let mut reference = ptr::null_mut();
     // SAFETY: `value` is a live value of `env`; a reference of count 0 is weak.
     check(op, "napi_create_reference", unsafe {
@@ -195,7 +209,12 @@ impl Driver {
         let label = "shmlink";
         // SAFETY: `label` points at `label.len()` bytes of UTF-8.
         check(OP, "napi_create_string_utf8", unsafe {
-            sys::napi_create_string_utf8(env, label.as_ptr().cast(), label.len() as isize, &mut name)
+            sys::napi_create_string_utf8(
+                env,
+                label.as_ptr().cast(),
+                label.len() as isize,
+                &mut name,
+            )
         })?;
         let mut context = ptr::null_mut();
         // SAFETY: `name` is a live value of `env`; a null resource lets the runtime make one.
@@ -222,14 +241,21 @@ impl Driver {
             referenced: Cell::new(true),
             arrived,
         });
-        let driver = Driver { core: Rc::clone(&core) };
+        let driver = Driver {
+            core: Rc::clone(&core),
+        };
         let backend = make_backend(env, fd, &core)?;
         *core.backend.borrow_mut() = Some(backend);
         let mut hook = ptr::null_mut();
         // SAFETY: the data is this core, kept alive by the backend until it is closed,
         // which removes the hook first (`backend_closed`).
         check(OP, "napi_add_async_cleanup_hook", unsafe {
-            sys::napi_add_async_cleanup_hook(env, Some(on_env_teardown), Rc::as_ptr(&core) as *mut c_void, &mut hook)
+            sys::napi_add_async_cleanup_hook(
+                env,
+                Some(on_env_teardown),
+                Rc::as_ptr(&core) as *mut c_void,
+                &mut hook,
+            )
         })?;
         core.hook.set(hook);
         core.set_ref(false);
@@ -243,7 +269,10 @@ impl Driver {
     }
 }
 
-unsafe extern "C" fn on_env_teardown(_hook: sys::napi_async_cleanup_hook_handle, data: *mut c_void) {
+unsafe extern "C" fn on_env_teardown(
+    _hook: sys::napi_async_cleanup_hook_handle,
+    data: *mut c_void,
+) {
     // SAFETY: `data` is the core, alive until `backend_closed` removes this hook.
     let core = unsafe { &*(data as *const Core) };
     core.close();
@@ -256,10 +285,10 @@ impl Core {
         if self.closing.get() {
             return;
         }
-        if restart {
-            if let Some(backend) = self.backend.borrow().as_ref() {
-                let _ = backend.watch(Interest::default());
-            }
+        if restart && let Some(backend) = self.backend.borrow().as_ref() {
+            // Watching nothing only resets what the backend remembers; the interest
+            // computed after this callback is what matters, and its failure is reported.
+            let _ = backend.watch(Interest::default());
         }
         let mut scope = ptr::null_mut();
         // SAFETY: we are on the JavaScript thread of `env`, in a backend callback.
@@ -383,20 +412,33 @@ impl Core {
         let env = self.env;
         let mut function = ptr::null_mut();
         // SAFETY: the reference is live until `close`, which has not run (checked above).
-        let status = unsafe { sys::napi_get_reference_value(env, self.handlers[index], &mut function) };
+        let status =
+            unsafe { sys::napi_get_reference_value(env, self.handlers[index], &mut function) };
         if status != sys::Status::napi_ok || function.is_null() {
             // The object that handled events was collected: nobody can take them.
             self.close();
             return None;
         }
         let mut receiver = ptr::null_mut();
+        // SAFETY: on the JavaScript thread inside a handle scope; the out pointer is valid.
+        if unsafe { sys::napi_get_global(env, &mut receiver) } != sys::Status::napi_ok {
+            report_exception(env);
+            return None;
+        }
         let mut result = ptr::null_mut();
-        // SAFETY: on the JavaScript thread inside a handle scope; `context` is live until
-        // `close`. napi_make_callback runs queued microtasks after the call when it is the
-        // outermost callback, so code awaiting a receive runs before the next event.
+        // SAFETY: as above; `context` is live until `close`. napi_make_callback runs queued
+        // microtasks after the call when it is the outermost callback, so code awaiting a
+        // receive runs before the next event.
         let status = unsafe {
-            sys::napi_get_global(env, &mut receiver);
-            sys::napi_make_callback(env, self.context, receiver, function, args.len(), args.as_ptr(), &mut result)
+            sys::napi_make_callback(
+                env,
+                self.context,
+                receiver,
+                function,
+                args.len(),
+                args.as_ptr(),
+                &mut result,
+            )
         };
         if status == sys::Status::napi_ok {
             Some(result)
@@ -457,24 +499,30 @@ impl Core {
         if self.strong.replace(strong) != strong {
             for &handler in &self.handlers {
                 let mut count = 0;
-                // SAFETY: the references are live until `close` (not yet run).
-                let _ = unsafe {
-                    if strong {
-                        sys::napi_reference_ref(self.env, handler, &mut count)
-                    } else {
-                        sys::napi_reference_unref(self.env, handler, &mut count)
-                    }
+                let status = if strong {
+                    // SAFETY: the references are live until `close` (not yet run).
+                    unsafe { sys::napi_reference_ref(self.env, handler, &mut count) }
+                } else {
+                    // SAFETY: as above.
+                    unsafe { sys::napi_reference_unref(self.env, handler, &mut count) }
                 };
+                if status != sys::Status::napi_ok {
+                    // A reference that cannot change strength leaves the endpoint either
+                    // collectable while awaited or kept alive while idle; neither is
+                    // safe to continue with, so stop driving it.
+                    self.close();
+                    return;
+                }
             }
         }
         self.set_ref(strong && self.user_ref.get());
     }
 
     fn set_ref(&self, referenced: bool) {
-        if self.referenced.replace(referenced) != referenced {
-            if let Some(backend) = self.backend.borrow().as_ref() {
-                backend.set_ref(referenced);
-            }
+        if self.referenced.replace(referenced) != referenced
+            && let Some(backend) = self.backend.borrow().as_ref()
+        {
+            backend.set_ref(referenced);
         }
     }
 
@@ -485,10 +533,10 @@ impl Core {
         }
         for &handler in &self.handlers {
             // SAFETY: each reference was created in `env` and is deleted exactly once, here.
-            let _ = unsafe { sys::napi_delete_reference(self.env, handler) };
+            after_teardown(unsafe { sys::napi_delete_reference(self.env, handler) });
         }
         // SAFETY: created in `env` by `start`, destroyed exactly once, here.
-        let _ = unsafe { sys::napi_async_destroy(self.env, self.context) };
+        after_teardown(unsafe { sys::napi_async_destroy(self.env, self.context) });
         if let Some(backend) = self.backend.borrow().as_ref() {
             backend.close();
         }
@@ -500,7 +548,7 @@ impl Core {
         if !hook.is_null() {
             // SAFETY: `hook` is this core's cleanup hook, removed exactly once (here). If
             // the environment is tearing down, removing it tells Node our cleanup finished.
-            let _ = unsafe { sys::napi_remove_async_cleanup_hook(hook) };
+            after_teardown(unsafe { sys::napi_remove_async_cleanup_hook(hook) });
         }
     }
 }
@@ -509,15 +557,23 @@ impl Core {
 /// `uncaughtException` machinery, as an exception thrown by any other event-loop callback
 /// would be.
 fn report_exception(env: sys::napi_env) {
-    let mut pending = false;
-    // SAFETY: `env` is live (we are on its thread).
-    let _ = unsafe { sys::napi_is_exception_pending(env, &mut pending) };
-    if pending {
-        let mut error = ptr::null_mut();
-        // SAFETY: an exception is pending; taking it clears it before re-raising it.
-        unsafe {
-            sys::napi_get_and_clear_last_exception(env, &mut error);
-            sys::napi_fatal_exception(env, error);
-        }
+    if let Some(error) = take_exception(env) {
+        // SAFETY: `error` is the exception just taken, a value of `env`; handing it to the
+        // runtime's uncaught-exception handling cannot itself be reported further.
+        after_teardown(unsafe { sys::napi_fatal_exception(env, error) });
     }
+}
+
+/// The pending exception of `env`, cleared; `None` when none is pending.
+pub fn take_exception(env: sys::napi_env) -> Option<sys::napi_value> {
+    let mut pending = false;
+    // SAFETY: `env` is live (we are on its thread); the out pointer is valid.
+    let status = unsafe { sys::napi_is_exception_pending(env, &mut pending) };
+    if status != sys::Status::napi_ok || !pending {
+        return None;
+    }
+    let mut error = ptr::null_mut();
+    // SAFETY: an exception is pending; taking it clears it.
+    let status = unsafe { sys::napi_get_and_clear_last_exception(env, &mut error) };
+    (status == sys::Status::napi_ok).then_some(error)
 }

@@ -15,12 +15,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{BufferSlice, ClassInstance, FnArgs, Function, JsValue, Object, Uint8ArraySlice};
 use napi::Env;
+use napi::bindgen_prelude::{
+    BufferSlice, ClassInstance, FnArgs, Function, JsValue, Object, Uint8ArraySlice,
+};
 use napi_derive::napi;
 use shmlink::{
-    Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Realm,
-    Region, Submitted,
+    Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter,
+    Realm, Region, Submitted,
 };
 
 use crate::driver::{Arrived, Driver, EndpointEvent, ReceivedMessage, Target};
@@ -37,15 +39,23 @@ fn realm() -> Realm {
 }
 
 fn invalid(env: &Env, op: &'static str, message: String) -> napi::Error {
-    throw(env, shmlink::Error::new(ErrorKind::InvalidArgument, op, message))
+    throw(
+        env,
+        shmlink::Error::new(ErrorKind::InvalidArgument, op, message),
+    )
 }
 
 /// A non-negative integer argument that JavaScript passed as a number.
 fn to_count(env: &Env, op: &'static str, value: f64, what: &str) -> napi::Result<u64> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0 {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value <= 9_007_199_254_740_991.0
+    {
         Ok(value as u64)
     } else {
-        Err(invalid(env, op, format!("{what} must be a non-negative safe integer, not {value}")))
+        Err(invalid(
+            env,
+            op,
+            format!("{what} must be a non-negative safe integer, not {value}"),
+        ))
     }
 }
 
@@ -110,7 +120,8 @@ fn limits(env: &Env, op: &'static str, init: Option<&LimitsInit>) -> napi::Resul
         return Ok(limits);
     };
     if let Some(value) = init.max_regions {
-        limits.max_regions = u16::try_from(value).map_err(|_| invalid(env, op, format!("maxRegions {value} is out of range")))?;
+        limits.max_regions = u16::try_from(value)
+            .map_err(|_| invalid(env, op, format!("maxRegions {value} is out of range")))?;
     }
     if let Some(value) = init.max_payload {
         limits.max_payload = value;
@@ -129,8 +140,13 @@ fn limits(env: &Env, op: &'static str, init: Option<&LimitsInit>) -> napi::Resul
 
 fn peer_filter(init: Option<&PeerFilterInit>) -> PeerFilter {
     match init {
-        Some(PeerFilterInit { any_user: Some(true), .. }) => PeerFilter::AnyUser,
-        Some(PeerFilterInit { uids: Some(uids), .. }) => PeerFilter::Users(uids.clone()),
+        Some(PeerFilterInit {
+            any_user: Some(true),
+            ..
+        }) => PeerFilter::AnyUser,
+        Some(PeerFilterInit {
+            uids: Some(uids), ..
+        }) => PeerFilter::Users(uids.clone()),
         _ => PeerFilter::SameUser,
     }
 }
@@ -138,7 +154,12 @@ fn peer_filter(init: Option<&PeerFilterInit>) -> PeerFilter {
 /// Sends that go out at once between two turns of the event loop (`Options::yield_every`).
 const SENDS_PER_TURN: u32 = 64;
 
-fn endpoint_options(env: &Env, op: &'static str, init: Option<&EndpointOptions>, trusted: bool) -> napi::Result<Options> {
+fn endpoint_options(
+    env: &Env,
+    op: &'static str,
+    init: Option<&EndpointOptions>,
+    trusted: bool,
+) -> napi::Result<Options> {
     Ok(Options {
         limits: limits(env, op, init.and_then(|o| o.limits.as_ref()))?,
         accept_writable: init.and_then(|o| o.accept_writable).unwrap_or(trusted),
@@ -166,7 +187,11 @@ impl NativeRegion {
 
     #[napi(getter)]
     pub fn size(&self) -> f64 {
-        if self.region.is_closed() { 0.0 } else { self.region.size() as f64 }
+        if self.region.is_closed() {
+            0.0
+        } else {
+            self.region.size() as f64
+        }
     }
 
     #[napi(getter)]
@@ -203,7 +228,12 @@ impl NativeRegion {
     /// Copies `length` bytes at `offset` into a new Buffer, allocated by the runtime
     /// (one copy; a length no Buffer can hold is refused, never an abort).
     #[napi]
-    pub fn read<'env>(&self, env: &'env Env, offset: f64, length: f64) -> napi::Result<BufferSlice<'env>> {
+    pub fn read<'env>(
+        &self,
+        env: &'env Env,
+        offset: f64,
+        length: f64,
+    ) -> napi::Result<BufferSlice<'env>> {
         const OP: &str = "Region.read";
         let offset = to_usize(env, OP, offset, "offset")?;
         let length = to_usize(env, OP, length, "length")?;
@@ -242,6 +272,13 @@ impl NativeRegion {
     pub fn close(&self) {
         self.region.close();
     }
+}
+
+/// Every error code, in the order `docs/ERRORS.md` lists them (a test compares them
+/// with `index.ts`'s `ErrorCode` and with the document).
+#[napi]
+pub fn error_codes() -> Vec<&'static str> {
+    ErrorKind::ALL.iter().map(|kind| kind.code()).collect()
 }
 
 /// Whether this runtime lets native code lend memory to `ArrayBuffer`s.
@@ -326,18 +363,29 @@ impl NativeEndpoint {
         }
     }
 
-    fn received<'env>(&self, env: &'env Env, message: &shmlink::Message) -> napi::Result<ReceivedMessage<'env>> {
+    fn received<'env>(
+        &self,
+        env: &'env Env,
+        message: &shmlink::Message,
+    ) -> napi::Result<ReceivedMessage<'env>> {
         driver::received(env, message, &self.arrived)
     }
 }
 
 fn attachments<'a>(list: &'a [Attachment<'_>]) -> Vec<Attach<'a>> {
     list.iter()
-        .map(|a| Attach { region: &a.region.region, transfer: a.transfer })
+        .map(|a| Attach {
+            region: &a.region.region,
+            transfer: a.transfer,
+        })
         .collect()
 }
 
-fn payload_bytes<'a>(env: &Env, payload: &'a Uint8ArraySlice, op: &'static str) -> napi::Result<Bytes<'a>> {
+fn payload_bytes<'a>(
+    env: &Env,
+    payload: &'a Uint8ArraySlice,
+    op: &'static str,
+) -> napi::Result<Bytes<'a>> {
     buffer::payload(env.raw(), payload, op).map_err(|e| throw(env, e))
 }
 
@@ -353,16 +401,26 @@ impl NativeEndpoint {
 
     /// An endpoint and the raw socket of its peer, to hand to a child process.
     #[napi]
-    pub fn pair_for_child(env: Env, options: Option<EndpointOptions>) -> napi::Result<(NativeEndpoint, NativeSocket)> {
+    pub fn pair_for_child(
+        env: Env,
+        options: Option<EndpointOptions>,
+    ) -> napi::Result<(NativeEndpoint, NativeSocket)> {
         let options = endpoint_options(&env, "spawnWithEndpoint", options.as_ref(), true)?;
         let (mine, theirs) = Endpoint::pair_for_child(options).map_err(|e| throw(&env, e))?;
-        Ok((NativeEndpoint::wrap(mine), NativeSocket { fd: Some(theirs) }))
+        Ok((
+            NativeEndpoint::wrap(mine),
+            NativeSocket { fd: Some(theirs) },
+        ))
     }
 
     /// Connects to a listener at `path` (a leading NUL byte: Linux abstract name) whose
     /// owner passes `options.server`.
     #[napi]
-    pub fn connect(env: Env, path: String, options: Option<EndpointOptions>) -> napi::Result<NativeEndpoint> {
+    pub fn connect(
+        env: Env,
+        path: String,
+        options: Option<EndpointOptions>,
+    ) -> napi::Result<NativeEndpoint> {
         const OP: &str = "Endpoint.connect";
         let server = peer_filter(options.as_ref().and_then(|o| o.server.as_ref()));
         let options = endpoint_options(&env, OP, options.as_ref(), false)?;
@@ -373,7 +431,11 @@ impl NativeEndpoint {
 
     /// Takes over the connected `SOCK_SEQPACKET` socket `fd`.
     #[napi]
-    pub fn from_fd(env: Env, fd: i32, options: Option<EndpointOptions>) -> napi::Result<NativeEndpoint> {
+    pub fn from_fd(
+        env: Env,
+        fd: i32,
+        options: Option<EndpointOptions>,
+    ) -> napi::Result<NativeEndpoint> {
         const OP: &str = "Endpoint.fromFd";
         let options = endpoint_options(&env, OP, options.as_ref(), true)?;
         Endpoint::from_raw_fd(fd, options)
@@ -415,8 +477,15 @@ impl NativeEndpoint {
 
     #[napi]
     pub fn peer(&self, env: Env) -> napi::Result<PeerCredentials> {
-        let creds = self.endpoint.peer_credentials().map_err(|e| throw(&env, e))?;
-        Ok(PeerCredentials { pid: creds.pid, uid: creds.uid, gid: creds.gid })
+        let creds = self
+            .endpoint
+            .peer_credentials()
+            .map_err(|e| throw(&env, e))?;
+        Ok(PeerCredentials {
+            pid: creds.pid,
+            uid: creds.uid,
+            gid: creds.gid,
+        })
     }
 
     #[napi]
@@ -445,7 +514,12 @@ impl NativeEndpoint {
     /// Sends now if it can, else queues: 0 when the message left, otherwise its ticket,
     /// which a `sent` or `sendFailed` event settles.
     #[napi]
-    pub fn send(&self, env: Env, payload: Uint8ArraySlice, attachments_list: Option<Vec<Attachment>>) -> napi::Result<f64> {
+    pub fn send(
+        &self,
+        env: Env,
+        payload: Uint8ArraySlice,
+        attachments_list: Option<Vec<Attachment>>,
+    ) -> napi::Result<f64> {
         let bytes = payload_bytes(&env, &payload, "send")?;
         let list = attachments_list.unwrap_or_default();
         match self.endpoint.send(bytes, &attachments(&list)) {
@@ -472,15 +546,24 @@ impl NativeEndpoint {
 
     /// Sends behind whatever is queued, blocking up to `timeoutMs` (negative: forever).
     #[napi]
-    pub fn send_sync(&self, env: Env, payload: Uint8ArraySlice, attachments_list: Option<Vec<Attachment>>, timeout_ms: f64) -> napi::Result<()> {
+    pub fn send_sync(
+        &self,
+        env: Env,
+        payload: Uint8ArraySlice,
+        attachments_list: Option<Vec<Attachment>>,
+        timeout_ms: f64,
+    ) -> napi::Result<()> {
         const OP: &str = "sendSync";
         let timeout = to_timeout(&env, OP, timeout_ms)?;
         let bytes = payload_bytes(&env, &payload, OP)?;
         let list = attachments_list.unwrap_or_default();
         let mut stop = backend::interrupt_check(env.raw());
-        let sent = self
-            .endpoint
-            .send_blocking_interruptible(bytes, &attachments(&list), timeout, &mut stop);
+        let sent = self.endpoint.send_blocking_interruptible(
+            bytes,
+            &attachments(&list),
+            timeout,
+            &mut stop,
+        );
         self.settle();
         sent.map_err(|e| throw(&env, e))
     }
@@ -514,7 +597,11 @@ impl NativeEndpoint {
     /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only what
     /// is there).
     #[napi]
-    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<ReceivedMessage<'env>> {
+    pub fn recv_sync<'env>(
+        &self,
+        env: &'env Env,
+        timeout_ms: f64,
+    ) -> napi::Result<ReceivedMessage<'env>> {
         let timeout = to_timeout(env, "recvSync", timeout_ms)?;
         let mut stop = backend::interrupt_check(env.raw());
         let received = self.endpoint.recv_interruptible(timeout, &mut stop);
@@ -527,9 +614,13 @@ impl NativeEndpoint {
     #[napi]
     pub fn take_region(&self, env: Env, index: u32) -> napi::Result<NativeRegion> {
         let region = self.arrived.borrow().get(index as usize).cloned();
-        region
-            .map(|region| NativeRegion { region })
-            .ok_or_else(|| invalid(&env, "recv", format!("no region {index} in the last message")))
+        region.map(|region| NativeRegion { region }).ok_or_else(|| {
+            invalid(
+                &env,
+                "recv",
+                format!("no region {index} in the last message"),
+            )
+        })
     }
 
     /// Tells the peer this side no longer refers to `region` (RELEASE).
@@ -624,7 +715,11 @@ pub struct NativeListener {
 impl NativeListener {
     /// Listens at `path` (a leading NUL byte: Linux abstract name).
     #[napi]
-    pub fn bind(env: Env, path: String, options: Option<ListenerOptions>) -> napi::Result<NativeListener> {
+    pub fn bind(
+        env: Env,
+        path: String,
+        options: Option<ListenerOptions>,
+    ) -> napi::Result<NativeListener> {
         const OP: &str = "Endpoint.listen";
         let options = options.as_ref();
         let endpoint = Options {
@@ -637,11 +732,18 @@ impl NativeListener {
         let listen = ListenOptions {
             allow: peer_filter(options.and_then(|o| o.allow.as_ref())),
             endpoint,
-            max_pending: options.and_then(|o| o.max_pending).map_or(defaults.max_pending, |n| n as usize),
-            backlog: options.and_then(|o| o.backlog).map_or(defaults.backlog, |n| n as usize),
+            max_pending: options
+                .and_then(|o| o.max_pending)
+                .map_or(defaults.max_pending, |n| n as usize),
+            backlog: options
+                .and_then(|o| o.backlog)
+                .map_or(defaults.backlog, |n| n as usize),
         };
         Listener::bind(path, listen)
-            .map(|listener| NativeListener { listener: Arc::new(listener), driver: RefCell::new(None) })
+            .map(|listener| NativeListener {
+                listener: Arc::new(listener),
+                driver: RefCell::new(None),
+            })
             .map_err(|e| throw(&env, e))
     }
 

@@ -113,14 +113,13 @@ impl Backend for UvPoll {
         if self.events.replace(events) == events {
             return Ok(());
         }
-        // SAFETY: the handle is initialized and not closed (the driver stops calling its
-        // backend once closing); uv_poll_start replaces the events of an active handle.
-        let status = unsafe {
-            if events == 0 {
-                uv_poll_stop(self.handle)
-            } else {
-                uv_poll_start(self.handle, events, on_poll)
-            }
+        let status = if events == 0 {
+            // SAFETY: the handle is initialized and not closed (the driver stops calling
+            // its backend once closing).
+            unsafe { uv_poll_stop(self.handle) }
+        } else {
+            // SAFETY: as above; uv_poll_start replaces the events of an active handle.
+            unsafe { uv_poll_start(self.handle, events, on_poll) }
         };
         if status == 0 {
             Ok(())
@@ -134,30 +133,32 @@ impl Backend for UvPoll {
     }
 
     fn set_ref(&self, referenced: bool) {
-        // SAFETY: the handle is initialized and not closed.
-        unsafe {
-            if referenced {
-                uv_ref(self.handle);
-            } else {
-                uv_unref(self.handle);
-            }
+        if referenced {
+            // SAFETY: the handle is initialized and not closed.
+            unsafe { uv_ref(self.handle) };
+        } else {
+            // SAFETY: the handle is initialized and not closed.
+            unsafe { uv_unref(self.handle) };
         }
     }
 
     fn close(&self) {
+        // SAFETY: the handle is initialized; stopping a stopped handle does nothing, and
+        // uv_poll_stop cannot fail on an initialized handle (it always returns 0).
+        unsafe { uv_poll_stop(self.handle) };
         // SAFETY: the handle is initialized and this is its only close (the driver calls
-        // `close` once).
-        unsafe {
-            uv_poll_stop(self.handle);
-            uv_close(self.handle, on_close);
-        }
+        // `close` once); `on_close` frees it.
+        unsafe { uv_close(self.handle, on_close) };
     }
 }
 
 unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) {
-    // SAFETY: `data` was set to an `Rc<Core>` raw pointer in `UvPoll::start` and stays
-    // valid until `on_close`, which libuv runs after the last poll callback.
-    let core = unsafe { &*(handle.cast::<*const Core>().read()) };
+    // SAFETY: `data`, the first field of the handle, holds the pointer `UvPoll::start`
+    // wrote there.
+    let data = unsafe { handle.cast::<*const Core>().read() };
+    // SAFETY: `data` is an `Rc<Core>` the handle owns until `on_close`, which libuv runs
+    // after the last poll callback.
+    let core = unsafe { &*data };
     // libuv reports a socket error (POLLERR: the peer closed with data of ours unread)
     // as a failed poll and stops the handle. Reading tells what happened and delivers
     // whatever the peer sent first; the driver then watches anew.
@@ -174,9 +175,12 @@ unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) 
 }
 
 unsafe extern "C" fn on_close(handle: *mut c_void) {
-    // SAFETY: `data` holds the strong reference `UvPoll::start` leaked into it; this is
-    // the last callback libuv makes for the handle, so the reference is taken back once.
-    let core = unsafe { Rc::from_raw(handle.cast::<*const Core>().read()) };
+    // SAFETY: `data`, the first field of the handle, holds the pointer `UvPoll::start`
+    // wrote there.
+    let data = unsafe { handle.cast::<*const Core>().read() };
+    // SAFETY: `data` is the strong reference `UvPoll::start` leaked; this is the last
+    // callback libuv makes for the handle, so the reference is taken back once.
+    let core = unsafe { Rc::from_raw(data) };
     core.backend_closed();
     drop(core);
     // SAFETY: libuv is done with the handle (this is its close callback).

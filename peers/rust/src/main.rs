@@ -382,7 +382,10 @@ fn hostile(socket: &str, cases_path: &str, name: &str) -> Outcome {
     };
     match case["hello"].as_str().unwrap_or("valid") {
         "none" => {}
-        "valid" => send(&shmlink::wire::hello_frame(shmlink::wire::Announced::default()), &[])?,
+        "valid" => send(
+            &shmlink::wire::hello_frame(shmlink::wire::Announced::default()),
+            &[],
+        )?,
         custom => send(&unhex(custom)?, &[])?,
     }
     let mut keep: Vec<OwnedFd> = Vec::new();

@@ -64,7 +64,14 @@ pub(crate) fn create_memory_file(size: usize, op: &'static str) -> Result<OwnedF
         &fd,
         FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
     )
-    .map_err(|e| Error::os(op, "fcntl(F_ADD_SEALS)", e, "this kernel cannot seal memfds"))?;
+    .map_err(|e| {
+        Error::os(
+            op,
+            "fcntl(F_ADD_SEALS)",
+            e,
+            "this kernel cannot seal memfds",
+        )
+    })?;
     Ok(fd)
 }
 
@@ -123,8 +130,14 @@ pub(crate) fn seal_contents(fd: BorrowedFd<'_>, op: &'static str) -> Result<()> 
 
 /// The file type, filesystem, size and identity of a descriptor.
 pub(crate) fn file_info(fd: BorrowedFd<'_>) -> Result<FileInfo> {
-    let st = fstat(fd)
-        .map_err(|e| Error::os("inspect region", "fstat", e, "the descriptor cannot be inspected"))?;
+    let st = fstat(fd).map_err(|e| {
+        Error::os(
+            "inspect region",
+            "fstat",
+            e,
+            "the descriptor cannot be inspected",
+        )
+    })?;
     let is_regular = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
     // Only regular files are asked which filesystem they live on; a socket or pipe
     // answers fstatfs too, but the answer means nothing for a region.
@@ -164,11 +177,10 @@ pub(crate) unsafe fn read_file_at(
     while done < len {
         let at = i64::try_from(offset + done)
             .map_err(|_| Error::invalid(op, "the offset does not fit in off_t"))?;
-        // SAFETY: `dst + done .. dst + len` is valid for writes (the caller's contract);
-        // the kernel writes at most `len - done` bytes there.
-        let n = unsafe {
-            libc::pread(fd.as_raw_fd(), dst.add(done).cast(), len - done, at)
-        };
+        let at_dst = dst.wrapping_add(done);
+        // SAFETY: `at_dst .. dst + len` is valid for writes (the caller's contract); the
+        // kernel writes at most `len - done` bytes there.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), at_dst.cast(), len - done, at) };
         match Errno::result(n) {
             Ok(0) => {
                 return Err(Error::new(
@@ -246,7 +258,14 @@ pub(crate) unsafe fn discard_in_place(addr: NonNull<u8>, len: usize) -> Result<(
             MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED | MapFlags::MAP_NORESERVE,
         )
     }
-    .map_err(|e| Error::os(OP, "mmap(MAP_FIXED|MAP_ANONYMOUS)", e, "the region's memory could not be released"))?;
+    .map_err(|e| {
+        Error::os(
+            OP,
+            "mmap(MAP_FIXED|MAP_ANONYMOUS)",
+            e,
+            "the region's memory could not be released",
+        )
+    })?;
     Ok(())
 }
 
@@ -333,7 +352,8 @@ pub(crate) fn listen_at(path: &Path, backlog: usize) -> Result<(OwnedFd, Option<
             "another listener owns this path, or its directory is not writable",
         )
     })?;
-    let backlog = Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(Backlog::MAXCONN);
+    let backlog =
+        Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX)).unwrap_or(Backlog::MAXCONN);
     listen(&fd, backlog).map_err(|e| Error::os(OP, "listen", e, "the socket could not listen"))?;
     let file = (!is_abstract(path))
         .then(|| nix::sys::stat::stat(path).ok())
@@ -369,7 +389,12 @@ pub(crate) fn connect_to(path: &Path) -> Result<OwnedFd> {
             e,
             "the listener's backlog is full; retry after it accepts",
         ),
-        _ => Error::os(OP, "connect", e, "is a shmlink listener running at this path?"),
+        _ => Error::os(
+            OP,
+            "connect",
+            e,
+            "is a shmlink listener running at this path?",
+        ),
     })?;
     Ok(fd)
 }
@@ -432,7 +457,6 @@ pub(crate) fn claim_socket(raw: RawFd, op: &'static str) -> Result<OwnedFd> {
 /// Makes an inherited socket non-blocking and checks that it is a connected
 /// `SOCK_SEQPACKET` socket.
 pub(crate) fn adopt_socket(fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
-
     let kind = getsockopt(&fd, sockopt::SockType).map_err(|e| {
         let found = match e {
             Errno::EBADF => "no open descriptor".to_owned(),
@@ -454,8 +478,14 @@ pub(crate) fn adopt_socket(fd: BorrowedFd<'_>, op: &'static str) -> Result<()> {
             ),
         ));
     }
-    let flags = fcntl(fd, FcntlArg::F_GETFL)
-        .map_err(|e| Error::os(op, "fcntl(F_GETFL)", e, "the descriptor cannot be inspected"))?;
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(|e| {
+        Error::os(
+            op,
+            "fcntl(F_GETFL)",
+            e,
+            "the descriptor cannot be inspected",
+        )
+    })?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(|e| {
         Error::os(
@@ -502,7 +532,10 @@ pub(crate) fn send_record(
 ) -> Result<Io<usize>> {
     const MAX_PARTS: usize = 2;
     if parts.len() > MAX_PARTS {
-        return Err(Error::invalid("send", "a record is sent in at most two parts"));
+        return Err(Error::invalid(
+            "send",
+            "a record is sent in at most two parts",
+        ));
     }
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -540,9 +573,10 @@ pub(crate) fn send_record(
         // SAFETY: CMSG_DATA computes an offset inside the header just written.
         let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<c_int>();
         for (i, fd) in fds.iter().enumerate() {
-            // SAFETY: the data area holds `fds.len()` ints (CMSG_LEN above); it may be
-            // unaligned for c_int.
-            unsafe { data.add(i).write_unaligned(fd.as_raw_fd()) };
+            let slot = data.wrapping_add(i);
+            // SAFETY: the data area holds `fds.len()` ints (CMSG_LEN above), so `slot` is
+            // inside it; it may be unaligned for c_int.
+            unsafe { slot.write_unaligned(fd.as_raw_fd()) };
         }
     }
     loop {
@@ -686,7 +720,14 @@ pub(crate) fn wait(
         match poll(&mut fds, timeout) {
             Ok(n) => return Ok(n > 0),
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(Error::os("wait", "poll", e, "the socket cannot be waited on")),
+            Err(e) => {
+                return Err(Error::os(
+                    "wait",
+                    "poll",
+                    e,
+                    "the socket cannot be waited on",
+                ));
+            }
         }
     }
 }

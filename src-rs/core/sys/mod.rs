@@ -23,9 +23,9 @@ mod unsupported;
 use unsupported as os;
 
 pub(crate) use os::{
-    accept, adopt_socket, claim_socket, connect_to, control_buffer, create_memory_file, discard_in_place,
-    file_info, listen_at, peer_credentials, read_file_at, recv_record, remap_in_place, seal_contents, seals,
-    send_record, seqpacket_pair, shutdown_both, wait,
+    accept, adopt_socket, claim_socket, connect_to, control_buffer, create_memory_file,
+    discard_in_place, file_info, listen_at, peer_credentials, read_file_at, recv_record,
+    remap_in_place, seal_contents, seals, send_record, seqpacket_pair, shutdown_both, wait,
 };
 
 /// The seals a memory file carries.
@@ -146,23 +146,32 @@ mod tests {
             .map(|_| create_memory_file(4096, "test").unwrap())
             .collect();
         let raw: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
-        let sent = send_record(a.as_fd(), &[Bytes::from(b"one"), Bytes::from(b"two")], &raw).unwrap();
+        let sent =
+            send_record(a.as_fd(), &[Bytes::from(b"one"), Bytes::from(b"two")], &raw).unwrap();
         assert_eq!(sent, Io::Done(6));
-        assert_eq!(send_record(a.as_fd(), &[Bytes::from(b"x")], &[]).unwrap(), Io::Done(1));
+        assert_eq!(
+            send_record(a.as_fd(), &[Bytes::from(b"x")], &[]).unwrap(),
+            Io::Done(1)
+        );
         let mut buf = [0u8; 16];
         let mut control = control_buffer(4);
         let mut fds = Vec::new();
-        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap() else {
+        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap()
+        else {
             panic!("no record")
         };
         assert_eq!(&buf[..got.len], b"onetwo");
         assert_eq!(fds.len(), 3);
         for (mine, theirs) in files.iter().zip(&fds) {
-            let (m, t) = (file_info(mine.as_fd()).unwrap(), file_info(theirs.as_fd()).unwrap());
+            let (m, t) = (
+                file_info(mine.as_fd()).unwrap(),
+                file_info(theirs.as_fd()).unwrap(),
+            );
             assert_eq!(m.identity, t.identity);
         }
         fds.clear();
-        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap() else {
+        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap()
+        else {
             panic!("no record")
         };
         assert_eq!(&buf[..got.len], b"x");
@@ -170,7 +179,14 @@ mod tests {
             recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap(),
             Io::WouldBlock
         );
-        assert!(!wait(b.as_fd(), Interest::READABLE, Some(Duration::from_millis(1))).unwrap());
+        assert!(
+            !wait(
+                b.as_fd(),
+                Interest::READABLE,
+                Some(Duration::from_millis(1))
+            )
+            .unwrap()
+        );
     }
 
     #[test]
@@ -184,7 +200,8 @@ mod tests {
         let mut buf = [0u8; 16];
         let mut control = control_buffer(1);
         let mut fds = Vec::new();
-        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut fds).unwrap() else {
+        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut fds).unwrap()
+        else {
             panic!("no record")
         };
         assert!(got.control_truncated);
@@ -195,12 +212,17 @@ mod tests {
     fn a_peer_that_left_reads_as_end_of_file_and_refuses_sends() {
         let (a, b) = seqpacket_pair().unwrap();
         drop(b);
-        assert_eq!(send_record(a.as_fd(), &[Bytes::from(b"x")], &[]).unwrap(), Io::Disconnected);
+        assert_eq!(
+            send_record(a.as_fd(), &[Bytes::from(b"x")], &[]).unwrap(),
+            Io::Disconnected
+        );
         let (c, d) = seqpacket_pair().unwrap();
         shutdown_both(d.as_fd());
         let mut buf = [0u8; 16];
         let mut control = control_buffer(1);
-        let Io::Done(got) = recv_record(c.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap() else {
+        let Io::Done(got) =
+            recv_record(c.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()
+        else {
             panic!("no end-of-file")
         };
         assert_eq!(got.len, 0);

@@ -373,7 +373,10 @@ fn listener_accepts_and_both_sides_converse() {
     let listener = listen_trusted(&path);
     let client = connect_trusted(&path);
     let server = listener.accept_timeout(WAIT).unwrap();
-    assert_eq!(client.handshake(WAIT).unwrap(), shmlink::wire::Announced::default());
+    assert_eq!(
+        client.handshake(WAIT).unwrap(),
+        shmlink::wire::Announced::default()
+    );
     let region = Region::create(8192).unwrap();
     region.write(100, b"via listener").unwrap();
     client.send(b"hi", &[Attach::share(&region)]).unwrap();
@@ -445,7 +448,12 @@ fn abstract_names_leave_no_file() {
 #[test]
 fn connect_to_nothing_fails_with_the_os_error() {
     let _serial = serial();
-    let e = Endpoint::connect(socket_path("nobody"), &PeerFilter::SameUser, Options::untrusted()).unwrap_err();
+    let e = Endpoint::connect(
+        socket_path("nobody"),
+        &PeerFilter::SameUser,
+        Options::untrusted(),
+    )
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Os);
     assert!(e.to_string().contains("ENOENT"), "{e}");
 }
@@ -456,12 +464,16 @@ fn from_fd_refuses_what_is_not_a_seqpacket_socket() {
     let region = Region::create(64).unwrap();
     let fd = region.file().unwrap().try_clone().unwrap();
     assert_eq!(
-        Endpoint::from_fd(fd, Options::trusted()).unwrap_err().kind(),
+        Endpoint::from_fd(fd, Options::trusted())
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidArgument
     );
     let (s, _t) = std::os::unix::net::UnixStream::pair().unwrap();
     assert_eq!(
-        Endpoint::from_fd(s.into(), Options::trusted()).unwrap_err().kind(),
+        Endpoint::from_fd(s.into(), Options::trusted())
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidArgument
     );
 }
