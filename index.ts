@@ -392,6 +392,36 @@ interface Waiter<T> {
   reject(error: Error): void
 }
 
+/**
+ * A promise that `register` hands to whoever settles it, and that `signal` rejects with
+ * an AbortError if `cancel` can still withdraw it (false: too late, it settles as usual).
+ */
+function pending<T>(signal: AbortSignal | undefined, register: (waiter: Waiter<T>) => void, cancel: (waiter: Waiter<T>) => boolean): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => {
+      if (cancel(waiter)) reject(abortError(signal!))
+    }
+    const waiter: Waiter<T> = {
+      resolve: (value) => {
+        signal?.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      reject: (error) => {
+        signal?.removeEventListener('abort', onAbort)
+        reject(error)
+      },
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    register(waiter)
+  })
+}
+
+function remove<T>(list: T[], item: T): boolean {
+  const index = list.indexOf(item)
+  if (index >= 0) list.splice(index, 1)
+  return index >= 0
+}
+
 /** What `send()` returns when the message left at once. */
 const SENT = Promise.resolve()
 
@@ -596,26 +626,11 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       return Promise.reject(error)
     }
     if (ticket === 0) return SENT
-    const { signal } = options
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = (): void => {
-        if (this.#native?.cancel(ticket)) {
-          this.#sends.delete(ticket)
-          reject(abortError(signal!))
-        }
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#sends.set(ticket, {
-        resolve: () => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve()
-        },
-        reject: (error) => {
-          signal?.removeEventListener('abort', onAbort)
-          reject(error)
-        },
-      })
-    })
+    return pending<void>(
+      options.signal,
+      (waiter) => this.#sends.set(ticket, waiter),
+      () => (this.#native?.cancel(ticket) ?? false) && this.#sends.delete(ticket),
+    )
   }
 
   /** Sends behind anything queued, blocking the thread until there is room (or `timeoutMs` passes). */
@@ -640,27 +655,11 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       if (debugging) this.#log('recv', message)
       return Promise.resolve(message)
     }
-    return new Promise<Message>((resolve, reject) => {
-      const onAbort = (): void => {
-        const index = this.#waiters.indexOf(waiter)
-        if (index < 0) return
-        this.#waiters.splice(index, 1)
-        this.#native?.unwant()
-        reject(abortError(signal!))
-      }
-      const waiter: Waiter<Message> = {
-        resolve: (message) => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve(message)
-        },
-        reject: (error) => {
-          signal?.removeEventListener('abort', onAbort)
-          reject(error)
-        },
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#waiters.push(waiter)
-    })
+    return pending<Message>(
+      signal,
+      (waiter) => this.#waiters.push(waiter),
+      (waiter) => remove(this.#waiters, waiter) && (this.#native?.unwant(), true),
+    )
   }
 
   /** Receives the next message, blocking the thread (for CLIs and worker threads). */
@@ -716,22 +715,12 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     if (this.#native?.handshakeComplete) return Promise.resolve()
     if (this.#ended !== undefined) return Promise.reject(this.#ended)
     if (signal?.aborted) return Promise.reject(abortError(signal))
-    return new Promise<void>((resolve, reject) => {
-      const onAbort = (): void => waiter.reject(abortError(signal!))
-      const waiter: Waiter<void> = {
-        resolve: () => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve()
-        },
-        reject: (error) => {
-          signal?.removeEventListener('abort', onAbort)
-          reject(error)
-        },
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#handshakes.push(waiter)
-      this.#native?.hold(true)
-    })
+    this.#native?.hold(true)
+    return pending<void>(
+      signal,
+      (waiter) => this.#handshakes.push(waiter),
+      (waiter) => remove(this.#handshakes, waiter),
+    )
   }
 
   /** The connection ended (`reason`), or `close()` was called (no reason). */
