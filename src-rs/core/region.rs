@@ -824,6 +824,20 @@ impl Region {
     }
 }
 
+/// A sealed memory file for the fuzzing entry points: its size is read from the first
+/// descriptor of `record` when there is one (capped at 1 MiB), so the fuzzer reaches the
+/// paths past the size check.
+#[doc(hidden)]
+pub(crate) fn fuzz_file(record: &[u8]) -> Option<OwnedFd> {
+    let size = record
+        .get(16..24)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        .filter(|size| (1..=1 << 20).contains(size))
+        .unwrap_or(4096) as usize;
+    let region = Region::create_in(size, Realm::unique()).ok()?;
+    region.file()?.try_clone().ok()
+}
+
 fn closed_error(op: &'static str) -> Error {
     Error::new(
         ErrorKind::RegionClosed,
