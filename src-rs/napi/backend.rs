@@ -13,9 +13,15 @@ pub fn start(env: sys::napi_env, fd: i32, core: &Rc<Core>) -> shmlink::Result<Bo
     Ok(Box::new(UvPoll::start(env, fd, core)?))
 }
 
-/// A check a blocking call makes while it waits: whether the JavaScript environment is
-/// being torn down (a worker thread was terminated), so the call must give up.
+/// A check a blocking call makes every few milliseconds while it waits: whether the
+/// JavaScript environment is being torn down (`worker.terminate()` was called), so the
+/// call must give up and let the thread unwind. Termination cannot reach a thread blocked
+/// in a system call; calling into JavaScript tells, because V8 refuses to run script once
+/// termination is requested.
 pub fn interrupt_check(env: sys::napi_env) -> impl FnMut() -> bool {
-    let _ = env;
-    || false
+    let probe = crate::driver::noop_function(env);
+    move || match probe {
+        Some(function) => !crate::driver::runs_javascript(env, function),
+        None => false,
+    }
 }

@@ -564,6 +564,37 @@ fn report_exception(env: sys::napi_env) {
     }
 }
 
+unsafe extern "C" fn noop(_env: sys::napi_env, _info: sys::napi_callback_info) -> sys::napi_value {
+    ptr::null_mut()
+}
+
+/// A JavaScript function that does nothing, to find out whether the environment still
+/// runs script ([`runs_javascript`]); `None` if it cannot even be made.
+pub fn noop_function(env: sys::napi_env) -> Option<sys::napi_value> {
+    let mut function = ptr::null_mut();
+    let name = "shmlinkProbe";
+    // SAFETY: `name` points at `name.len()` bytes of UTF-8; `noop` ignores its arguments.
+    let status = unsafe {
+        sys::napi_create_function(env, name.as_ptr().cast(), name.len() as isize, Some(noop), ptr::null_mut(), &mut function)
+    };
+    (status == sys::Status::napi_ok).then_some(function)
+}
+
+/// Whether `env` still runs script: false once the environment is terminating, which
+/// leaves the termination pending for V8 to finish unwinding the thread.
+pub fn runs_javascript(env: sys::napi_env, function: sys::napi_value) -> bool {
+    let mut receiver = ptr::null_mut();
+    // SAFETY: on the environment's thread, inside the blocking call's handle scope.
+    if unsafe { sys::napi_get_global(env, &mut receiver) } != sys::Status::napi_ok {
+        return false;
+    }
+    let mut result = ptr::null_mut();
+    // SAFETY: `function` is a live function of `env` made by `noop_function` in the same
+    // call; it runs no user code.
+    let status = unsafe { sys::napi_call_function(env, receiver, function, 0, ptr::null(), &mut result) };
+    status == sys::Status::napi_ok
+}
+
 /// The pending exception of `env`, cleared; `None` when none is pending.
 pub fn take_exception(env: sys::napi_env) -> Option<sys::napi_value> {
     let mut pending = false;
