@@ -56,22 +56,27 @@ impl Lease for JsView {
     }
 }
 
-/// What the finalizer of a lent `ArrayBuffer` lets go of: the mapping (unmapped when
-/// the last holder lets go) and the lease (whose end tells the region the view is gone).
+/// What a lent `ArrayBuffer` holds until the object itself is collected: the mapping
+/// (unmapped when the last holder lets go) and the lease (whose end tells the region the
+/// view is gone).
+///
+/// It is tied to the JavaScript object, not to V8's backing store: detaching the buffer
+/// (transfer, close) frees the backing store at once, while a thread-pool job that was
+/// handed the buffer (`crypto.randomFill(region.bytes, cb)`, `fs.read`) may still write
+/// through the raw pointer. Such a job keeps the object alive, so the memory stays
+/// mapped until it is done.
 struct Lent {
     _mapping: Arc<Mapping>,
-    view: Option<Arc<JsView>>,
+    view: Arc<JsView>,
 }
 
-unsafe extern "C" fn release_lent(env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
-    // SAFETY: `hint` is the `Box<Lent>` leaked in `lend`, handed to exactly one buffer
+unsafe extern "C" fn release_lent(env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the `Box<Lent>` leaked in `lend`, attached to exactly one object
     // whose finalizer runs once.
-    let lent = unsafe { Box::from_raw(hint.cast::<Lent>()) };
-    if let Some(view) = &lent.view {
-        // SAFETY: the reference belongs to `env`, on whose thread finalizers run; it is
-        // deleted exactly once, here.
-        crate::error::after_teardown(unsafe { sys::napi_delete_reference(env, view.buffer) });
-    }
+    let lent = unsafe { Box::from_raw(data.cast::<Lent>()) };
+    // SAFETY: the reference belongs to `env`, on whose thread finalizers run; it is
+    // deleted exactly once, here.
+    crate::error::after_teardown(unsafe { sys::napi_delete_reference(env, lent.view.buffer) });
 }
 
 /// An `ArrayBuffer` over `region`'s memory, registered with the region so that a
@@ -82,85 +87,95 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
     region.lend(|mapping| {
         let data = mapping.as_ptr().cast::<c_void>();
         let len = mapping.len();
-        let lent = Box::into_raw(Box::new(Lent {
-            _mapping: mapping,
-            view: None,
-        }));
         let mut buffer = ptr::null_mut();
-        // SAFETY: `data..data + len` is a live mapping kept alive by `lent` until the
-        // finalizer runs; the region's size never changes (sealed), so every byte V8 may
-        // touch stays mapped.
+        // SAFETY: `data..data + len` is a live mapping; the `Lent` attached to the buffer
+        // object below keeps it mapped until the object is collected, and the region's
+        // size never changes (sealed), so every byte V8 may touch stays mapped. No
+        // backing-store finalizer: the object's finalizer does the work (see `Lent`).
         let status = unsafe {
-            sys::napi_create_external_arraybuffer(
-                env,
-                data,
-                len,
-                Some(release_lent),
-                lent.cast(),
-                &mut buffer,
-            )
+            sys::napi_create_external_arraybuffer(env, data, len, None, ptr::null_mut(), &mut buffer)
         };
         match status {
             sys::Status::napi_ok => {}
-            sys::Status::napi_no_external_buffers_allowed | sys::Status::napi_invalid_arg => {
-                // SAFETY: on these statuses Node returns before taking the finalizer, so
-                // the box is still ours and is reclaimed exactly once.
-                drop(unsafe { Box::from_raw(lent) });
-                return Err(if status == sys::Status::napi_invalid_arg {
-                    fail(OP, "napi_create_external_arraybuffer", status)
-                } else {
-                    shmlink::Error::new(
-                        ErrorKind::ZeroCopyUnavailable,
-                        OP,
-                        "this runtime refuses external buffers (Electron's V8 memory cage); use \
-                         region.read() and region.write()",
-                    )
-                });
+            sys::Status::napi_no_external_buffers_allowed => {
+                return Err(shmlink::Error::new(
+                    ErrorKind::ZeroCopyUnavailable,
+                    OP,
+                    "this runtime refuses external buffers (Electron's V8 memory cage); use \
+                     region.read() and region.write()",
+                ));
             }
-            // Whether Node kept the finalizer is unknown; leaving the box (and the
-            // mapping) alive is the memory-safe choice on this failure path.
-            other => return Err(fail(OP, "napi_create_external_arraybuffer", other)),
+            // A length over what one ArrayBuffer may hold makes Node throw
+            // (ERR_BUFFER_TOO_LARGE on Node 20); that exception is replaced by the coded
+            // error.
+            other => {
+                if crate::driver::take_exception(env).is_some() {
+                    return Err(too_large_error(len));
+                }
+                return Err(fail(OP, "napi_create_external_arraybuffer", other));
+            }
         }
         let mut reference = ptr::null_mut();
         // SAFETY: `buffer` was just created in `env`; a reference of count 0 is weak.
-        check(OP, "napi_create_reference", unsafe {
-            sys::napi_create_reference(env, buffer, 0, &mut reference)
-        })?;
+        let status = unsafe { sys::napi_create_reference(env, buffer, 0, &mut reference) };
+        if status != sys::Status::napi_ok {
+            forget_buffer(env, buffer);
+            return Err(fail(OP, "napi_create_reference", status));
+        }
         let view = Arc::new(JsView {
             env,
             buffer: reference,
             thread: std::thread::current().id(),
         });
-        // SAFETY: `lent` stays live until the buffer's finalizer, which runs on this
-        // thread and cannot run before this function returns.
-        unsafe { (*lent).view = Some(Arc::clone(&view)) };
+        let lent = Box::into_raw(Box::new(Lent {
+            _mapping: mapping,
+            view: Arc::clone(&view),
+        }));
+        // SAFETY: `buffer` is an object of `env`; `lent` is handed to its finalizer, which
+        // runs once, when the object is collected.
+        let status = unsafe {
+            sys::napi_add_finalizer(env, buffer, lent.cast(), Some(release_lent), ptr::null_mut(), ptr::null_mut())
+        };
+        if status != sys::Status::napi_ok {
+            forget_buffer(env, buffer);
+            // SAFETY: the finalizer was not attached, so the box is still ours; the buffer
+            // is detached, so nothing reaches the mapping through it any more.
+            let lent = unsafe { Box::from_raw(lent) };
+            // SAFETY: the reference is ours and deleted once, here.
+            crate::error::after_teardown(unsafe { sys::napi_delete_reference(env, lent.view.buffer) });
+            return Err(fail(OP, "napi_add_finalizer", status));
+        }
         let mut array = ptr::null_mut();
         // SAFETY: `buffer` is the ArrayBuffer just created, of `len` bytes.
         let status = unsafe {
-            sys::napi_create_typedarray(
-                env,
-                sys::TypedarrayType::uint8_array,
-                len,
-                buffer,
-                0,
-                &mut array,
-            )
+            sys::napi_create_typedarray(env, sys::TypedarrayType::uint8_array, len, buffer, 0, &mut array)
         };
         if status != sys::Status::napi_ok {
             clear_exception(env);
-            return Err(shmlink::Error::new(
-                ErrorKind::RegionTooLarge,
-                OP,
-                format!(
-                    "a {len}-byte region is larger than one Uint8Array can be here; use \
-                     region.read(offset, length) or readInto(offset, target) in pieces"
-                ),
-            ));
+            forget_buffer(env, buffer);
+            return Err(too_large_error(len));
         }
         created = array;
         Ok(view)
     })?;
     Ok(created)
+}
+
+/// Detaches a buffer `lend` gave up on, so nothing reaches its memory through it.
+fn forget_buffer(env: sys::napi_env, buffer: sys::napi_value) {
+    // SAFETY: `buffer` is an external ArrayBuffer of `env` no script has seen.
+    crate::error::after_teardown(unsafe { sys::napi_detach_arraybuffer(env, buffer) });
+}
+
+fn too_large_error(len: usize) -> shmlink::Error {
+    shmlink::Error::new(
+        ErrorKind::RegionTooLarge,
+        "Region.bytes",
+        format!(
+            "a {len}-byte region is larger than one Uint8Array can be here; use \
+             region.read(offset, length) or readInto(offset, target) in pieces"
+        ),
+    )
 }
 
 /// Clears the exception a refused allocation left pending: the caller reports a coded

@@ -75,10 +75,12 @@ pub(crate) fn create_memory_file(size: usize, op: &'static str) -> Result<OwnedF
     Ok(fd)
 }
 
+/// `memfd_create(2)` as a system call rather than through glibc, whose wrapper (2.27)
+/// would keep the published binary from loading on systems with an older glibc.
 fn memfd(flags: c_uint) -> std::result::Result<OwnedFd, Errno> {
-    // SAFETY: the name is a NUL-terminated literal; memfd_create reads only it.
-    let raw = unsafe { libc::memfd_create(c"shmlink".as_ptr(), flags) };
-    let raw = Errno::result(raw)?;
+    // SAFETY: the name is a NUL-terminated literal; the kernel reads only it.
+    let raw = unsafe { libc::syscall(libc::SYS_memfd_create, c"shmlink".as_ptr(), flags) };
+    let raw = Errno::result(raw)? as RawFd;
     // SAFETY: memfd_create returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
