@@ -21,6 +21,9 @@
 import test, { type ExecutionContext } from 'ava'
 import { execFileSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { createServer, get as httpGet, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import { connect as netConnect, type AddressInfo } from 'node:net'
 import {
   copyFileSync,
   existsSync,
@@ -63,7 +66,10 @@ const prebuilt = require(join(ROOT, 'scripts', 'prebuilt.js')) as {
   downloadUrl(pkg: object, tarball: string, env: NodeJS.ProcessEnv): string
   readSingleFileTar(tar: Buffer, name: string): Buffer
   writeSingleFileTar(name: string, data: Buffer): Buffer
-  fetchBuffer(url: string, options?: { maxBytes?: number }): Promise<{ url: string; data: Buffer }>
+  fetchBuffer(
+    url: string,
+    options?: { maxBytes?: number; env?: NodeJS.ProcessEnv },
+  ): Promise<{ url: string; data: Buffer }>
 }
 /** This machine's platform; the release workflow runs these tests on each platform it builds. */
 const TRIPLE = native.currentTriple()
@@ -775,11 +781,165 @@ test('the downloader refuses a body over its size limit and a protocol other tha
   writeFileSync(big, Buffer.alloc(4096))
   const server = await serveFiles({ '/big': big })
   try {
-    await t.throwsAsync(prebuilt.fetchBuffer(`${server.url}/big`, { maxBytes: 1024 }), { message: /more than/ })
-    t.is((await prebuilt.fetchBuffer(`${server.url}/big`, { maxBytes: 4096 })).data.length, 4096)
+    await t.throwsAsync(prebuilt.fetchBuffer(`${server.url}/big`, { maxBytes: 1024, env: {} }), {
+      message: /more than/,
+    })
+    t.is((await prebuilt.fetchBuffer(`${server.url}/big`, { maxBytes: 4096, env: {} })).data.length, 4096)
     await t.throwsAsync(prebuilt.fetchBuffer('file:///etc/passwd'), { message: /unsupported protocol/ })
   } finally {
     await server.close()
     rmSync(dirname(big), { recursive: true, force: true })
+  }
+})
+
+/** An HTTP proxy on 127.0.0.1: absolute-form GETs and CONNECT tunnels. Records each request. */
+async function startProxy(): Promise<{ url: string; seen: string[]; close(): Promise<void> }> {
+  const seen: string[] = []
+  // Every socket, so that close() ends tunnels too (server.close() waits for them).
+  const sockets = new Set<import('node:net').Socket>()
+  const track = (socket: import('node:net').Socket): void => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  }
+  const server: Server = createServer((req, res) => {
+    seen.push(`${req.method} ${req.url} ${req.headers['proxy-authorization'] ?? ''}`.trim())
+    const upstream = httpGet(req.url ?? '', (up) => {
+      res.writeHead(up.statusCode ?? 502, up.headers)
+      up.pipe(res)
+    })
+    upstream.on('error', () => {
+      res.writeHead(502)
+      res.end()
+    })
+  })
+  server.on('connect', (req, client: import('node:net').Socket, head: Buffer) => {
+    seen.push(`CONNECT ${req.url} ${req.headers['proxy-authorization'] ?? ''}`.trim())
+    const [host, port] = (req.url ?? '').split(':')
+    const upstream = netConnect(Number(port), host, () => {
+      track(upstream)
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+      upstream.write(head)
+      upstream.pipe(client)
+      client.pipe(upstream)
+    })
+    upstream.on('error', () => client.destroy())
+    client.on('error', () => upstream.destroy())
+  })
+  server.on('connection', track)
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        for (const socket of sockets) socket.destroy()
+      }),
+  }
+}
+
+test('the downloader goes through an HTTP proxy when npm or the environment names one, except for NO_PROXY hosts', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'shmlink-proxy-'))
+  const file = join(dir, 'file')
+  writeFileSync(file, 'through the proxy\n')
+  const mirror = await serveFiles({ '/v/file': { redirect: '/objects/file' }, '/objects/file': file })
+  const proxy = await startProxy()
+  try {
+    const fetched = await prebuilt.fetchBuffer(`${mirror.url}/v/file`, { env: { npm_config_proxy: proxy.url } })
+    t.is(fetched.data.toString(), 'through the proxy\n')
+    t.deepEqual(proxy.seen, [`GET ${mirror.url}/v/file`, `GET ${mirror.url}/objects/file`])
+    t.is(mirror.requests.length, 2)
+
+    await prebuilt.fetchBuffer(`${mirror.url}/v/file`, {
+      env: { HTTP_PROXY: proxy.url, NO_PROXY: 'localhost,127.0.0.1' },
+    })
+    t.is(proxy.seen.length, 2, 'NO_PROXY: straight to the host')
+    t.is(mirror.requests.length, 4)
+  } finally {
+    await proxy.close()
+    await mirror.close()
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+const withOpenssl = (() => {
+  try {
+    execFileSync('openssl', ['version'], { stdio: 'ignore' })
+    return test
+  } catch {
+    return test.skip
+  }
+})()
+
+withOpenssl('the downloader reaches an https host through a CONNECT tunnel, with proxy credentials', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'shmlink-tls-'))
+  const key = join(dir, 'key.pem')
+  const cert = join(dir, 'cert.pem')
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1',
+    ],
+    { stdio: 'ignore' },
+  )
+  const body = Buffer.from('over TLS through the tunnel\n')
+  const server = createHttpsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (req, res) => {
+    if (req.url === '/v/file') {
+      res.writeHead(200)
+      res.end(body)
+    } else {
+      res.writeHead(404)
+      res.end()
+    }
+  })
+  const connections = new Set<import('node:net').Socket>()
+  server.on('connection', (socket: import('node:net').Socket) => {
+    connections.add(socket)
+    socket.on('close', () => connections.delete(socket))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const origin = `https://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const proxy = await startProxy()
+  try {
+    // In a child: the test certificate is trusted through NODE_EXTRA_CA_CERTS, read at startup.
+    const script = `require(${JSON.stringify(join(ROOT, 'scripts', 'prebuilt.js'))})
+      .fetchBuffer(process.argv[1]).then((r) => process.stdout.write(r.data), (e) => { console.error(e.message); process.exit(1) })`
+    const withProxy = await run(process.execPath, ['-e', script, `${origin}/v/file`], {
+      cwd: dir,
+      env: { PATH: process.env.PATH, NODE_EXTRA_CA_CERTS: cert, HTTPS_PROXY: proxy.url.replace('//', '//u%40x:p@') },
+    })
+    t.is(withProxy.code, 0, withProxy.stderr)
+    t.is(withProxy.stdout, body.toString())
+    const auth = `Basic ${Buffer.from('u@x:p').toString('base64')}`
+    t.deepEqual(proxy.seen, [`CONNECT ${origin.replace('https://', '')} ${auth}`])
+
+    // The certificate is still checked inside the tunnel: without the test CA it is refused.
+    const untrusted = await run(process.execPath, ['-e', script, `${origin}/v/file`], {
+      cwd: dir,
+      env: { PATH: process.env.PATH, HTTPS_PROXY: proxy.url },
+    })
+    t.not(untrusted.code, 0)
+    t.regex(untrusted.stderr, /certificate/i)
+  } finally {
+    await proxy.close()
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve())
+      for (const socket of connections) socket.destroy()
+    })
+    rmSync(dir, { recursive: true, force: true })
   }
 })

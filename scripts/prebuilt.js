@@ -12,13 +12,16 @@
 // serves cannot.
 //
 // Plain CommonJS with no dependencies (node:https, node:zlib and a 40-line tar reader), because
-// it runs at install time before anything else is there.
+// it runs at install time before anything else is there. It goes through an HTTP proxy when
+// npm's proxy settings or HTTPS_PROXY/HTTP_PROXY name one (proxyFor).
 
 const { createHash } = require('node:crypto')
 const { readFileSync, renameSync, rmSync, writeFileSync } = require('node:fs')
 const http = require('node:http')
 const https = require('node:https')
+const net = require('node:net')
 const path = require('node:path')
+const tls = require('node:tls')
 const zlib = require('node:zlib')
 
 const CHECKSUMS = 'checksums.json'
@@ -123,24 +126,113 @@ function expectedHashes(pkgDir, pkg, triple, tarball) {
   return { tarballSha256, file: entry.file, binarySha256: entry.sha256 }
 }
 
-/** GET `url` into memory, following redirects, with a size cap and a deadline. */
-function fetchBuffer(url, { timeoutMs = 120_000, maxBytes = MAX_DOWNLOAD_BYTES } = {}) {
+/** Does `hostname` match an entry of a NO_PROXY-style list ("example.com,.internal,*")? */
+function bypassesProxy(hostname, list) {
+  const host = hostname.toLowerCase().replace(/^\[|\]$/g, '')
+  return list
+    .split(/[\s,]+/)
+    .filter(Boolean)
+    .some((entry) => {
+      if (entry === '*') return true
+      const domain = entry
+        .toLowerCase()
+        .replace(/:\d+$/, '')
+        .replace(/^\*?\./, '')
+      return host === domain || host.endsWith(`.${domain}`)
+    })
+}
+
+/**
+ * The HTTP proxy for `target`, as npm and curl read it: npm's `https-proxy`/`proxy` settings
+ * (npm hands them to install scripts as npm_config_https_proxy/npm_config_proxy), else
+ * HTTPS_PROXY/HTTP_PROXY; none for a host listed in npm's `noproxy` or NO_PROXY.
+ */
+function proxyFor(target, env = process.env) {
+  const pick = (...names) => {
+    for (const name of names) if (env[name]) return env[name]
+    return null
+  }
+  const noProxy = pick('npm_config_noproxy', 'NO_PROXY', 'no_proxy')
+  if (noProxy && bypassesProxy(target.hostname, noProxy)) return null
+  const raw =
+    target.protocol === 'https:'
+      ? pick('npm_config_https_proxy', 'HTTPS_PROXY', 'https_proxy', 'npm_config_proxy', 'HTTP_PROXY', 'http_proxy')
+      : pick('npm_config_proxy', 'HTTP_PROXY', 'http_proxy')
+  if (!raw) return null
+  const proxy = new URL(raw.includes('://') ? raw : `http://${raw}`)
+  if (proxy.protocol !== 'http:') throw new Error(`unsupported proxy ${proxy.origin} (http:// proxies only)`)
+  return proxy
+}
+
+function proxyHeaders(proxy) {
+  if (!proxy.username) return {}
+  const credentials = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`
+  return { 'proxy-authorization': `Basic ${Buffer.from(credentials).toString('base64')}` }
+}
+
+/**
+ * Sends GET `target`, directly or through `proxy` (absolute-form GET for http:, a CONNECT
+ * tunnel for https:), and calls `onResponse` with the response; failures go to `onError`.
+ */
+function sendGet(target, proxy, timeout, onResponse, onError) {
+  const client = target.protocol === 'https:' ? https : http
+  const watch = (request, what) => {
+    request.on('timeout', () => request.destroy(new Error(`no answer from ${what} in time`)))
+    request.on('error', onError)
+    return request
+  }
+  if (proxy === null) return watch(client.get(target, { timeout }, onResponse), target.href)
+  const proxyPort = Number(proxy.port) || 80
+  if (target.protocol === 'http:') {
+    const headers = { host: target.host, ...proxyHeaders(proxy) }
+    const options = { host: proxy.hostname, port: proxyPort, path: target.href, headers, timeout }
+    return watch(http.get(options, onResponse), `the proxy ${proxy.origin}`)
+  }
+  const authority = `${target.hostname}:${Number(target.port) || 443}`
+  const connect = http.request({
+    host: proxy.hostname,
+    port: proxyPort,
+    method: 'CONNECT',
+    path: authority,
+    headers: { host: authority, ...proxyHeaders(proxy) },
+    timeout,
+  })
+  connect.on('connect', (response, socket) => {
+    if (response.statusCode !== 200) {
+      socket.destroy()
+      onError(new Error(`the proxy ${proxy.origin} refused to connect to ${authority}: HTTP ${response.statusCode}`))
+      return
+    }
+    // No `agent`: with createConnection that makes the request use the tunnel (an agent,
+    // even `agent: false`, would open its own connection and leave the tunnel open).
+    const host = target.hostname.replace(/^\[|\]$/g, '')
+    const tunnel = () => tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host })
+    watch(https.get(target, { createConnection: tunnel, timeout }, onResponse), target.href)
+  })
+  watch(connect, `the proxy ${proxy.origin}`).end()
+  return connect
+}
+
+/**
+ * GET `url` into memory, following redirects, with a size cap and a deadline, through the
+ * proxy the environment names (proxyFor).
+ */
+function fetchBuffer(url, { timeoutMs = 120_000, maxBytes = MAX_DOWNLOAD_BYTES, env = process.env } = {}) {
   const deadline = Date.now() + timeoutMs
   const get = (current, redirectsLeft) =>
     new Promise((resolve, reject) => {
       let parsed
+      let proxy
       try {
         parsed = new URL(current)
-      } catch {
-        reject(new Error(`not a URL: ${current}`))
+        if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')
+          throw new Error(`unsupported protocol ${parsed.protocol} in ${current} (http: and https: only)`)
+        proxy = proxyFor(parsed, env)
+      } catch (error) {
+        reject(error instanceof TypeError ? new Error(`not a URL: ${current}`) : error)
         return
       }
-      const client = parsed.protocol === 'https:' ? https : parsed.protocol === 'http:' ? http : null
-      if (client === null) {
-        reject(new Error(`unsupported protocol ${parsed.protocol} in ${current} (http: and https: only)`))
-        return
-      }
-      const request = client.get(parsed, { timeout: Math.max(1, deadline - Date.now()) }, (response) => {
+      const onResponse = (response) => {
         const status = response.statusCode || 0
         if ([301, 302, 303, 307, 308].includes(status) && response.headers.location) {
           response.resume()
@@ -174,9 +266,8 @@ function fetchBuffer(url, { timeoutMs = 120_000, maxBytes = MAX_DOWNLOAD_BYTES }
         })
         response.on('error', reject)
         response.on('end', () => resolve({ url: current, data: Buffer.concat(chunks) }))
-      })
-      request.on('timeout', () => request.destroy(new Error(`no answer from ${current} in time`)))
-      request.on('error', reject)
+      }
+      sendGet(parsed, proxy, Math.max(1, deadline - Date.now()), onResponse, reject)
     })
   return get(url, MAX_REDIRECTS)
 }
@@ -255,7 +346,7 @@ async function downloadVerified({ pkgDir, pkg, triple, env = process.env, timeou
   const url = downloadUrl(pkg, tarball, env)
   let fetched
   try {
-    fetched = await fetchBuffer(url, { timeoutMs })
+    fetched = await fetchBuffer(url, { timeoutMs, env })
   } catch (error) {
     error.url = url
     throw error
@@ -297,6 +388,7 @@ module.exports = {
   expectedHashes,
   fetchBuffer,
   hostSettings,
+  proxyFor,
   prebuildPlatform,
   prebuildTarballName,
   prebuildTarballNames,
