@@ -6,14 +6,12 @@
 #   npm run build:release -- aarch64-unknown-linux-gnu
 #
 # Linux targets are linked by zig through cargo-zigbuild (`napi build -x`), gnu ones against
-# glibc 2.17, so the binary loads on any glibc >= 2.17 (RHEL 7, Amazon Linux 2, Ubuntu 14.04
-# on) instead of needing the build machine's glibc. macOS targets build with the host's
-# Xcode toolchain. The tools come pinned, into a project-local cache ($SHMLINK_TOOLS_DIR,
-# default .tools/, gitignored), and are installed only when missing or at another version:
-#   - zig from PyPI (package ziglang, version and wheel hashes in scripts/zig-requirements.txt),
-#     in a virtualenv at .tools/zig;
-#   - cargo-zigbuild from crates.io (`cargo install --locked`), at .tools/cargo.
-# Delete .tools/ to start from scratch.
+# glibc 2.17's symbol versions instead of the build machine's glibc (memfd_create, which glibc
+# only has since 2.27, is bound by name: docs/PLATFORMS.md). macOS targets build with the
+# host's Xcode toolchain. The Linux tools, zig and cargo-zigbuild, come from PyPI pinned by version
+# and hash (scripts/release-tools.txt) into a virtualenv in a project-local cache
+# ($SHMLINK_TOOLS_DIR, default .tools/, gitignored), installed only when missing or at
+# another version. Delete .tools/ to start from scratch.
 #
 # Output:
 #   npm/<triple>/shmlink.<triple>.node          the binary the platform package publishes
@@ -22,12 +20,13 @@
 # Cargo builds in target/release-build/cargo: the development build (`npm run build`) uses
 # the same target triple with other linker settings, and sharing a directory would make
 # each build redo the other's work. The repository root's binary and loader (the
-# development build's) are left alone. The Rust standard library for the target must be installed (rustup target add).
+# development build's) are left alone. The Rust standard library for the target must be
+# installed (rustup target add).
 set -euo pipefail
 
-CARGO_ZIGBUILD_VERSION=0.24.1
-ZIGLANG_VERSION=0.17.1 # must match scripts/zig-requirements.txt
-GLIBC_VERSION=2.17     # the oldest glibc the linux-*-gnu binaries load on
+ZIGLANG_VERSION=0.17.1        # must match scripts/release-tools.txt
+CARGO_ZIGBUILD_VERSION=0.24.1 # must match scripts/release-tools.txt
+GLIBC_VERSION=2.17            # the highest GLIBC_ symbol version the linux-*-gnu binaries may need
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -58,43 +57,33 @@ case "$TARGET" in
   *) ZIG=0 BUILD_TARGET=$TARGET ;;
 esac
 
-install_zig() {
-  local venv="$TOOLS/zig"
-  local have
-  have=$("$venv/bin/python3" -m ziglang version 2>/dev/null || true)
-  if [ "$have" != "$ZIGLANG_VERSION" ]; then
-    say "installing zig $ZIGLANG_VERSION from PyPI into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-deps \
-      --only-binary :all: --require-hashes -r "$ROOT/scripts/zig-requirements.txt"
-    have=$("$venv/bin/python3" -m ziglang version)
-    [ "$have" = "$ZIGLANG_VERSION" ] || die "zig reports version $have, expected $ZIGLANG_VERSION"
+VENV="$TOOLS/venv"
+
+install_tools() {
+  local zig zigbuild
+  zig=$("$VENV/bin/python3" -m ziglang version 2>/dev/null || true)
+  zigbuild=$("$VENV/bin/cargo-zigbuild" --version 2>/dev/null || true)
+  if [ "$zig" != "$ZIGLANG_VERSION" ] || [ "$zigbuild" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
+    say "installing zig $ZIGLANG_VERSION and cargo-zigbuild $CARGO_ZIGBUILD_VERSION from PyPI into $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check --no-deps \
+      --only-binary :all: --require-hashes -r "$ROOT/scripts/release-tools.txt"
+    zig=$("$VENV/bin/python3" -m ziglang version)
+    zigbuild=$("$VENV/bin/cargo-zigbuild" --version)
+    [ "$zig" = "$ZIGLANG_VERSION" ] || die "zig reports version $zig, expected $ZIGLANG_VERSION"
+    [ "$zigbuild" = "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ] || die "$zigbuild, expected $CARGO_ZIGBUILD_VERSION"
   fi
   # cargo-zigbuild and napi look for `zig` on PATH; zig finds its lib/ from its real path.
   mkdir -p "$TOOLS/bin"
-  ln -sf "$("$venv/bin/python3" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')" "$TOOLS/bin/zig"
-}
-
-install_cargo_zigbuild() {
-  local have
-  have=$("$TOOLS/cargo/bin/cargo-zigbuild" --version 2>/dev/null || true)
-  if [ "$have" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
-    say "installing cargo-zigbuild $CARGO_ZIGBUILD_VERSION from crates.io into $TOOLS/cargo"
-    # Its own lock file (--locked) pins every dependency by checksum; its own target dir
-    # keeps it out of this workspace's.
-    CARGO_TARGET_DIR="$TOOLS/cargo-build" cargo install --quiet --locked --root "$TOOLS/cargo" \
-      cargo-zigbuild --version "=$CARGO_ZIGBUILD_VERSION"
-    rm -rf "$TOOLS/cargo-build"
-  fi
+  ln -sf "$("$VENV/bin/python3" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')" "$TOOLS/bin/zig"
 }
 
 if [ "$ZIG" = 1 ]; then
-  install_zig
-  install_cargo_zigbuild
-  export PATH="$TOOLS/bin:$TOOLS/cargo/bin:$PATH"
+  install_tools
+  export PATH="$TOOLS/bin:$VENV/bin:$PATH"
   # Only this zig: cargo-zigbuild tries `python3 -m ziglang` before `zig`.
-  export CARGO_ZIGBUILD_PYTHON_PATH="$TOOLS/zig/bin/python3"
+  export CARGO_ZIGBUILD_PYTHON_PATH="$VENV/bin/python3"
   export CARGO_ZIGBUILD_ZIG_PATH="$TOOLS/bin/zig"
   export CARGO_ZIGBUILD_CACHE_DIR="$TOOLS/cache"
   export ZIG_GLOBAL_CACHE_DIR="$TOOLS/cache/zig"
