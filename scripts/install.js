@@ -2,15 +2,19 @@
 'use strict'
 // npm's `install` step for shmlink. It compiles nothing and never fails the install.
 //
-// The binary normally comes with the optional dependency shmlink-<triple> (linux-x64-gnu, ...),
-// which npm picks by os/cpu/libc; then this step only checks that it loads. When no binary
-// loads (no package for this platform, or optional dependencies omitted), it runs
-// `prebuild-install -r napi`, which downloads
+// The binary normally comes with the optional dependency @shmlink/binding-<triple>
+// (linux-x64-gnu, ...), which npm picks by os/cpu/libc; then this step only checks that it
+// loads. When no binary loads (no package for this platform, or optional dependencies
+// omitted), it downloads
 //   <host>/v<version>/shmlink-v<version>-napi-v<N>-<platform><libc>-<arch>.tar.gz
-// from npm_config_shmlink_binary_host (or ..._binary_host_mirror, or .npmrc
-// `shmlink_binary_host_mirror=`), else from package.json's binary.host, and unpacks
-// shmlink.<triple>.node into this package, where binding.js looks first. Whatever happens is
-// written to .install-report.json, so that require('shmlink') can explain a missing binary.
+// from npm_config_shmlink_binary_host_mirror (or ..._binary_host, or .npmrc
+// `shmlink_binary_host_mirror=`), else from package.json's binary.host, checks its SHA-256
+// against checksums.json (written by the release, shipped in this package) and only then
+// unpacks shmlink.<triple>.node into this package, where binding.js looks first
+// (scripts/prebuilt.js). A file that does not match is refused and nothing of it is written;
+// without checksums.json, or for a platform it does not list, nothing is downloaded. Whatever
+// happens is written to .install-report.json, so that require('shmlink') can explain a
+// missing binary.
 //
 // In a source checkout (Cargo.toml present) it does nothing: `prepare` builds the addon there.
 
@@ -31,7 +35,7 @@ function bindingLoads() {
   if (!existsSync(binding)) return { ok: false, reason: `${binding} is missing` }
   // On failure the child prints what was tried (binding.js's error has `tried`), on one line.
   const probe = `try { require(${JSON.stringify(binding)}) } catch (e) {
-    const tried = e && Array.isArray(e.tried) ? e.tried.filter((t) => !t.what.startsWith('prebuild-install')) : null
+    const tried = e && Array.isArray(e.tried) ? e.tried.filter((t) => !t.what.startsWith('download')) : null
     process.stderr.write(tried ? tried.map((t) => t.where + ': ' + t.result).join('; ') : String((e && e.message) || e).split('\\n')[0])
     process.exit(1)
   }`
@@ -40,33 +44,29 @@ function bindingLoads() {
   return { ok: false, reason: (child.stderr || child.error?.message || `exit ${child.status}`).trim() }
 }
 
-function runPrebuildInstall() {
-  let bin
+/** The download (scripts/prebuilt.js), summarised for .install-report.json. */
+async function download(triple) {
+  const prebuilt = require('./prebuilt.js')
+  const pkg = require('../package.json')
+  const tarball = prebuilt.prebuildTarballName(pkg, triple)
   try {
-    bin = require.resolve('prebuild-install/bin.js', { paths: [pkgDir] })
-  } catch {
-    return { ok: false, url: null, reason: 'prebuild-install is not installed', output: '' }
+    const { url } = await prebuilt.downloadVerified({ pkgDir, pkg, triple })
+    return { ok: true, url, tarball, refused: false, reason: null }
+  } catch (error) {
+    const refused = error instanceof prebuilt.Refusal
+    return {
+      ok: false,
+      url: error.url || null,
+      tarball,
+      refused,
+      kind: refused ? error.kind : 'failed',
+      reason: String(error.message || error),
+      ...(error.expected ? { expected: error.expected, actual: error.actual } : {}),
+    }
   }
-  // --verbose makes prebuild-install print the URL it asks for.
-  const child = spawnSync(process.execPath, [bin, '--runtime', 'napi', '--verbose'], {
-    cwd: pkgDir,
-    encoding: 'utf8',
-    timeout: 120_000,
-  })
-  const output = `${child.stdout || ''}${child.stderr || ''}`
-  const url = /GET (\S+)/.exec(output)?.[1] ?? null
-  if (child.status === 0) return { ok: true, url, reason: null, output }
-  const warning = output
-    .split('\n')
-    .filter((line) => / (warn|error) /.test(line))
-    .map((line) => line.replace(/^prebuild-install (warn|error) /, '').trim())
-    .filter(Boolean)
-    .join('; ')
-  const reason = warning || child.error?.message || `prebuild-install exited with ${child.status}`
-  return { ok: false, url, reason, output }
 }
 
-function main() {
+async function main() {
   if (existsSync(path.join(pkgDir, 'Cargo.toml'))) {
     // A source checkout: `prepare` (npm run build) compiles the addon after this step.
     return
@@ -88,26 +88,30 @@ function main() {
     write()
     return
   }
-  log(`no prebuilt binary for ${report.triple} loads (${before.reason}); trying prebuild-install`)
-  const prebuild = runPrebuildInstall()
-  const after = prebuild.ok ? bindingLoads() : before
-  report.prebuildInstall = {
-    url: prebuild.url,
-    ok: prebuild.ok && after.ok,
-    reason: prebuild.ok ? (after.ok ? null : `unpacked, but it does not load: ${after.reason}`) : prebuild.reason,
+  log(`no prebuilt binary for ${report.triple} loads (${before.reason}); downloading one`)
+  const fetched = await download(report.triple)
+  const after = fetched.ok ? bindingLoads() : before
+  report.download = {
+    ...fetched,
+    ok: fetched.ok && after.ok,
+    reason: fetched.ok
+      ? after.ok
+        ? null
+        : `verified and unpacked, but it does not load: ${after.reason}`
+      : fetched.reason,
   }
   write()
-  if (report.prebuildInstall.ok) {
-    log(`installed the prebuilt binary from ${prebuild.url}`)
+  if (report.download.ok) {
+    log(`installed the prebuilt binary from ${fetched.url} (SHA-256 matches checksums.json)`)
   } else {
-    log(`prebuild-install found no usable binary: ${report.prebuildInstall.reason}`)
+    const from = fetched.url && !report.download.reason.includes(fetched.url) ? ` from ${fetched.url}` : ''
+    log(`${fetched.refused ? 'refused' : 'no usable binary'}${from}: ${report.download.reason}`)
     log("the install goes on; require('shmlink') will say how to get a binary")
   }
 }
 
-try {
-  main()
-} catch (error) {
-  log(`unexpected error, ignored: ${error && error.stack}`)
-}
-process.exitCode = 0
+main()
+  .catch((error) => log(`unexpected error, ignored: ${error && error.stack}`))
+  .finally(() => {
+    process.exitCode = 0
+  })

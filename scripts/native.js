@@ -35,7 +35,7 @@ function isMusl() {
 /**
  * napi-rs's name for a platform ("platform-arch-abi"): linux-x64-gnu, linux-x64-musl,
  * darwin-arm64, win32-x64-msvc... The binary is `shmlink.<triple>.node` and the package
- * that carries it `shmlink-<triple>`.
+ * that carries it `@shmlink/binding-<triple>` (platformPackageName).
  */
 function currentTriple() {
   const { platform, arch } = process
@@ -69,17 +69,20 @@ function prebuiltTriples(pkg) {
 }
 
 /**
- * The tarball `prebuild-install -r napi` asks the binary host for on this machine
- * (prebuild-install's util.js): `{name}-v{version}-napi-v{N}-{platform}{libc}-{arch}.tar.gz`,
- * where N is the highest of `binary.napi_versions` this Node supports and libc is empty on glibc.
+ * The npm package that carries the binary for `triple`: napi-rs's `<napi.packageName>-<triple>`,
+ * as in binding.js, e.g. `@shmlink/binding-linux-x64-gnu`. The scope is the project's, so
+ * nobody else can publish a package binding.js would load.
+ */
+function platformPackageName(pkg, triple) {
+  return `${(pkg && pkg.napi && pkg.napi.packageName) || pkg.name}-${triple}`
+}
+
+/**
+ * The tarball scripts/install.js downloads on this machine when no platform package loads:
+ * `{name}-v{version}-napi-v{N}-{platform}{libc}-{arch}.tar.gz` (scripts/prebuilt.js).
  */
 function prebuildTarballName(pkg, napiVersion = Number(process.versions.napi)) {
-  const versions = (pkg.binary && pkg.binary.napi_versions) || []
-  const usable = versions.filter((v) => v <= napiVersion)
-  const napi = usable.length > 0 ? Math.max(...usable) : Math.min(...versions)
-  const libc = process.platform === 'linux' && isMusl() ? 'musl' : ''
-  const name = pkg.name.replace(/^@[^/]+\//, '')
-  return `${name}-v${pkg.version}-napi-v${napi}-${process.platform}${libc}-${process.arch}.tar.gz`
+  return require('./prebuilt.js').prebuildTarballName(pkg, currentTriple(), napiVersion)
 }
 
 function errorMessages(error) {
@@ -114,7 +117,7 @@ function missingBindingError(pkgDir, cause) {
     const pkg = readJson(path.join(pkgDir, 'package.json')) || { name: 'shmlink', version: '?' }
     const binaryName = (pkg.napi && pkg.napi.binaryName) || 'shmlink'
     const localFile = path.join(pkgDir, `${binaryName}.${triple}.node`)
-    const packageName = `${pkg.name}-${triple}`
+    const packageName = platformPackageName(pkg, triple)
     const prebuilt = prebuiltTriples(pkg)
     const report = readJson(path.join(pkgDir, INSTALL_REPORT))
 
@@ -123,7 +126,7 @@ function missingBindingError(pkgDir, cause) {
       tried.push({ what: 'NAPI_RS_NATIVE_LIBRARY_PATH', where: file, result: loadFailure(file) ?? 'loads' })
     }
     tried.push({
-      what: 'local file (a `npm run build` in a checkout, or unpacked there by prebuild-install)',
+      what: 'local file (a `npm run build` in a checkout, or the verified download of the install step)',
       where: localFile,
       result: existsSync(localFile) ? `exists but does not load: ${loadFailure(localFile)}` : 'not found',
     })
@@ -138,16 +141,24 @@ function missingBindingError(pkgDir, cause) {
       // not installed: packageResult says so
     }
     tried.push({ what: 'platform package', where: packageName, result: packageResult })
-    if (report && report.prebuildInstall) {
-      const { url, ok, reason } = report.prebuildInstall
+    const download = report && report.download
+    if (download) {
+      let result = 'downloaded, verified against checksums.json and unpacked'
+      if (!download.ok && download.kind === 'checksum-mismatch') {
+        result = `refused: its checksum did not match checksums.json, so it was not installed (${download.reason})`
+      } else if (!download.ok && download.refused) {
+        result = `refused: ${download.reason}`
+      } else if (!download.ok) {
+        result = `failed: ${download.reason}`
+      }
       tried.push({
-        what: 'prebuild-install during `npm install`',
-        where: url || prebuildTarballName(pkg),
-        result: ok ? 'downloaded and unpacked' : `failed: ${reason}`,
+        what: 'download during `npm install` (checked against checksums.json)',
+        where: download.url || download.tarball || prebuildTarballName(pkg),
+        result,
       })
     } else {
       tried.push({
-        what: 'prebuild-install during `npm install`',
+        what: 'download during `npm install` (checked against checksums.json)',
         where: prebuildTarballName(pkg),
         result: report
           ? `not run: ${report.reason}`
@@ -167,10 +178,13 @@ function missingBindingError(pkgDir, cause) {
         '    npm still skips it (npm/cli#4828).',
       )
     } else {
+      lines.push(`  - Prebuilt binaries exist for ${prebuilt.join(', ')} only; for ${triple}, build one (below).`)
+    }
+    if (download && download.kind === 'checksum-mismatch') {
       lines.push(
-        `  - Prebuilt packages exist for ${prebuilt.join(', ')} only. For ${triple}, host the tarball ${prebuildTarballName(pkg)}`,
-        `    yourself and point the install step at it: \`npm_config_${pkg.name.replace(/[^a-zA-Z0-9]/g, '_')}_binary_host_mirror=<url> npm rebuild ${pkg.name}\``,
-        `    (it downloads <url>/v${pkg.version}/<tarball>; scripts/pack-prebuild.js in the repository packs a binary you built).`,
+        "  - The binary host served a file that is not this release's. If you set a mirror",
+        `    (npm_config_${pkg.name.replace(/[^a-zA-Z0-9]/g, '_')}_binary_host_mirror or .npmrc), make it serve the release's files unchanged, then`,
+        `    \`npm rebuild ${pkg.name}\`; otherwise treat it as an attack on your network or mirror and report it.`,
       )
     }
     lines.push(
@@ -180,7 +194,7 @@ function missingBindingError(pkgDir, cause) {
     )
   } catch (diagnosisError) {
     lines = [
-      `shmlink: no native binary loads on this platform (${triple}); install the package shmlink-${triple}, or build one with a Rust toolchain (\`npm run build\` in a checkout).`,
+      `shmlink: no native binary loads on this platform (${triple}); install the package @shmlink/binding-${triple}, or build one with a Rust toolchain (\`npm run build\` in a checkout).`,
       `(while diagnosing: ${diagnosisError && diagnosisError.message})`,
     ]
   }
@@ -202,6 +216,7 @@ module.exports = {
   currentTriple,
   isMusl,
   missingBindingError,
+  platformPackageName,
   prebuildTarballName,
   prebuiltTriples,
   tripleOfRustTarget,

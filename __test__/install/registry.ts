@@ -1,6 +1,6 @@
 /**
  * A minimal npm registry on 127.0.0.1, so the install tests resolve shmlink's real
- * dependencies (prebuild-install and what it needs) without any network. Its packages are
+ * dependencies (none today) and the other platforms' packages without any network. Its packages are
  * packed from the checkout's own node_modules; it answers 404 for anything else, as the real
  * registry does for a package that was never published.
  */
@@ -73,6 +73,8 @@ export async function packDirectories(
   outDir: string,
   env: NodeJS.ProcessEnv,
 ): Promise<PackedPackage[]> {
+  // `npm pack` with no directory would pack the current one.
+  if (dirs.length === 0) return []
   const result = await npm(['pack', '--ignore-scripts', '--json', '--pack-destination', outDir, ...dirs], {
     cwd: outDir,
     env,

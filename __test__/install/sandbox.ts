@@ -156,15 +156,23 @@ export interface FileServer {
   close(): Promise<void>
 }
 
-/** Serves `files` (URL path → file) on 127.0.0.1 and 404 for anything else. */
-export async function serveFiles(files: Record<string, string>): Promise<FileServer> {
+/**
+ * Serves `files` (URL path → file) on 127.0.0.1 and 404 for anything else. A value
+ * `{ redirect: path }` answers 302 to that path instead, as GitHub's release downloads do.
+ */
+export async function serveFiles(files: Record<string, string | { redirect: string }>): Promise<FileServer> {
   const requests: string[] = []
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0]
     requests.push(`${req.method} ${path}`)
-    const file = files[path]
+    const file = Object.prototype.hasOwnProperty.call(files, path) ? files[path] : undefined
     if (file === undefined) {
       res.writeHead(404)
+      res.end()
+      return
+    }
+    if (typeof file !== 'string') {
+      res.writeHead(302, { location: file.redirect })
       res.end()
       return
     }
