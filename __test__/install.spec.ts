@@ -83,13 +83,13 @@ const RELEASE_OUT = join(ROOT, 'target', 'release-build', TRIPLE)
 const GLIBC_FLOOR = '2.17'
 /**
  * glibc functions the binary calls that are newer than GLIBC_FLOOR. zig's glibc 2.17 stubs do
- * not have them, so they stay unversioned and bind when the binary loads (it is linked with
- * BIND_NOW): on an older glibc the load fails with "undefined symbol", which binding.js turns
- * into ERR_SHMLINK_BINARY_NOT_FOUND. memfd_create came in glibc 2.27; calling the system call
- * directly in src-rs/core would lower the real floor to 2.17. Anything new here raises the
- * floor silently, so it must be added on purpose (and docs/PLATFORMS.md updated).
+ * not have them, so they would stay unversioned and bind when the binary loads (it is linked
+ * with BIND_NOW): on an older glibc the load would fail with "undefined symbol", which
+ * binding.js turns into ERR_SHMLINK_BINARY_NOT_FOUND. The core issues memfd_create (glibc
+ * 2.27) as a system call for that reason, so there are none. Anything here raises the floor
+ * silently, so it must be added on purpose (and docs/PLATFORMS.md updated).
  */
-const UNVERSIONED_LIBC_CALLS = ['memfd_create']
+const UNVERSIONED_LIBC_CALLS: string[] = []
 
 // A platform without a prebuilt package has nothing to pack.
 const serial = TRIPLES.includes(TRIPLE) ? test.serial : test.serial.skip
