@@ -845,3 +845,177 @@ fn closed_error(op: &'static str) -> Error {
         "the region is closed; create a new one",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Another process's writable mapping of `region`, made through its memory file.
+    fn outside_mapping(region: &Region) -> MmapRaw {
+        let file = region.file().unwrap();
+        MmapOptions::new().len(region.size()).map_raw(&file.as_fd()).unwrap()
+    }
+
+    struct Counted(Mutex<u32>);
+    impl Lease for Counted {
+        fn revoke(&self) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    #[test]
+    fn create_rejects_zero_and_huge_sizes() {
+        assert_eq!(Region::create(0).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(Region::create(usize::MAX).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn created_region_is_zeroed_sealed_noexec_and_writable() {
+        let r = Region::create(8192).unwrap();
+        let mut buf = [1u8; 16];
+        r.read(8176, &mut buf).unwrap();
+        assert_eq!(buf, [0; 16]);
+        r.write(8176, b"0123456789abcdef").unwrap();
+        r.read(8176, &mut buf).unwrap();
+        assert_eq!(&buf, b"0123456789abcdef");
+        let file = r.file().unwrap();
+        let seals = sys::seals(file.as_fd()).unwrap().unwrap();
+        assert!(seals.shrink && seals.grow && !seals.write);
+        assert!(nix::unistd::ftruncate(&*file, 4096).is_err());
+        let mode = nix::sys::stat::fstat(file.as_fd()).unwrap().st_mode;
+        assert_eq!(mode & 0o111, 0, "MFD_NOEXEC_SEAL: never executable");
+    }
+
+    #[test]
+    fn read_and_write_reject_out_of_range() {
+        let r = Region::create(100).unwrap();
+        assert_eq!(r.write(99, b"ab").unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(r.read(usize::MAX, &mut [0; 2]).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn freeze_keeps_pointers_readable_and_read_reports_the_frozen_contents() {
+        let r = Region::create(4096).unwrap();
+        r.write(0, b"frozen").unwrap();
+        let mapping = r.mapping().unwrap();
+        r.freeze().unwrap();
+        assert!(r.is_frozen());
+        assert_eq!(r.write(0, b"x").unwrap_err().kind(), ErrorKind::RegionFrozen);
+        // A stray write through an old pointer lands in a private copy only, and read()
+        // keeps reporting what every peer sees.
+        // SAFETY: `mapping` maps 4096 bytes and lives for this block.
+        unsafe { mapping.as_ptr().write(b'X') };
+        let mut buf = [0u8; 6];
+        r.read(0, &mut buf).unwrap();
+        assert_eq!(&buf, b"frozen");
+        assert!(sys::seals(r.file().unwrap().as_fd()).unwrap().unwrap().write);
+    }
+
+    #[test]
+    fn freeze_fails_busy_while_another_writable_mapping_exists_and_changes_nothing() {
+        let r = Region::create(4096).unwrap();
+        let outside = outside_mapping(&r);
+        assert_eq!(r.freeze().unwrap_err().kind(), ErrorKind::RegionBusy);
+        assert!(!r.is_frozen());
+        r.write(0, b"still shared").unwrap();
+        // SAFETY: `outside` maps 4096 bytes and lives for this block.
+        assert_eq!(unsafe { outside.as_ptr().read() }, b's', "the region stayed shared");
+        drop(outside);
+        r.freeze().unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_added_future_write_cannot_leave_the_region_private() {
+        let r = Region::create(4096).unwrap();
+        let outside = outside_mapping(&r);
+        let file = r.file().unwrap();
+        nix::fcntl::fcntl(&*file, nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_FUTURE_WRITE)).unwrap();
+        assert_eq!(r.freeze().unwrap_err().kind(), ErrorKind::RegionBusy);
+        assert!(!r.is_frozen() && !r.is_closed());
+        r.write(0, b"reaches the peer").unwrap();
+        // SAFETY: `outside` maps 4096 bytes and lives for this block.
+        assert_eq!(unsafe { outside.as_ptr().read() }, b'r', "local writes still reach the peer");
+    }
+
+    #[test]
+    fn views_are_revoked_by_transfer_and_close_whichever_handle_lent_them() {
+        let r = Region::create(4096).unwrap();
+        let other_handle = r.clone();
+        let counted = |_: Arc<Mapping>| Ok(Arc::new(Counted(Mutex::new(0))));
+        let first = r.lend(counted).unwrap();
+        let second = other_handle.lend(counted).unwrap();
+        r.send_away(&Arc::new(AtomicBool::new(false)));
+        assert_eq!((*first.0.lock().unwrap(), *second.0.lock().unwrap()), (1, 1));
+        assert_eq!(r.lend(counted).err().map(|e| e.kind()), Some(ErrorKind::RegionTransferred));
+        r.come_back();
+        let third = r.lend(counted).unwrap();
+        r.close();
+        assert_eq!(*third.0.lock().unwrap(), 1);
+        assert!(r.mapping().is_err());
+    }
+
+    #[test]
+    fn the_region_mapping_is_lent_once_then_a_second_mapping() {
+        let r = Region::create(4096).unwrap();
+        let mut lent = Vec::new();
+        let first = r
+            .lend(|m| {
+                lent.push(m.as_ptr());
+                Ok(Arc::new(Counted(Mutex::new(0))))
+            })
+            .unwrap();
+        let _second = r
+            .lend(|m| {
+                lent.push(m.as_ptr());
+                Ok(Arc::new(Counted(Mutex::new(0))))
+            })
+            .unwrap();
+        assert_eq!(lent[0], r.as_ptr().unwrap().cast_mut());
+        assert_ne!(lent[0], lent[1], "a second live view gets a second mapping");
+        drop(first);
+        let mut again = std::ptr::null_mut();
+        let _third = r
+            .lend(|m| {
+                again = m.as_ptr();
+                Ok(Arc::new(Counted(Mutex::new(0))))
+            })
+            .unwrap();
+        assert_eq!(again, lent[0], "once its view is gone, the region's own mapping is lent again");
+    }
+
+    #[test]
+    fn close_releases_the_file_and_keeps_addresses_valid() {
+        let r = Region::create(1 << 20).unwrap();
+        r.write(0, b"gone").unwrap();
+        let mapping = r.mapping().unwrap();
+        r.close();
+        assert!(r.is_closed() && r.file().is_none());
+        // SAFETY: `mapping` keeps the range mapped (now private zero pages).
+        assert_eq!(unsafe { mapping.as_ptr().read() }, 0);
+        // SAFETY: as above; writing is harmless.
+        unsafe { mapping.as_ptr().write(7) };
+        assert_eq!(r.write(0, b"x").unwrap_err().kind(), ErrorKind::RegionClosed);
+    }
+
+    #[test]
+    fn reclaim_only_after_the_connection_ended() {
+        let r = Region::create(4096).unwrap();
+        let ended = Arc::new(AtomicBool::new(false));
+        r.send_away(&ended);
+        assert_eq!(r.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred);
+        ended.store(true, Ordering::Release);
+        r.reclaim().unwrap();
+        assert!(!r.is_transferred());
+    }
+
+    #[test]
+    fn inspect_rejects_a_descriptor_with_a_lying_size_or_frozen_flag() {
+        let r = Region::create(4096).unwrap();
+        let file = r.file().unwrap();
+        assert_eq!(Region::inspect(file.as_fd(), 8192, false).unwrap_err().kind(), ErrorKind::RegionSizeMismatch);
+        assert_eq!(Region::inspect(file.as_fd(), 4096, true).unwrap_err().kind(), ErrorKind::RegionUnsealed);
+        assert!(Region::inspect(file.as_fd(), 4096, false).is_ok());
+    }
+}

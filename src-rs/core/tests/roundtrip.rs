@@ -562,3 +562,30 @@ fn send_produces_the_frame_documented_in_protocol_md() {
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     }
 }
+
+#[test]
+fn regions_are_created_and_received_under_every_memfd_noexec_setting() {
+    let _serial = serial();
+    let setting = std::path::Path::new("/proc/sys/vm/memfd_noexec");
+    let Ok(original) = std::fs::read_to_string(setting) else {
+        eprintln!("skipped: this kernel has no vm.memfd_noexec (Linux < 6.3)");
+        return;
+    };
+    if std::fs::write(setting, original.trim()).is_err() {
+        eprintln!("skipped: vm.memfd_noexec can only be changed by root");
+        return;
+    }
+    let outcome = std::panic::catch_unwind(|| {
+        for value in ["0", "1", "2"] {
+            std::fs::write(setting, value).unwrap();
+            let (a, b) = Endpoint::pair().unwrap();
+            let region = Region::create(4096).unwrap();
+            region.write(0, value.as_bytes()).unwrap();
+            a.send(b"", &[Attach::share(&region)]).unwrap();
+            let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
+            assert_eq!(&region_bytes(&theirs)[..1], value.as_bytes(), "vm.memfd_noexec={value}");
+        }
+    });
+    std::fs::write(setting, original.trim()).unwrap();
+    outcome.unwrap();
+}
