@@ -8,8 +8,8 @@ import { readFileSync, readdirSync, readlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { once } from 'node:events'
 
-import { Endpoint, Region, processStats, setProcessLimits, type Server, type ShmlinkError } from '../index'
-import { fdCount, settle } from './helpers'
+import { Endpoint, Region, processStats, setProcessLimits, spawnWithEndpoint, type Server, type ShmlinkError } from '../index'
+import { fdCount, fixture, settle } from './helpers'
 
 const PEER = join(__dirname, 'hostile', 'peer.py')
 let names = 0
@@ -366,4 +366,55 @@ test.serial('reclaim() takes back a region transferred over a connection that en
   t.false(region.transferred)
   region.bytes[0] = 1
   a.close()
+})
+
+function startHolder(mode: string) {
+  const spawned = spawnWithEndpoint(process.execPath, [fixture('reclaim-child.cjs'), mode], { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  spawned.child.stdout!.on('data', (d) => (out += d))
+  const line = async (): Promise<string> => {
+    while (!out.includes('\n')) await once(spawned.child.stdout!, 'data')
+    const [first] = out.split('\n')
+    out = out.slice(first.length + 1)
+    return first
+  }
+  return { ...spawned, line }
+}
+
+test.serial('a child that dies holding a transferred region: the parent reclaims it and owns it again', async (t) => {
+  const { child, endpoint, line } = startHolder('wait')
+  const region = Region.create(1 << 20)
+  region.bytes[0] = 42
+  await endpoint.send('', { transfer: [region] })
+  t.is(await line(), 'holding')
+  t.throws(() => region.reclaim(), { code: 'ERR_SHMLINK_REGION_TRANSFERRED' }, 'not while the child may use it')
+  child.kill('SIGKILL')
+  await t.throwsAsync(endpoint.recv(), { code: 'ERR_SHMLINK_PEER_CLOSED' })
+  region.reclaim()
+  t.is(region.bytes[0], 42)
+  region.bytes[0] = 43
+  endpoint.close()
+})
+
+test.serial('a child that closes the connection gives its transferred region back: it can no longer touch it, the parent can', async (t) => {
+  const { child, endpoint, line } = startHolder('close')
+  const region = Region.create(1 << 20)
+  await endpoint.send('', { transfer: [region] })
+  t.deepEqual(JSON.parse(await line()), { after: 'ERR_SHMLINK_REGION_TRANSFERRED', transferred: true })
+  await t.throwsAsync(endpoint.recv(), { code: 'ERR_SHMLINK_PEER_CLOSED' })
+  region.reclaim()
+  region.bytes[0] = 1
+  await once(child, 'exit')
+  endpoint.close()
+})
+
+test.serial('a parent that closes the connection leaves its transferred region with the child', async (t) => {
+  const { child, endpoint, line } = startHolder('keep')
+  const region = Region.create(1 << 20)
+  await endpoint.send('', { transfer: [region] })
+  t.is(await line(), 'holding')
+  endpoint.close()
+  t.throws(() => region.reclaim(), { code: 'ERR_SHMLINK_REGION_TRANSFERRED' }, 'the child keeps what it was given')
+  t.deepEqual(JSON.parse(await line()), { wrote: 7 })
+  await once(child, 'exit')
 })

@@ -278,7 +278,7 @@ impl Queued {
     fn abandon(self) {
         for (region, transfer) in self.attachments {
             if transfer {
-                region.come_back();
+                region.keep();
             }
         }
     }
@@ -972,9 +972,9 @@ impl Conn {
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let ended = std::sync::Arc::clone(self.session.ended_flag());
+        let fate = std::sync::Arc::clone(self.session.fate());
         for attach in attachments.iter().filter(|a| a.transfer) {
-            attach.region.send_away(&ended);
+            attach.region.send_away(&fate);
         }
         self.outbox.push_back(Queued {
             ticket,
@@ -1041,9 +1041,9 @@ impl Conn {
         drop(files);
         let binder = Weak::clone(&self.binder);
         self.session.message_sent(attachments, plan, &binder);
-        let ended = std::sync::Arc::clone(self.session.ended_flag());
+        let fate = std::sync::Arc::clone(self.session.fate());
         for attach in attachments.iter().filter(|a| a.transfer) {
-            attach.region.send_away(&ended);
+            attach.region.send_away(&fate);
         }
         self.stats.messages_out += 1;
         self.stats.bytes_out += payload.len() as u64;
@@ -1286,7 +1286,7 @@ impl Conn {
         if let Some(fd) = self.socket.borrow() {
             sys::shutdown_both(fd);
         }
-        self.session.end();
+        self.session.end(reason.kind() == ErrorKind::PeerClosed);
         self.status = Status::Ended(reason.clone());
         for queued in std::mem::take(&mut self.outbox) {
             self.fail_queued(queued, reason.clone());

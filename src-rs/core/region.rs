@@ -113,15 +113,44 @@ pub(crate) trait Binder: Send + Sync {
     fn region_closed(&self, region: &Region);
 }
 
+/// How a connection ended, as the regions transferred over it need to know
+/// (`docs/MEMORY-MODEL.md` §5.1): the side that ends a connection gives up the regions
+/// transferred to it over that connection, and the other side may take back the regions
+/// it transferred.
+#[derive(Debug, Default)]
+pub(crate) struct Fate(std::sync::atomic::AtomicU8);
+
+impl Fate {
+    const OPEN: u8 = 0;
+    const ENDED_BY_PEER: u8 = 1;
+    const ENDED_HERE: u8 = 2;
+
+    /// The connection ended: by the peer (end-of-file) or by this side (`close`, or a
+    /// failure this side detected). The first report stands.
+    pub(crate) fn end(&self, by_peer: bool) {
+        let fate = if by_peer { Self::ENDED_BY_PEER } else { Self::ENDED_HERE };
+        let _ = self
+            .0
+            .compare_exchange(Self::OPEN, fate, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Where the region is, as far as this process is concerned.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 enum Custody {
-    /// This process may use it.
-    #[default]
-    Here,
-    /// Transferred to a peer over a connection; `ended` turns true when that connection
-    /// ends, after which [`Region::reclaim`] may take the region back.
-    Away { ended: Arc<AtomicBool> },
+    /// This process may use it; `via` is the connection it last came over with a
+    /// transfer, whose ending by this side gives it up.
+    Here { via: Option<Arc<Fate>> },
+    /// Transferred to a peer over a connection; it comes back with any frame that brings
+    /// it, or by [`Region::reclaim`] once the peer has ended that connection.
+    Away { over: Arc<Fate> },
+    /// This side ended the connection the region had been transferred to it over: it is
+    /// its sender's again, for good.
+    GivenUp,
 }
 
 struct State {
@@ -222,6 +251,16 @@ pub struct Region {
     inner: Arc<Inner>,
 }
 
+/// A region that does not keep the region alive.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakRegion(Weak<Inner>);
+
+impl WeakRegion {
+    pub(crate) fn upgrade(&self) -> Option<Region> {
+        self.0.upgrade().map(|inner| Region { inner })
+    }
+}
+
 /// What a receiver learned about a descriptor before mapping it ([`Region::inspect`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Inspected {
@@ -295,7 +334,7 @@ impl Region {
                     primary: Some(Arc::new(primary)),
                     extra: Vec::new(),
                     lent: Vec::new(),
-                    custody: Custody::Here,
+                    custody: Custody::Here { via: None },
                     binders: Vec::new(),
                     charge,
                 }),
@@ -444,6 +483,10 @@ impl Region {
 
     fn key(&self) -> Key {
         (self.inner.realm, self.inner.identity)
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakRegion {
+        WeakRegion(Arc::downgrade(&self.inner))
     }
 
     /// Whether two handles refer to the same region.
@@ -636,52 +679,85 @@ impl Region {
         }
     }
 
-    /// Hands the region to a peer over a connection whose end `ended` reports: views are
-    /// revoked and the region refuses access until it comes back. Mappings are kept, so
-    /// a region that returns costs no new mapping.
-    pub(crate) fn send_away(&self, ended: &Arc<AtomicBool>) {
+    /// Hands the region to a peer over the connection whose ending `over` reports: views
+    /// are revoked and the region refuses access until it comes back. Mappings are kept,
+    /// so a region that returns costs no new mapping.
+    pub(crate) fn send_away(&self, over: &Arc<Fate>) {
         let mut state = self.state();
         Self::revoke_leases(&mut state);
         state.custody = Custody::Away {
-            ended: Arc::clone(ended),
+            over: Arc::clone(over),
         };
         self.inner.away.store(true, Ordering::Release);
     }
 
-    /// The region is this process's again: a peer sent it back, or a transfer never left.
-    pub(crate) fn come_back(&self) {
+    /// A transfer that never left: the region is usable here again, as before.
+    pub(crate) fn keep(&self) {
         let mut state = self.state();
-        state.custody = Custody::Here;
+        if let Custody::Away { .. } = state.custody {
+            state.custody = Custody::Here { via: None };
+            self.inner.away.store(false, Ordering::Release);
+        }
+    }
+
+    /// A frame brought the region to this process over the connection `via`; with
+    /// `transferred`, the peer gave it up, and this side gives it up again if it ends
+    /// that connection before passing the region on.
+    pub(crate) fn arrive(&self, via: &Arc<Fate>, transferred: bool) {
+        let mut state = self.state();
+        state.custody = Custody::Here {
+            via: transferred.then(|| Arc::clone(via)),
+        };
         self.inner.away.store(false, Ordering::Release);
     }
 
-    /// Takes back a region transferred over a connection that has since ended (the peer
-    /// closed, crashed or broke the protocol), so a pipeline can reuse its buffers.
+    /// This side ended the connection `via`: a region that came over it with a transfer
+    /// and is still here goes back to its sender (views revoked, access refused).
+    pub(crate) fn give_up_if_from(&self, via: &Arc<Fate>) {
+        let mut state = self.state();
+        if matches!(&state.custody, Custody::Here { via: Some(from) } if Arc::ptr_eq(from, via)) {
+            Self::revoke_leases(&mut state);
+            state.custody = Custody::GivenUp;
+            self.inner.away.store(true, Ordering::Release);
+        }
+    }
+
+    /// Takes back a region transferred over a connection the peer has since ended (it
+    /// closed, crashed, or broke the protocol), so a pipeline can reuse its buffers.
     ///
-    /// What the peer may still do with the memory is argued in `docs/MEMORY-MODEL.md`
-    /// §5.1: a peer that passed the descriptor on can still reach it; this is the
-    /// caller's decision to make, which is why it is explicit. Fails with
-    /// [`ErrorKind::RegionTransferred`] while the connection is open.
+    /// By `docs/PROTOCOL.md` §6 the side that ends a connection gives up the regions
+    /// transferred to it over that connection; a peer that crashed has lost its mappings
+    /// before its end of the socket closed. Why that makes this sound, and what it
+    /// assumes (the peer did not pass the region on), is `docs/MEMORY-MODEL.md` §5.1.
+    /// Fails with [`ErrorKind::RegionTransferred`] while the connection is open, or when
+    /// this side ended it (the peer keeps what it was given).
     pub fn reclaim(&self) -> Result<()> {
         const OP: &str = "Region.reclaim";
         if self.is_closed() {
             return Err(closed_error(OP));
         }
         let mut state = self.state();
-        match &state.custody {
-            Custody::Here => Ok(()),
-            Custody::Away { ended } if ended.load(Ordering::Acquire) => {
-                state.custody = Custody::Here;
+        let refusal = match &state.custody {
+            Custody::Here { .. } => return Ok(()),
+            Custody::Away { over } if over.get() == Fate::ENDED_BY_PEER => {
+                state.custody = Custody::Here { via: None };
                 self.inner.away.store(false, Ordering::Release);
-                Ok(())
+                return Ok(());
             }
-            Custody::Away { .. } => Err(Error::new(
-                ErrorKind::RegionTransferred,
-                OP,
+            Custody::Away { over } if over.get() == Fate::OPEN => {
                 "the connection the region was transferred over is still open; wait until the \
-                 peer sends it back",
-            )),
-        }
+                 peer sends it back"
+            }
+            Custody::Away { .. } => {
+                "this side ended the connection the region was transferred over, so the peer \
+                 keeps it (docs/MEMORY-MODEL.md §5.1)"
+            }
+            Custody::GivenUp => {
+                "the region was transferred to this side over a connection this side ended, so \
+                 it went back to its sender"
+            }
+        };
+        Err(Error::new(ErrorKind::RegionTransferred, OP, refusal))
     }
 
     /// Remembers that `binder` bound the region in its namespace; returns false when the
@@ -946,10 +1022,10 @@ mod tests {
         let counted = |_: Arc<Mapping>| Ok(Arc::new(Counted(Mutex::new(0))));
         let first = r.lend(counted).unwrap();
         let second = other_handle.lend(counted).unwrap();
-        r.send_away(&Arc::new(AtomicBool::new(false)));
+        r.send_away(&Arc::new(Fate::default()));
         assert_eq!((*first.0.lock().unwrap(), *second.0.lock().unwrap()), (1, 1));
         assert_eq!(r.lend(counted).err().map(|e| e.kind()), Some(ErrorKind::RegionTransferred));
-        r.come_back();
+        r.keep();
         let third = r.lend(counted).unwrap();
         r.close();
         assert_eq!(*third.0.lock().unwrap(), 1);
@@ -1000,14 +1076,35 @@ mod tests {
     }
 
     #[test]
-    fn reclaim_only_after_the_connection_ended() {
+    fn reclaim_only_after_the_peer_ended_the_connection() {
         let r = Region::create(4096).unwrap();
-        let ended = Arc::new(AtomicBool::new(false));
-        r.send_away(&ended);
-        assert_eq!(r.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred);
-        ended.store(true, Ordering::Release);
+        let by_peer = Arc::new(Fate::default());
+        r.send_away(&by_peer);
+        assert_eq!(r.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred, "still open");
+        by_peer.end(true);
         r.reclaim().unwrap();
         assert!(!r.is_transferred());
+
+        let here = Arc::new(Fate::default());
+        r.send_away(&here);
+        here.end(false);
+        assert_eq!(r.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred, "the peer keeps it");
+    }
+
+    #[test]
+    fn ending_a_connection_gives_up_what_came_over_it_with_a_transfer() {
+        let (kept, given) = (Region::create(4096).unwrap(), Region::create(4096).unwrap());
+        let (other, connection) = (Arc::new(Fate::default()), Arc::new(Fate::default()));
+        kept.arrive(&connection, false);
+        given.arrive(&connection, true);
+        given.give_up_if_from(&other);
+        assert!(!given.is_transferred(), "another connection's end changes nothing");
+        kept.give_up_if_from(&connection);
+        given.give_up_if_from(&connection);
+        assert!(!kept.is_transferred(), "a shared region stays");
+        assert!(given.is_transferred());
+        assert_eq!(given.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred);
+        assert_eq!(given.check_usable("x").unwrap_err().kind(), ErrorKind::RegionTransferred);
     }
 
     #[test]

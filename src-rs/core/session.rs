@@ -9,8 +9,7 @@ use std::sync::{Arc, Weak};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Charge, Limits, exceeded};
-use crate::region::{Binder, Realm, Region};
-use crate::sync::{AtomicBool, Ordering};
+use crate::region::{Binder, Fate, Realm, Region, WeakRegion};
 use crate::table::{PeerBinding, RegionTable};
 use crate::wire::{self, Announced, Descriptor, Refusal};
 
@@ -117,8 +116,11 @@ pub(crate) struct Session {
     ended: bool,
     table: RegionTable,
     releases: Vec<Descriptor>,
-    /// Turns true when the connection ends; shared with regions transferred over it.
-    ended_flag: Arc<AtomicBool>,
+    /// How the connection ended; shared with regions transferred over it.
+    fate: Arc<Fate>,
+    /// Regions that came over this connection with a transfer: this side gives them up if
+    /// it ends the connection while they are still here (`docs/MEMORY-MODEL.md` §5.1).
+    transferred_in: Vec<WeakRegion>,
 }
 
 const OP_RECV: &str = "recv";
@@ -138,7 +140,8 @@ impl Session {
             ended: false,
             table: RegionTable::default(),
             releases: Vec::new(),
-            ended_flag: Arc::new(AtomicBool::new(false)),
+            fate: Arc::new(Fate::default()),
+            transferred_in: Vec::new(),
         }
     }
 
@@ -155,8 +158,9 @@ impl Session {
         self.peer.is_some() && !self.ended
     }
 
-    pub(crate) fn ended_flag(&self) -> &Arc<AtomicBool> {
-        &self.ended_flag
+    /// How the connection ended, for regions transferred over it.
+    pub(crate) fn fate(&self) -> &Arc<Fate> {
+        &self.fate
     }
 
     /// Regions of the peer's namespace bound now, and the bytes they hold.
@@ -368,13 +372,22 @@ impl Session {
         true
     }
 
-    /// Ends the session (end-of-file, a failure, or closed here): the tables are dropped
-    /// and regions transferred over the connection become reclaimable.
-    pub(crate) fn end(&mut self) {
+    /// Ends the session: by the peer (end-of-file) or by this side (closed here, or a
+    /// failure this side detected). The tables are dropped. When the peer ended it, the
+    /// regions this side transferred over it become reclaimable; when this side did, the
+    /// regions transferred to it over the connection go back to the peer
+    /// (`docs/PROTOCOL.md` §6).
+    pub(crate) fn end(&mut self, by_peer: bool) {
         self.ended = true;
         self.releases.clear();
         self.table.clear();
-        self.ended_flag.store(true, Ordering::Release);
+        self.fate.end(by_peer);
+        if !by_peer {
+            for region in self.transferred_in.drain(..).filter_map(|weak| weak.upgrade()) {
+                region.give_up_if_from(&self.fate);
+            }
+        }
+        self.transferred_in.clear();
     }
 
     /// Judges one record in the order `docs/PROTOCOL.md` §7 gives and applies it. On an
@@ -384,8 +397,10 @@ impl Session {
             return Err(Error::closed(OP_RECV));
         }
         let outcome = self.judge(record);
-        if outcome.is_err() || matches!(outcome, Ok(Inbound::EndOfFile)) {
-            self.end();
+        match outcome {
+            Ok(Inbound::EndOfFile) => self.end(true),
+            Err(_) => self.end(false),
+            Ok(_) => {}
         }
         outcome
     }
@@ -490,7 +505,11 @@ impl Session {
                     });
                 }
                 for incoming in &regions {
-                    incoming.region.come_back();
+                    incoming.region.arrive(&self.fate, incoming.transferred);
+                    if incoming.transferred {
+                        self.transferred_in.retain(|weak| weak.upgrade().is_some());
+                        self.transferred_in.push(incoming.region.downgrade());
+                    }
                 }
                 Ok(Inbound::Message(Message {
                     payload: frame.payload.to_vec(),
@@ -824,7 +843,7 @@ mod tests {
             .handle_record(record(&two, vec![foreign(4096)]))
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
-        assert!(s.ended_flag().load(Ordering::Acquire));
+        assert!(!s.is_established());
         assert_eq!(
             s.handle_record(record(&two, vec![])).unwrap_err().kind(),
             ErrorKind::Closed
