@@ -561,7 +561,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
 
   readonly #onMessage = (received: ReceivedMessage): boolean => {
     const message = toMessage(this.#native!, received)
-    if (debugging) this.#log('recv', message)
+    if (debugging) this.#logRecv(message)
     const waiter = this.#waiters.shift()
     if (waiter !== undefined) waiter.resolve(message)
     else if (this.listenerCount('message') > 0) this.emit('message', message)
@@ -572,6 +572,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   readonly #onEvent = (event: EndpointEvent): void => {
     switch (event.type) {
       case 'sent':
+        if (debugging) debug('connection %d: queued sends up to #%d left', this.id, event.through)
         for (const [ticket, waiter] of this.#sends) {
           if (ticket > event.through) break
           this.#sends.delete(ticket)
@@ -605,9 +606,19 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     return this.#handshakes.length > 0 || this.listenerCount('close') > 0 || this.listenerCount('message') > 0
   }
 
-  #log(what: 'send' | 'recv', message: { payload: Uint8Array; regions: readonly Region[] }, detail = ''): void {
-    const regions = message.regions.map((r) => `${this.#native?.regionId(nativeOf(r)) ?? '?'}:${r.size}${r.frozen ? ':frozen' : ''}`)
-    debug('connection %d %s %d bytes, %d regions [%s]%s', this.id, what, message.payload.byteLength, regions.length, regions.join(' '), detail)
+  #logSend(bytes: Uint8Array, attached: Attachment[] | undefined, ticket: number): void {
+    const native = this.#native!
+    const regions = (attached ?? []).map(({ region, transfer }) => {
+      const flags = `${region.frozen ? ':frozen' : ''}${transfer ? ':transfer' : ''}`
+      return `${native.regionId(region) ?? 'new'}:${region.size}${flags}`
+    })
+    const waiting = native.handshakeComplete ? 'the socket is full' : "waiting for the peer's HELLO: has it started reading?"
+    debug('connection %d send %d bytes, %d regions [%s]%s', this.id, bytes.byteLength, regions.length, regions.join(' '), ticket === 0 ? '' : ` queued as #${ticket} (${waiting})`)
+  }
+
+  #logRecv(message: Message): void {
+    const regions = message.descriptors.map((d, i) => `${d.id}:${message.regions[i].size}${d.new ? ':new' : ''}${d.frozen ? ':frozen' : ''}${d.transferred ? ':transfer' : ''}`)
+    debug('connection %d recv %d bytes, %d regions [%s]', this.id, message.payload.byteLength, regions.length, regions.join(' '))
   }
 
   /**
@@ -620,8 +631,9 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       checkSignal(options.signal)
       if (options.signal?.aborted) return Promise.reject(abortError(options.signal))
       const bytes = toBytes(payload, 'payload')
-      ticket = this.#live().send(bytes, attachments(options))
-      if (debugging) this.#log('send', { payload: bytes, regions: [...(options.regions ?? []), ...(options.transfer ?? [])] }, ticket === 0 ? '' : ` (queued as ${ticket})`)
+      const attached = attachments(options)
+      ticket = this.#live().send(bytes, attached)
+      if (debugging) this.#logSend(bytes, attached, ticket)
     } catch (error) {
       return Promise.reject(error)
     }
@@ -652,7 +664,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     }
     if (received !== null) {
       const message = toMessage(this.#native!, received)
-      if (debugging) this.#log('recv', message)
+      if (debugging) this.#logRecv(message)
       return Promise.resolve(message)
     }
     return pending<Message>(

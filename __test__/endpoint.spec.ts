@@ -309,8 +309,10 @@ test('NODE_DEBUG=shmlink logs traffic through util.debuglog', async (t) => {
   const quiet = await runNode([fixture('debuglog.cjs')], { NODE_DEBUG: '' })
   t.is(quiet.stderr, '')
   const logged = await runNode([fixture('debuglog.cjs')], { NODE_DEBUG: 'shmlink' })
-  t.regex(logged.stderr, /SHMLINK \d+: connection \d+ send 6 bytes, 0 regions/)
-  t.regex(logged.stderr, /SHMLINK \d+: connection \d+ recv 6 bytes, 0 regions/)
+  t.regex(logged.stderr, /SHMLINK \d+: connection \d+ send 6 bytes, 1 regions \[1:4096:transfer\]/)
+  t.regex(logged.stderr, /SHMLINK \d+: connection \d+ recv 6 bytes, 1 regions \[1:4096:new:transfer\]/)
+  t.regex(logged.stderr, /send 6 bytes, 0 regions \[\] queued as #1 \(waiting for the peer's HELLO/)
+  t.regex(logged.stderr, /connection \d+ ended: recv: the peer closed the connection/)
 })
 
 test('inherited() outside spawnWithEndpoint explains itself', (t) => {

@@ -461,7 +461,8 @@ impl Endpoint {
             Err(e) if e.kind() == ErrorKind::InvalidArgument => Err(Error::invalid(
                 OP,
                 format!(
-                    "SHMLINK_FD={raw} does not name the socket the parent passed down: {e}; {WRAPPERS}"
+                    "SHMLINK_FD={raw} does not name the socket the parent passed down: {}; {WRAPPERS}",
+                    e.cause()
                 ),
             )),
             Err(e) => Err(e),

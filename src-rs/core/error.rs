@@ -221,6 +221,17 @@ impl Error {
     }
 }
 
+impl Error {
+    /// What happened, without the operation's name: for a message that embeds this error
+    /// in the account of another operation.
+    pub(crate) fn cause(&self) -> String {
+        let text = self.to_string();
+        text.strip_prefix(self.op)
+            .and_then(|rest| rest.strip_prefix(": "))
+            .map_or_else(|| text.clone(), str::to_owned)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: ", self.op)?;

@@ -72,7 +72,8 @@ pub mod fuzzing {
     /// peer's HELLO when `data` starts with a zero byte; otherwise a valid HELLO is
     /// judged first. Returns when the session has ended or the input is used up.
     pub fn session(data: &[u8]) {
-        let mut session = Session::new(Limits::default(), data.first() != Some(&1), Realm::unique());
+        let mut session =
+            Session::new(Limits::default(), data.first() != Some(&1), Realm::unique());
         let mut rest = data.get(1..).unwrap_or_default();
         if data.first() != Some(&0) {
             let hello = crate::wire::hello_frame(crate::wire::Announced::default());

@@ -128,7 +128,11 @@ impl Fate {
     /// The connection ended: by the peer (end-of-file) or by this side (`close`, or a
     /// failure this side detected). The first report stands.
     pub(crate) fn end(&self, by_peer: bool) {
-        let fate = if by_peer { Self::ENDED_BY_PEER } else { Self::ENDED_HERE };
+        let fate = if by_peer {
+            Self::ENDED_BY_PEER
+        } else {
+            Self::ENDED_HERE
+        };
         let _ = self
             .0
             .compare_exchange(Self::OPEN, fate, Ordering::AcqRel, Ordering::Acquire);
@@ -931,7 +935,10 @@ mod tests {
     /// Another process's writable mapping of `region`, made through its memory file.
     fn outside_mapping(region: &Region) -> MmapRaw {
         let file = region.file().unwrap();
-        MmapOptions::new().len(region.size()).map_raw(&file.as_fd()).unwrap()
+        MmapOptions::new()
+            .len(region.size())
+            .map_raw(&file.as_fd())
+            .unwrap()
     }
 
     struct Counted(Mutex<u32>);
@@ -943,8 +950,14 @@ mod tests {
 
     #[test]
     fn create_rejects_zero_and_huge_sizes() {
-        assert_eq!(Region::create(0).unwrap_err().kind(), ErrorKind::InvalidArgument);
-        assert_eq!(Region::create(usize::MAX).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            Region::create(0).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            Region::create(usize::MAX).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 
     #[test]
@@ -967,8 +980,14 @@ mod tests {
     #[test]
     fn read_and_write_reject_out_of_range() {
         let r = Region::create(100).unwrap();
-        assert_eq!(r.write(99, b"ab").unwrap_err().kind(), ErrorKind::InvalidArgument);
-        assert_eq!(r.read(usize::MAX, &mut [0; 2]).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            r.write(99, b"ab").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            r.read(usize::MAX, &mut [0; 2]).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
     }
 
     #[test]
@@ -978,7 +997,10 @@ mod tests {
         let mapping = r.mapping().unwrap();
         r.freeze().unwrap();
         assert!(r.is_frozen());
-        assert_eq!(r.write(0, b"x").unwrap_err().kind(), ErrorKind::RegionFrozen);
+        assert_eq!(
+            r.write(0, b"x").unwrap_err().kind(),
+            ErrorKind::RegionFrozen
+        );
         // A stray write through an old pointer lands in a private copy only, and read()
         // keeps reporting what every peer sees.
         // SAFETY: `mapping` maps 4096 bytes and lives for this block.
@@ -986,7 +1008,12 @@ mod tests {
         let mut buf = [0u8; 6];
         r.read(0, &mut buf).unwrap();
         assert_eq!(&buf, b"frozen");
-        assert!(sys::seals(r.file().unwrap().as_fd()).unwrap().unwrap().write);
+        assert!(
+            sys::seals(r.file().unwrap().as_fd())
+                .unwrap()
+                .unwrap()
+                .write
+        );
     }
 
     #[test]
@@ -997,7 +1024,11 @@ mod tests {
         assert!(!r.is_frozen());
         r.write(0, b"still shared").unwrap();
         // SAFETY: `outside` maps 4096 bytes and lives for this block.
-        assert_eq!(unsafe { outside.as_ptr().read() }, b's', "the region stayed shared");
+        assert_eq!(
+            unsafe { outside.as_ptr().read() },
+            b's',
+            "the region stayed shared"
+        );
         drop(outside);
         r.freeze().unwrap();
     }
@@ -1007,12 +1038,20 @@ mod tests {
         let r = Region::create(4096).unwrap();
         let outside = outside_mapping(&r);
         let file = r.file().unwrap();
-        nix::fcntl::fcntl(&*file, nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_FUTURE_WRITE)).unwrap();
+        nix::fcntl::fcntl(
+            &*file,
+            nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_FUTURE_WRITE),
+        )
+        .unwrap();
         assert_eq!(r.freeze().unwrap_err().kind(), ErrorKind::RegionBusy);
         assert!(!r.is_frozen() && !r.is_closed());
         r.write(0, b"reaches the peer").unwrap();
         // SAFETY: `outside` maps 4096 bytes and lives for this block.
-        assert_eq!(unsafe { outside.as_ptr().read() }, b'r', "local writes still reach the peer");
+        assert_eq!(
+            unsafe { outside.as_ptr().read() },
+            b'r',
+            "local writes still reach the peer"
+        );
     }
 
     #[test]
@@ -1023,8 +1062,14 @@ mod tests {
         let first = r.lend(counted).unwrap();
         let second = other_handle.lend(counted).unwrap();
         r.send_away(&Arc::new(Fate::default()));
-        assert_eq!((*first.0.lock().unwrap(), *second.0.lock().unwrap()), (1, 1));
-        assert_eq!(r.lend(counted).err().map(|e| e.kind()), Some(ErrorKind::RegionTransferred));
+        assert_eq!(
+            (*first.0.lock().unwrap(), *second.0.lock().unwrap()),
+            (1, 1)
+        );
+        assert_eq!(
+            r.lend(counted).err().map(|e| e.kind()),
+            Some(ErrorKind::RegionTransferred)
+        );
         r.keep();
         let third = r.lend(counted).unwrap();
         r.close();
@@ -1058,7 +1103,10 @@ mod tests {
                 Ok(Arc::new(Counted(Mutex::new(0))))
             })
             .unwrap();
-        assert_eq!(again, lent[0], "once its view is gone, the region's own mapping is lent again");
+        assert_eq!(
+            again, lent[0],
+            "once its view is gone, the region's own mapping is lent again"
+        );
     }
 
     #[test]
@@ -1072,7 +1120,10 @@ mod tests {
         assert_eq!(unsafe { mapping.as_ptr().read() }, 0);
         // SAFETY: as above; writing is harmless.
         unsafe { mapping.as_ptr().write(7) };
-        assert_eq!(r.write(0, b"x").unwrap_err().kind(), ErrorKind::RegionClosed);
+        assert_eq!(
+            r.write(0, b"x").unwrap_err().kind(),
+            ErrorKind::RegionClosed
+        );
     }
 
     #[test]
@@ -1080,7 +1131,11 @@ mod tests {
         let r = Region::create(4096).unwrap();
         let by_peer = Arc::new(Fate::default());
         r.send_away(&by_peer);
-        assert_eq!(r.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred, "still open");
+        assert_eq!(
+            r.reclaim().unwrap_err().kind(),
+            ErrorKind::RegionTransferred,
+            "still open"
+        );
         by_peer.end(true);
         r.reclaim().unwrap();
         assert!(!r.is_transferred());
@@ -1088,7 +1143,11 @@ mod tests {
         let here = Arc::new(Fate::default());
         r.send_away(&here);
         here.end(false);
-        assert_eq!(r.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred, "the peer keeps it");
+        assert_eq!(
+            r.reclaim().unwrap_err().kind(),
+            ErrorKind::RegionTransferred,
+            "the peer keeps it"
+        );
     }
 
     #[test]
@@ -1098,21 +1157,40 @@ mod tests {
         kept.arrive(&connection, false);
         given.arrive(&connection, true);
         given.give_up_if_from(&other);
-        assert!(!given.is_transferred(), "another connection's end changes nothing");
+        assert!(
+            !given.is_transferred(),
+            "another connection's end changes nothing"
+        );
         kept.give_up_if_from(&connection);
         given.give_up_if_from(&connection);
         assert!(!kept.is_transferred(), "a shared region stays");
         assert!(given.is_transferred());
-        assert_eq!(given.reclaim().unwrap_err().kind(), ErrorKind::RegionTransferred);
-        assert_eq!(given.check_usable("x").unwrap_err().kind(), ErrorKind::RegionTransferred);
+        assert_eq!(
+            given.reclaim().unwrap_err().kind(),
+            ErrorKind::RegionTransferred
+        );
+        assert_eq!(
+            given.check_usable("x").unwrap_err().kind(),
+            ErrorKind::RegionTransferred
+        );
     }
 
     #[test]
     fn inspect_rejects_a_descriptor_with_a_lying_size_or_frozen_flag() {
         let r = Region::create(4096).unwrap();
         let file = r.file().unwrap();
-        assert_eq!(Region::inspect(file.as_fd(), 8192, false).unwrap_err().kind(), ErrorKind::RegionSizeMismatch);
-        assert_eq!(Region::inspect(file.as_fd(), 4096, true).unwrap_err().kind(), ErrorKind::RegionUnsealed);
+        assert_eq!(
+            Region::inspect(file.as_fd(), 8192, false)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::RegionSizeMismatch
+        );
+        assert_eq!(
+            Region::inspect(file.as_fd(), 4096, true)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::RegionUnsealed
+        );
         assert!(Region::inspect(file.as_fd(), 4096, false).is_ok());
     }
 }

@@ -383,7 +383,11 @@ impl Session {
         self.table.clear();
         self.fate.end(by_peer);
         if !by_peer {
-            for region in self.transferred_in.drain(..).filter_map(|weak| weak.upgrade()) {
+            for region in self
+                .transferred_in
+                .drain(..)
+                .filter_map(|weak| weak.upgrade())
+            {
                 region.give_up_if_from(&self.fate);
             }
         }

@@ -93,7 +93,14 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
         // size never changes (sealed), so every byte V8 may touch stays mapped. No
         // backing-store finalizer: the object's finalizer does the work (see `Lent`).
         let status = unsafe {
-            sys::napi_create_external_arraybuffer(env, data, len, None, ptr::null_mut(), &mut buffer)
+            sys::napi_create_external_arraybuffer(
+                env,
+                data,
+                len,
+                None,
+                ptr::null_mut(),
+                &mut buffer,
+            )
         };
         match status {
             sys::Status::napi_ok => {}
@@ -134,7 +141,14 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
         // SAFETY: `buffer` is an object of `env`; `lent` is handed to its finalizer, which
         // runs once, when the object is collected.
         let status = unsafe {
-            sys::napi_add_finalizer(env, buffer, lent.cast(), Some(release_lent), ptr::null_mut(), ptr::null_mut())
+            sys::napi_add_finalizer(
+                env,
+                buffer,
+                lent.cast(),
+                Some(release_lent),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
         };
         if status != sys::Status::napi_ok {
             forget_buffer(env, buffer);
@@ -142,13 +156,22 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
             // is detached, so nothing reaches the mapping through it any more.
             let lent = unsafe { Box::from_raw(lent) };
             // SAFETY: the reference is ours and deleted once, here.
-            crate::error::after_teardown(unsafe { sys::napi_delete_reference(env, lent.view.buffer) });
+            crate::error::after_teardown(unsafe {
+                sys::napi_delete_reference(env, lent.view.buffer)
+            });
             return Err(fail(OP, "napi_add_finalizer", status));
         }
         let mut array = ptr::null_mut();
         // SAFETY: `buffer` is the ArrayBuffer just created, of `len` bytes.
         let status = unsafe {
-            sys::napi_create_typedarray(env, sys::TypedarrayType::uint8_array, len, buffer, 0, &mut array)
+            sys::napi_create_typedarray(
+                env,
+                sys::TypedarrayType::uint8_array,
+                len,
+                buffer,
+                0,
+                &mut array,
+            )
         };
         if status != sys::Status::napi_ok {
             clear_exception(env);

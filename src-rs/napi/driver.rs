@@ -575,7 +575,14 @@ pub fn noop_function(env: sys::napi_env) -> Option<sys::napi_value> {
     let name = "shmlinkProbe";
     // SAFETY: `name` points at `name.len()` bytes of UTF-8; `noop` ignores its arguments.
     let status = unsafe {
-        sys::napi_create_function(env, name.as_ptr().cast(), name.len() as isize, Some(noop), ptr::null_mut(), &mut function)
+        sys::napi_create_function(
+            env,
+            name.as_ptr().cast(),
+            name.len() as isize,
+            Some(noop),
+            ptr::null_mut(),
+            &mut function,
+        )
     };
     (status == sys::Status::napi_ok).then_some(function)
 }
@@ -591,7 +598,8 @@ pub fn runs_javascript(env: sys::napi_env, function: sys::napi_value) -> bool {
     let mut result = ptr::null_mut();
     // SAFETY: `function` is a live function of `env` made by `noop_function` in the same
     // call; it runs no user code.
-    let status = unsafe { sys::napi_call_function(env, receiver, function, 0, ptr::null(), &mut result) };
+    let status =
+        unsafe { sys::napi_call_function(env, receiver, function, 0, ptr::null(), &mut result) };
     status == sys::Status::napi_ok
 }
 

@@ -583,7 +583,11 @@ fn regions_are_created_and_received_under_every_memfd_noexec_setting() {
             region.write(0, value.as_bytes()).unwrap();
             a.send(b"", &[Attach::share(&region)]).unwrap();
             let theirs = b.recv_timeout(WAIT).unwrap().regions.remove(0).region;
-            assert_eq!(&region_bytes(&theirs)[..1], value.as_bytes(), "vm.memfd_noexec={value}");
+            assert_eq!(
+                &region_bytes(&theirs)[..1],
+                value.as_bytes(),
+                "vm.memfd_noexec={value}"
+            );
         }
     });
     std::fs::write(setting, original.trim()).unwrap();
