@@ -135,6 +135,14 @@ export function zeroCopy(): boolean {
   return zeroCopyAvailable
 }
 
+/**
+ * How this runtime wakes shmlink up: `'uv'` (libuv poll handles: Node, Electron) or
+ * `'thread'` (a watching thread: Bun, Deno). `SHMLINK_WAKEUP=thread|uv` overrides it.
+ */
+export function wakeupBackend(): 'uv' | 'thread' {
+  return binding.wakeupBackend() as 'uv' | 'thread'
+}
+
 /** The native handle of a Region, for this module only. */
 let nativeOf: (region: Region) => NativeRegion
 /** The live Region for a region that arrived, for this module only. */

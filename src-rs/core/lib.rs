@@ -45,6 +45,7 @@ mod socket;
 mod sync;
 mod sys;
 mod table;
+mod watcher;
 pub mod wire;
 
 pub use endpoint::{Bytes, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
@@ -56,6 +57,7 @@ pub use listener::{ListenOptions, Listener};
 pub use region::{Lease, Mapping, Realm, Region};
 pub use session::{Attach, Incoming, Message};
 pub use sys::{Credentials, Interest};
+pub use watcher::Watcher;
 
 /// Entry points for coverage-guided fuzzing (`fuzz/`), not part of the API.
 #[doc(hidden)]

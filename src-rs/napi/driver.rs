@@ -32,6 +32,10 @@ pub trait Backend {
     fn set_ref(&self, referenced: bool);
     /// Stop watching for good; the backend calls [`Core::backend_closed`] once it has.
     fn close(&self);
+    /// Whether the driver must close the backend itself when the environment is torn
+    /// down (libuv handles must be closed before their loop ends); a backend the runtime
+    /// finalizes on its own answers false.
+    fn closes_on_teardown(&self) -> bool;
 }
 
 /// A region that arrived with a message, as `index.ts` sees it before it asks for the
@@ -245,19 +249,22 @@ impl Driver {
             core: Rc::clone(&core),
         };
         let backend = make_backend(env, fd, &core)?;
+        let needs_hook = backend.closes_on_teardown();
         *core.backend.borrow_mut() = Some(backend);
-        let mut hook = ptr::null_mut();
-        // SAFETY: the data is this core, kept alive by the backend until it is closed,
-        // which removes the hook first (`backend_closed`).
-        check(OP, "napi_add_async_cleanup_hook", unsafe {
-            sys::napi_add_async_cleanup_hook(
-                env,
-                Some(on_env_teardown),
-                Rc::as_ptr(&core) as *mut c_void,
-                &mut hook,
-            )
-        })?;
-        core.hook.set(hook);
+        if needs_hook {
+            let mut hook = ptr::null_mut();
+            // SAFETY: the data is this core, kept alive by the backend until it is closed,
+            // which removes the hook first (`backend_closed`).
+            check(OP, "napi_add_async_cleanup_hook", unsafe {
+                sys::napi_add_async_cleanup_hook(
+                    env,
+                    Some(on_env_teardown),
+                    Rc::as_ptr(&core) as *mut c_void,
+                    &mut hook,
+                )
+            })?;
+            core.hook.set(hook);
+        }
         core.set_ref(false);
         core.update();
         Ok(driver)

@@ -8,6 +8,7 @@ mod backend;
 mod buffer;
 mod driver;
 mod error;
+mod thread;
 mod uv;
 
 use std::cell::RefCell;
@@ -279,6 +280,13 @@ impl NativeRegion {
 #[napi]
 pub fn error_codes() -> Vec<&'static str> {
     ErrorKind::ALL.iter().map(|kind| kind.code()).collect()
+}
+
+/// Which wake-up backend this environment uses: `"uv"` (libuv poll handles) or
+/// `"thread"` (a watching thread, for runtimes without libuv).
+#[napi]
+pub fn wakeup_backend(env: Env) -> &'static str {
+    backend::name(env.raw())
 }
 
 /// Whether this runtime lets native code lend memory to `ArrayBuffer`s.

@@ -5,7 +5,7 @@
 //! JavaScript thread itself; no thread and no threadpool task is involved. Node exports
 //! the libuv symbols to addons (`doc/api/addons.md`), so they are declared here and
 //! resolved when the addon loads. Runtimes without them (Bun, Deno) never reach this
-//! module: the backend is chosen when the addon loads (`backend.rs`).
+//! module: the backend is chosen before any libuv call (`backend.rs`).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
@@ -130,6 +130,10 @@ impl Backend for UvPoll {
                 format!("the event loop cannot watch the socket (libuv error {status})"),
             ))
         }
+    }
+
+    fn closes_on_teardown(&self) -> bool {
+        true
     }
 
     fn set_ref(&self, referenced: bool) {

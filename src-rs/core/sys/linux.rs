@@ -15,6 +15,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous};
 use nix::sys::socket::{
     AddressFamily, Backlog, Shutdown, SockFlag, SockType, UnixAddr, accept4, bind, connect,
@@ -762,4 +763,83 @@ fn control_len(fds: usize) -> usize {
 /// is aligned.
 pub(crate) fn control_buffer(fds: usize) -> Vec<u64> {
     vec![0u64; control_len(fds).div_ceil(size_of::<u64>())]
+}
+
+/// An epoll instance, for a thread that waits on many sockets at once.
+pub(crate) fn watcher() -> Result<Epoll> {
+    Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| {
+        Error::os(
+            "watch",
+            "epoll_create1",
+            e,
+            "raise the open-file limit (ulimit -n)",
+        )
+    })
+}
+
+fn epoll_flags(interest: Interest) -> EpollFlags {
+    let mut flags = EpollFlags::EPOLLONESHOT;
+    if interest.readable {
+        flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+    }
+    if interest.writable {
+        flags |= EpollFlags::EPOLLOUT;
+    }
+    flags
+}
+
+/// Watches `fd` for `interest`, reported once under `key` (then disarmed until the next
+/// call): adds `fd` on the first call, re-arms it on later ones.
+pub(crate) fn watch(
+    epoll: &Epoll,
+    fd: BorrowedFd<'_>,
+    key: u64,
+    interest: Interest,
+    first: bool,
+) -> Result<()> {
+    let event = EpollEvent::new(epoll_flags(interest), key);
+    let done = if first {
+        epoll.add(fd, event)
+    } else {
+        epoll.modify(fd, &mut { event })
+    };
+    done.map_err(|e| Error::os("watch", "epoll_ctl", e, "the socket cannot be watched"))
+}
+
+/// Stops watching `fd`.
+pub(crate) fn unwatch(epoll: &Epoll, fd: BorrowedFd<'_>) {
+    // A descriptor that was never added, or is closed already, is not watched either way.
+    let _ = epoll.delete(fd);
+}
+
+/// Waits for readiness; fills `ready` with `(key, readiness)` pairs.
+pub(crate) fn wait_ready(epoll: &Epoll, ready: &mut Vec<(u64, Interest)>) -> Result<()> {
+    let mut events = [EpollEvent::empty(); 64];
+    let count = loop {
+        match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(count) => break count,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(Error::os(
+                    "watch",
+                    "epoll_wait",
+                    e,
+                    "the watcher thread cannot wait",
+                ));
+            }
+        }
+    };
+    ready.clear();
+    ready.extend(events[..count].iter().map(|event| {
+        let flags = event.events();
+        let failed = EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP;
+        (
+            event.data(),
+            Interest {
+                readable: flags.intersects(EpollFlags::EPOLLIN | failed),
+                writable: flags.contains(EpollFlags::EPOLLOUT),
+            },
+        )
+    }));
+    Ok(())
 }

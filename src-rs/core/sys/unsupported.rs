@@ -122,3 +122,26 @@ pub(crate) fn peer_credentials(_fd: BorrowedFd<'_>) -> Result<Credentials> {
 pub(crate) fn control_buffer(_fds: usize) -> Vec<u64> {
     Vec::new()
 }
+
+/// Stands in for an epoll instance where there is none.
+pub(crate) struct Epoll;
+
+pub(crate) fn watcher() -> Result<Epoll> {
+    unsupported("watch")
+}
+
+pub(crate) fn watch(
+    _epoll: &Epoll,
+    _fd: BorrowedFd<'_>,
+    _key: u64,
+    _interest: Interest,
+    _first: bool,
+) -> Result<()> {
+    unsupported("watch")
+}
+
+pub(crate) fn unwatch(_epoll: &Epoll, _fd: BorrowedFd<'_>) {}
+
+pub(crate) fn wait_ready(_epoll: &Epoll, _ready: &mut Vec<(u64, Interest)>) -> Result<()> {
+    unsupported("watch")
+}
