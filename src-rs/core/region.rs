@@ -1024,11 +1024,8 @@ mod tests {
         assert!(!r.is_frozen());
         r.write(0, b"still shared").unwrap();
         // SAFETY: `outside` maps 4096 bytes and lives for this block.
-        assert_eq!(
-            unsafe { outside.as_ptr().read() },
-            b's',
-            "the region stayed shared"
-        );
+        let first = unsafe { outside.as_ptr().read() };
+        assert_eq!(first, b's', "the region stayed shared");
         drop(outside);
         r.freeze().unwrap();
     }
@@ -1047,11 +1044,8 @@ mod tests {
         assert!(!r.is_frozen() && !r.is_closed());
         r.write(0, b"reaches the peer").unwrap();
         // SAFETY: `outside` maps 4096 bytes and lives for this block.
-        assert_eq!(
-            unsafe { outside.as_ptr().read() },
-            b'r',
-            "local writes still reach the peer"
-        );
+        let first = unsafe { outside.as_ptr().read() };
+        assert_eq!(first, b'r', "local writes still reach the peer");
     }
 
     #[test]
