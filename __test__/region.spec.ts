@@ -31,7 +31,7 @@ test('close detaches old views, which then read as empty and never crash', (t) =
   view[0] = 1
   region.close()
   t.is(view.length, 0)
-  t.is(view[0], undefined)
+  t.is((view as ArrayLike<number | undefined>)[0], undefined)
   view[0] = 5
   t.true(region.closed)
   t.is(region.size, 0)
