@@ -248,13 +248,7 @@ class Region(mmap.mmap):
         except (OverflowError, ValueError):
             raise ShmlinkError(OS, f"{op}: a {size}-byte region does not fit in this "
                                    "process's address space") from None
-        address = _sys.buffer_address(self)
-        try:
-            sharing = _sys.MAP_PRIVATE if frozen else _sys.MAP_SHARED
-            _sys.map_fixed(address, size, prot, sharing, file.fd, op)
-        except BaseException:
-            mmap.mmap.close(self)
-            raise
+        # The state first: on Python 3.12 and later, taking the buffer runs __buffer__.
         self._size = size
         self._file = file
         self._identity = identity
@@ -264,8 +258,14 @@ class Region(mmap.mmap):
         self._closed = False
         self._away = None
         self._binders = []
-        self._address = address
         self._charge = charge
+        try:
+            self._address = address = _sys.buffer_address(self)
+            sharing = _sys.MAP_PRIVATE if frozen else _sys.MAP_SHARED
+            _sys.map_fixed(address, size, prot, sharing, file.fd, op)
+        except BaseException:
+            mmap.mmap.close(self)
+            raise
         self._lock = threading.RLock()
         self._finalizer = weakref.finalize(self, _let_go, file, charge)
         key = (realm, *identity)
