@@ -317,3 +317,22 @@ def test_raw_peer_fixture_sees_our_hello(raw_pair: object) -> None:
     assert isinstance(peer, RawPeer)
     data, fds = read_record(peer.sock)
     assert data == shmlink.wire.hello_frame() and fds == []
+
+
+def test_threads_may_send_and_receive_at_once(pair: tuple[Endpoint, Endpoint]) -> None:
+    a, b = pair
+    count = 500
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.extend(
+        b.recv(timeout=30).payload for _ in range(2 * count)))
+    reader.start()
+    senders = [threading.Thread(target=lambda tag=tag: [
+        a.send(b"%c%d" % (tag, n), timeout=30) for n in range(count)]) for tag in b"xy"]
+    for sender in senders:
+        sender.start()
+    for thread in senders + [reader]:
+        thread.join(60)
+    assert len(received) == 2 * count
+    for tag in b"xy":
+        mine = [int(p[1:]) for p in received if p[0] == tag]
+        assert mine == list(range(count)), "each sender's messages arrive in its order"

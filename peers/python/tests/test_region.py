@@ -274,3 +274,17 @@ def test_transferred_regions_refuse_access_until_reclaimed() -> None:
         a.close()
         b.close()
         region.close()
+
+
+def test_read_into_a_frozen_region_reads_the_file() -> None:
+    with Region.create(4096) as region:
+        region.write(0, b"frozen")
+        view = memoryview(region)
+        region.freeze()
+        view[0:6] = b"stray!"
+        target = bytearray(6)
+        assert region.read_into(0, target) == 6 and target == b"frozen"
+        numpy = pytest.importorskip("numpy")
+        words = numpy.zeros(2, dtype=numpy.uint16)
+        assert region.read_into(2, words) == 4 and words.tobytes() == b"ozen"
+        view.release()

@@ -232,3 +232,32 @@ def test_a_child_process_gets_its_endpoint_from_shmlink_fd() -> None:
             assert reply.payload == b"cba" and reply.regions == [region]
             assert region.read(0, 1) == bytes([255 - n])
     assert process.wait(30) == 0
+
+
+def test_node_style_aliases(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Endpoint.listen(path) as server, Endpoint.connect(path), server.accept(timeout=5):
+        assert isinstance(server, shmlink.Server)
+    ours, theirs = seqpacket_pair()
+    monkeypatch.setenv("SHMLINK_FD", str(ours.detach()))
+    with theirs, Endpoint.inherited() as endpoint:
+        assert not endpoint.closed
+
+
+def test_a_full_queue_makes_connect_would_block(path: str) -> None:
+    with listen(path, max_pending=1) as server:
+        clients: list[Endpoint] = []
+        try:
+            with pytest.raises(ShmlinkError) as caught:
+                for _ in range(20):
+                    clients.append(Endpoint.connect(path))
+            assert (caught.value.code, caught.value.errno) == (shmlink.WOULD_BLOCK, 11)
+            assert clients, "the queue held some before it was full"
+            server.accept(timeout=5).close()
+            clients.append(Endpoint.connect(path))  # room again
+        finally:
+            for client in clients:
+                client.close()
+        # A live listener is not taken for a stale one, even with its queue full.
+        with pytest.raises(ShmlinkError) as in_use:
+            listen(path)
+        assert in_use.value.errno == 98

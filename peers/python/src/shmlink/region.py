@@ -404,24 +404,28 @@ class Region(mmap.mmap):
             try:
                 fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _sys.F_SEAL_WRITE | _sys.F_SEAL_SEAL)
             except OSError as error:
-                try:
-                    _sys.map_fixed(self._address, self._size, _READ_WRITE, _sys.MAP_SHARED, fd, op)
-                except ShmlinkError:
-                    # The shared mapping cannot come back; a private one would let local
-                    # writes silently miss the peer. Close instead.
-                    self.close()
-                    raise ShmlinkError(REGION_BUSY, f"{op}: the region could not be frozen "
-                                                    "nor mapped shared again; it was closed "
-                                                    "rather than left diverging from the "
-                                                    "peer's copy") from None
-                if error.errno == 16:  # EBUSY
-                    raise os_error(op, "fcntl(F_ADD_SEALS)", error,
-                                   "the region is still mapped writable by a peer; freeze "
-                                   "regions before sharing them", REGION_BUSY) from None
-                raise os_error(op, "fcntl(F_ADD_SEALS)", error,
-                               "the region cannot be frozen") from None
-            self._frozen = True
-            return self
+                failure = error
+            else:
+                self._frozen = True
+                return self
+            try:
+                _sys.map_fixed(self._address, self._size, _READ_WRITE, _sys.MAP_SHARED, fd, op)
+                restored = True
+            except ShmlinkError:
+                restored = False
+        if not restored:
+            # The shared mapping cannot come back, and a private one would let local writes
+            # silently miss the peer: close instead (outside the lock, as close() tells
+            # the endpoints that bound the region).
+            self.close()
+            raise ShmlinkError(REGION_BUSY, f"{op}: the region could not be frozen nor mapped "
+                                            "shared again; it was closed rather than left "
+                                            "diverging from the peer's copy")
+        if failure.errno == 16:  # EBUSY
+            raise os_error(op, "fcntl(F_ADD_SEALS)", failure,
+                           "the region is still mapped writable by a peer; freeze regions "
+                           "before sharing them", REGION_BUSY)
+        raise os_error(op, "fcntl(F_ADD_SEALS)", failure, "the region cannot be frozen")
 
     def reclaim(self) -> Region:
         """Takes back a region transferred over a connection that has since ended (the

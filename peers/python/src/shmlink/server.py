@@ -30,7 +30,10 @@ def _is_stale(address: Union[str, bytes]) -> bool:
             return False
     except OSError:
         return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    # Non-blocking: a live listener with a full queue answers EAGAIN instead of making
+    # this wait.
+    probe = socket.socket(socket.AF_UNIX,
+                          socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
     try:
         probe.connect(address)
     except ConnectionRefusedError:
