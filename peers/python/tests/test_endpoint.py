@@ -300,6 +300,9 @@ def test_from_fd_takes_sockets_and_refuses_anything_else() -> None:
         os.close(closed_number)
         assert code_of(lambda: Endpoint.from_fd(closed_number)) == shmlink.INVALID_ARG
         assert code_of(lambda: Endpoint.from_fd("3")) == shmlink.INVALID_ARG
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as unconnected:
+            assert code_of(lambda: Endpoint.from_fd(unconnected.fileno())) == shmlink.INVALID_ARG
+            os.fstat(unconnected.fileno())  # left open
     finally:
         os.close(read_end)
         os.close(write_end)

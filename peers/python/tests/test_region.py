@@ -288,3 +288,21 @@ def test_read_into_a_frozen_region_reads_the_file() -> None:
         words = numpy.zeros(2, dtype=numpy.uint16)
         assert region.read_into(2, words) == 4 and words.tobytes() == b"ozen"
         view.release()
+
+
+def test_the_mmap_methods_a_region_keeps_are_guarded() -> None:
+    region = Region.create(4096)
+    region.write(0, b"line one\nline two\n")
+    assert region.find(b"two") == 14 and region.rfind(b"line") == 9
+    assert region.readline() == b"line one\n" and region.read_byte() == ord("l")
+    region.move(0, 9, 9)
+    assert region.read(0, 9) == b"line two\n"
+    region.flush()
+    assert repr(region) == "<shmlink.Region 4096 bytes>"
+    region.close()
+    assert repr(region) == "<shmlink.Region 4096 bytes, closed>"
+    for call in (lambda: region.find(b"x"), lambda: region.readline(), lambda: region.move(0, 1, 1),
+                 lambda: region.write_byte(1), lambda: region.flush()):
+        with pytest.raises(ShmlinkError) as caught:
+            call()
+        assert caught.value.code == shmlink.REGION_CLOSED

@@ -272,8 +272,7 @@ class Endpoint:
             except BlockingIOError:
                 self._wait(_POLLOUT, None)
             except OSError as error:
-                self._finalizer.detach()
-                sock.detach()
+                self._finalizer.detach()  # the socket stays the caller's
                 if error.errno == 107:  # ENOTCONN
                     raise InvalidValueError("the socket is not connected", syscall="sendmsg",
                                             errno=error.errno) from None
@@ -336,7 +335,11 @@ class Endpoint:
             except OSError as error:
                 raise os_error(op, "connect", error,
                                "is a shmlink listener running at this path?") from None
-            pid, uid, _ = _sys.peer_credentials(sock)
+            try:
+                pid, uid, _ = _sys.peer_credentials(sock)
+            except OSError as error:
+                raise os_error(op, "getsockopt(SO_PEERCRED)", error,
+                               "the server's credentials could not be read") from None
             if not wanted.admits(uid):
                 raise ShmlinkError(
                     PEER_REJECTED,
@@ -361,7 +364,12 @@ class Endpoint:
         elif not isinstance(fd, int) or isinstance(fd, bool):
             raise InvalidTypeError(f"{op}: fd must be an int or a socket, not "
                                    f"{type(fd).__name__}")
-        return cls._start(_claim_socket(fd, op), limits, accept_writable)
+        sock = _claim_socket(fd, op)
+        try:
+            return cls._start(sock, limits, accept_writable)
+        except BaseException:
+            sock.detach()  # refused: the descriptor stays open, as it came
+            raise
 
     @classmethod
     def inherited(cls, *, accept_writable: bool = True, limits: LimitsArg = None) -> Endpoint:
@@ -395,7 +403,11 @@ class Endpoint:
         with self._lock:
             self._check_open("Endpoint.peer")
             assert self._sock is not None
-            return PeerCredentials(*_sys.peer_credentials(self._sock))
+            try:
+                return PeerCredentials(*_sys.peer_credentials(self._sock))
+            except OSError as error:
+                raise os_error("Endpoint.peer", "getsockopt(SO_PEERCRED)", error,
+                               "the peer's credentials could not be read") from None
 
     @property
     def peer_limits(self) -> Optional[PeerLimits]:

@@ -75,12 +75,19 @@ def listen(path: Union[str, bytes, os.PathLike[str]], *, allow: PeerFilter = SAM
     try:
         # Linux creates the socket file with the socket inode's mode, so setting it before
         # bind() leaves no moment in which other users could connect.
-        os.fchmod(sock.fileno(), 0o600)
+        try:
+            os.fchmod(sock.fileno(), 0o600)
+        except OSError as error:
+            raise os_error(op, "fchmod", error, "the socket's mode could not be set") from None
         try:
             sock.bind(address)
         except OSError as error:
             if error.errno == 98 and not abstract and _is_stale(address):  # EADDRINUSE
-                os.unlink(address)
+                try:
+                    os.unlink(address)
+                except OSError as gone:
+                    raise os_error(op, "unlink", gone, "a stale socket file could not be "
+                                   "removed") from None
                 try:
                     sock.bind(address)
                 except OSError as again:
@@ -95,8 +102,11 @@ def listen(path: Union[str, bytes, os.PathLike[str]], *, allow: PeerFilter = SAM
             raise os_error(op, "listen", error, "the socket could not listen") from None
         identity: Optional[tuple[int, int]] = None
         if not abstract:
-            st = os.stat(address)
-            identity = (st.st_dev, st.st_ino)
+            try:
+                st = os.stat(address)
+                identity = (st.st_dev, st.st_ino)
+            except OSError:
+                identity = None  # removed already; close() then leaves the path alone
     except BaseException:
         sock.close()
         raise
