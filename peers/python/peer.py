@@ -29,8 +29,12 @@ import time
 from array import array
 from typing import Any, Callable, Optional
 
-import shmlink
-from shmlink import Endpoint, Message, Region, ShmlinkError
+try:
+    import shmlink
+    from shmlink import Endpoint, Message, Region, ShmlinkError
+except ImportError as missing:  # the contract is one line on stderr, never a traceback
+    sys.exit(f"python peer: the shmlink package is not installed in {sys.executable} "
+             f"({missing}); run bash peers/build.sh and use peers/python/build/venv/bin/python")
 
 PAGE = 4096
 #: SCENARIO.md: a peer never waits more than 60 seconds for anything.

@@ -96,3 +96,18 @@ def test_command_line_usage(peer: ModuleType, capsys: pytest.CaptureFixture[str]
     assert peer.main(["peer.py", "echo", "/" + "x" * 200]) == 1  # fails at once, no retry
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("python peer echo: InvalidValueError: ERR_SHMLINK_INVALID_ARG")
+
+
+def test_echo_returns_payload_and_regions_untransferred(peer: ModuleType) -> None:
+    a, b = Endpoint.pair()
+    thread = threading.Thread(target=lambda: (peer.echo(b), b.close()))
+    thread.start()
+    with a, Region.create(3 * 4096) as region:
+        region.write(0, b"echoed")
+        for _ in range(3):
+            a.send(b"ping", regions=[region])
+            reply = a.recv(timeout=30)
+            assert reply.payload == b"ping" and reply.regions == [region]
+            assert not reply.descriptors[0].transferred
+    thread.join(30)
+    assert not thread.is_alive()
