@@ -39,7 +39,8 @@ def no_leaked_fds() -> Iterator[None]:
         leaked = open_fds() - before
     # The listing is read through a descriptor of its own, which may be a new number.
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
-    assert not leaked, f"descriptors leaked: {[os.readlink(f'/proc/self/fd/{fd}') for fd in leaked]}"
+    targets = [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked]
+    assert not leaked, f"descriptors leaked: {targets}"
 
 
 def seqpacket_pair() -> tuple[socket.socket, socket.socket]:

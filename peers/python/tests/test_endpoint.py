@@ -100,7 +100,7 @@ def test_attachment_rule_of_regions_and_transfer(pair: tuple[Endpoint, Endpoint]
         before = a.stats()
         # A transferred region attached twice is refused, and nothing changes.
         for regions, transfer in (([r1, r1], [r1]), ([], [r2, r2]), ([r1, r2, r1], [r1])):
-            assert code_of(lambda: a.send(b"", regions=regions, transfer=transfer)) == (
+            assert code_of(lambda r=regions, t=transfer: a.send(b"", regions=r, transfer=t)) == (
                 shmlink.INVALID_ARG)
         assert not r1.transferred and not r2.transferred
         assert a.stats() == before
@@ -161,7 +161,7 @@ def test_announced_limits_follow_the_limits_option() -> None:
         assert a.stats().limits == Limits(max_regions=3, max_payload=100)
     for bad in ({"max_regions": 0}, {"max_regions": 254}, {"max_payload": 65537},
                 {"max_mapped_bytes": 0}, {"nonsense": 1}):
-        assert code_of(lambda: Endpoint.pair(limits=bad)) == shmlink.INVALID_ARG
+        assert code_of(lambda bad=bad: Endpoint.pair(limits=bad)) == shmlink.INVALID_ARG
 
 
 def test_no_receive_timeout_unless_asked(pair: tuple[Endpoint, Endpoint]) -> None:
@@ -293,7 +293,7 @@ def test_from_fd_takes_sockets_and_refuses_anything_else() -> None:
     stream_a, stream_b = socket.socketpair()
     try:
         for fd in (read_end, stream_a.fileno(), 1):
-            assert code_of(lambda: Endpoint.from_fd(fd)) == shmlink.INVALID_ARG
+            assert code_of(lambda fd=fd: Endpoint.from_fd(fd)) == shmlink.INVALID_ARG
             if fd > 2:
                 os.fstat(fd)  # left open: it belongs to the caller
         closed_number = os.dup(read_end)

@@ -272,7 +272,8 @@ def close_fds(fds: list[int]) -> None:
 
 
 def control_buffer_size(max_fds: int) -> int:
-    """Room for exactly ``max_fds`` descriptors (``CMSG_LEN``, not ``CMSG_SPACE``: PROTOCOL.md §5.4)."""
+    """Room for exactly ``max_fds`` descriptors: ``CMSG_LEN``, not ``CMSG_SPACE``, which
+    would admit one more when the count is odd (PROTOCOL.md §5.4)."""
     return socket.CMSG_LEN(max_fds * _INT_SIZE)
 
 

@@ -276,7 +276,8 @@ class Endpoint:
                 if error.errno == 107:  # ENOTCONN
                     raise InvalidValueError("the socket is not connected", syscall="sendmsg",
                                             errno=error.errno) from None
-                raise os_error("Endpoint", "sendmsg", error, "the HELLO could not be sent") from None
+                raise os_error("Endpoint", "sendmsg", error,
+                               "the HELLO could not be sent") from None
         return self
 
     # -- ways to get one ------------------------------------------------------------------

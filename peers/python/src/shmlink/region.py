@@ -296,7 +296,8 @@ class Region(mmap.mmap):
 
     @property
     def transferred(self) -> bool:
-        """Whether the region was transferred to a peer and has not come back (or been reclaimed)."""
+        """Whether the region was transferred to a peer and has not come back (nor been
+        reclaimed)."""
         return self._away is not None
 
     def __repr__(self) -> str:
