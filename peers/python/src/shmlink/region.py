@@ -32,7 +32,7 @@ import os
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from . import _sys
 from .errors import (
@@ -169,8 +169,6 @@ def _byte_view(data: object, name: str, writable: bool = False) -> memoryview:
         view = view.cast("B")
     return view
 
-
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 _RESERVE_FLAGS = _sys.MAP_PRIVATE | _sys.MAP_ANONYMOUS | _sys.MAP_NORESERVE
 _READ_WRITE = _sys.PROT_READ | _sys.PROT_WRITE
