@@ -79,10 +79,12 @@ const PROGRAMS: Record<Lang, PeerProgram> = {
     required: true,
   },
   python: {
-    file: process.env.PYTHON ?? 'python3',
+    // The venv peers/build.sh makes, with the shmlink wheel installed: the peer runs on
+    // the installed package, not on the source tree.
+    file: join(ROOT, 'peers', 'python', 'build', 'venv', 'bin', 'python'),
     args: [join(ROOT, 'peers', 'python', 'peer.py')],
-    needs: join(ROOT, 'peers', 'python', 'peer.py'),
-    build: 'nothing to build; needs python3 on PATH',
+    needs: join(ROOT, 'peers', 'python', 'build', 'venv', 'bin', 'python'),
+    build: 'bash peers/build.sh (builds the wheel and installs it into peers/python/build/venv)',
     required: true,
   },
   c: {

@@ -6,7 +6,8 @@
 #   Go      go build (golang.org/x/sys comes from the Go module proxy on a clean machine)
 #                                                    -> peers/go/build/shmlink-peer
 #   C       make -C peers/c                          -> peers/c/build/shmlink-peer
-#   Python  nothing to build; checks that python3 (or $PYTHON) runs
+#   Python  wheel of peers/python, installed into a fresh venv with pytest; runs the
+#           library's unit tests there  -> peers/python/build/venv/bin/python
 #
 # Each tool skips work that is up to date, so a second run takes about a second. Any
 # build error stops the script with a non-zero exit and names the peer that failed.
@@ -47,11 +48,25 @@ else
     echo "peers/build.sh: no peers/c/Makefile: C peer skipped (its interop tests will be skipped)"
 fi
 
-step="Python peer (interpreter check)"
+step="Python library (wheel of peers/python, installed into a fresh venv)"
 python=${PYTHON:-python3}
 need "$python" Python
-"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10 or later is needed, found " + sys.version.split()[0])'
-[ -f "$here/python/peer.py" ] || { echo "peers/build.sh: peers/python/peer.py is missing" >&2; exit 1; }
+echo "peers/build.sh: $step"
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python 3.9 or later is needed, found " + sys.version.split()[0])'
+pybuild="$here/python/build"
+rm -rf "$pybuild/venv" "$pybuild/dist"
+"$python" -m venv "$pybuild/venv"
+venv_python="$pybuild/venv/bin/python"
+pip=("$venv_python" -m pip --quiet --disable-pip-version-check)
+"${pip[@]}" wheel --no-deps --wheel-dir "$pybuild/dist" "$here/python"
+"${pip[@]}" install --no-deps --no-index "$pybuild/dist"/shmlink-*.whl
+"${pip[@]}" install pytest numpy  # numpy: the tests of views that outlive close()
+# The interop peer and the tests must load the installed package, not the source tree.
+(cd / && "$venv_python" -c 'import shmlink, sys; sys.exit(0 if "/site-packages/" in shmlink.__file__ else "shmlink loads from " + shmlink.__file__)')
+
+step="Python library unit tests (pytest, against the installed wheel)"
+echo "peers/build.sh: $step"
+(cd "$here/python" && "$venv_python" -m pytest -q)
 
 step=""
 echo "peers/build.sh: all peers built ($(($(date +%s) - started)) s)"

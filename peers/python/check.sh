@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
 # Self-test of the Python peer against the reference Rust peer, as peers/SCENARIO.md pairs
-# them. Builds nothing; first run:  cargo build -p shmlink-peer --release
+# them, on the installed library. Builds nothing; first run:  bash peers/build.sh
+# (the Rust peer, and the venv peers/python/build/venv with the shmlink wheel installed)
 #
 #   1. scenario: a Rust<->Rust baseline, then Python driver <-> Rust responder and
 #      Rust driver <-> Python responder; all four transcripts must equal the baseline's;
 #   2. every case of hostile-frames.json both ways (Python sends it / Python refuses it);
-#   3. the in-process unit tests, which count /proc/self/fd around every hostile case.
+#   3. the library's unit tests (pytest), which count /proc/self/fd around every test.
 #
 # Exits 0 only if everything passed. Environment: SHMLINK_RUST_PEER (the Rust binary),
-# PYTHON (the interpreter), SHMLINK_PEER_TMPDIR (a directory on a disk, not tmpfs).
+# PYTHON (the venv's interpreter), SHMLINK_PEER_TMPDIR (a directory on a disk, not tmpfs).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 peers=$(dirname "$here")
 root=$(dirname "$peers")
 rust=${SHMLINK_RUST_PEER:-$root/target/release/shmlink-peer}
-python=${PYTHON:-python3}
+python=${PYTHON:-$here/build/venv/bin/python}
 limit=90  # seconds for any one process; the peers themselves give up after 60
 
 if [ ! -x "$rust" ]; then
     echo "no Rust peer at $rust; build it: (cd $root && cargo build -p shmlink-peer --release)" >&2
+    exit 2
+fi
+if [ ! -x "$python" ]; then
+    echo "no Python venv at $python; make it: bash $peers/build.sh" >&2
     exit 2
 fi
 
@@ -142,8 +147,8 @@ for name in "${names[@]}"; do
     printf '   %-34s sends %-4s refuses %s\n' "$name" "$sends" "$refuses"
 done
 
-echo "== unit tests (in-process, counting file descriptors)"
-if (cd "$here" && timeout "$limit" "$python" -m unittest -q test_shmlink 2>&1 | sed 's/^/   /'; exit "${PIPESTATUS[0]}"); then
+echo "== unit tests (pytest, on the installed package, counting file descriptors)"
+if (cd "$here" && timeout "$limit" "$python" -m pytest -q 2>&1 | sed 's/^/   /'; exit "${PIPESTATUS[0]}"); then
     ok
 else
     not_ok "unit tests"

@@ -1,18 +1,23 @@
-"""The Python interop peer: plays the roles of peers/SCENARIO.md over shmlink.py.
+"""The Python interop peer: plays the roles of peers/SCENARIO.md on the installed shmlink.
 
-    python3 peer.py driver    <socket-path> <scenario.json> <transcript-out>
-    python3 peer.py responder <socket-path> <transcript-out>
-    python3 peer.py echo      <socket-path>
-    python3 peer.py hostile   <socket-path> <hostile-frames.json> <case-name>
-    python3 peer.py expect-hostile <socket-path> <hostile-frames.json> <case-name>
+    python peer.py driver    <socket-path> <scenario.json> <transcript-out>
+    python peer.py responder <socket-path> <transcript-out>
+    python peer.py echo      <socket-path>
+    python peer.py hostile   <socket-path> <hostile-frames.json> <case-name>
+    python peer.py expect-hostile <socket-path> <hostile-frames.json> <case-name>
 
-Exits 0 when the role completed and every check passed; otherwise prints one line to
-stderr and exits 1. The role functions take an Endpoint, so tests can run them in-process.
+It uses only the public API of the ``shmlink`` package as installed (peers/build.sh
+builds the wheel and installs it into peers/python/build/venv; run this file with that
+venv's python). The ``hostile`` role writes its bad frames on a raw socket, since the
+library never sends them. Exits 0 when the role completed and every check passed;
+otherwise prints one line to stderr and exits 1. The role functions take an Endpoint, so
+tests can run them in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -22,13 +27,20 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable, Optional
 
-from shmlink import (DEFAULT_TIMEOUT, HELLO_FRAME, Endpoint, Message, Region,
-                     ShmlinkError, connect_socket)
+try:
+    import shmlink
+    from shmlink import Endpoint, Message, Region, ShmlinkError
+except ImportError as missing:  # the contract is one line on stderr, never a traceback
+    sys.exit(f"python peer: the shmlink package is not installed in {sys.executable} "
+             f"({missing}); run bash peers/build.sh and use peers/python/build/venv/bin/python")
 
 PAGE = 4096
+#: SCENARIO.md: a peer never waits more than 60 seconds for anything.
+WAIT = 60.0
+#: SCENARIO.md: a peer may retry ENOENT/ECONNREFUSED for up to 10 seconds.
+CONNECT_RETRY = 10.0
 
 
 class PeerFailure(Exception):
@@ -66,16 +78,17 @@ def pattern(seed: int, length: int) -> memoryview:
 
 
 def fill(region: Region, seed: int) -> None:
-    """Fill a whole region with pattern(seed, size): one table copy, then doublings."""
-    data = region.data
-    done = min(region.size, _PERIOD)
-    data[:done] = pattern(seed, done)
+    """Fills a whole region with pattern(seed, size): one table copy, then doublings."""
+    size = region.size
+    done = min(size, _PERIOD)
+    region.write(0, pattern(seed, done))
     # The pattern's period divides `done` whenever more remains, so copying the filled
     # prefix onto the rest continues it exactly.
-    while done < region.size:
-        step = min(done, region.size - done)
-        data.move(done, 0, step)
-        done += step
+    with memoryview(region) as view:
+        while done < size:
+            step = min(done, size - done)
+            region.write(done, view[:step])
+            done += step
 
 
 def sha256(data: Any) -> bytes:
@@ -89,9 +102,9 @@ def transcript_line(n: int, message: Message, region_digests: list[bytes]) -> di
         "payload_len": len(message.payload),
         "payload_sha256": hashlib.sha256(message.payload).hexdigest(),
         "regions": [
-            {"id": a.id, "size": a.region.size, "new": a.new, "frozen": a.frozen,
-             "transferred": a.transfer, "sha256": digest.hex()}
-            for a, digest in zip(message.regions, region_digests, strict=True)
+            {"id": d.id, "size": region.size, "new": d.new, "frozen": d.frozen,
+             "transferred": d.transferred, "sha256": digest.hex()}
+            for region, d, digest in zip(message.regions, message.descriptors, region_digests)
         ],
     }
 
@@ -103,8 +116,11 @@ def write_transcript(path: str, lines: list[dict[str, Any]]) -> None:
 
 # -- driver ----------------------------------------------------------------------------
 
-def drive(endpoint: Endpoint, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Perform the scenario steps; return the transcript of the acks."""
+def drive(endpoint: Endpoint, steps: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                                    list[Region]]:
+    """Performs the scenario steps; returns the transcript of the acks, and the regions
+    still named at the end (the caller closes them after the connection, so that no
+    RELEASE goes out that the scenario does not ask for)."""
     named: dict[str, Region] = {}
     transcript: list[dict[str, Any]] = []
     for index, step in enumerate(steps):
@@ -113,19 +129,20 @@ def drive(endpoint: Endpoint, steps: list[dict[str, Any]]) -> list[dict[str, Any
                 _drive_send(endpoint, step, named, transcript)
             elif step["op"] == "release":
                 region = named.pop(step["name"])
-                endpoint.release(region)
+                if not endpoint.release(region):
+                    raise PeerFailure(f"region {step['name']!r} was not bound")
                 region.close()
             else:
                 raise PeerFailure(f"unknown op {step['op']!r}")
         except (PeerFailure, ShmlinkError) as failure:
             raise PeerFailure(f"step {index}: {failure}") from None
-    return transcript
+    return transcript, list(named.values())
 
 
 def _drive_send(endpoint: Endpoint, step: dict[str, Any], named: dict[str, Region],
                 transcript: list[dict[str, Any]]) -> None:
-    regions: list[Region] = []
-    transfer: list[bool] = []
+    attached: list[Region] = []
+    moved: list[Region] = []
     for spec in step["regions"]:
         region = named.get(spec["name"])
         if region is None:
@@ -136,62 +153,58 @@ def _drive_send(endpoint: Endpoint, step: dict[str, Any], named: dict[str, Regio
             fill(region, spec["seed"])
         if spec["freeze"]:
             region.freeze()
-        regions.append(region)
-        transfer.append(spec["transfer"])
+        attached.append(region)
+        if spec["transfer"]:
+            moved.append(region)
     payload = pattern(step["payload"]["seed"], step["payload"]["len"])
     # Digest before sending: a transferred region is not ours to read until it returns.
-    expected = sha256(payload) + b"".join(sha256(region.data) for region in regions)
-    endpoint.send(payload, regions, transfer)
+    expected = sha256(payload) + b"".join(sha256(region) for region in attached)
+    endpoint.send(payload, regions=attached, transfer=moved, timeout=WAIT)
 
-    ack = endpoint.receive()
-    transcript.append(transcript_line(
-        len(transcript), ack, [sha256(a.region.data) for a in ack.regions]))
+    ack = endpoint.recv(timeout=WAIT)
+    transcript.append(transcript_line(len(transcript), ack, [sha256(r) for r in ack.regions]))
     if ack.payload != expected:
         raise PeerFailure("the ack's digests differ from what was sent")
-    # Our own files come back resolved to the very Region objects we sent (by st_dev,
-    # st_ino), so the names keep referring to them.
-    returned = [a.region.key for a in ack.regions]
-    wanted = [region.key for region, t in zip(regions, transfer, strict=True) if t]
-    if returned != wanted:
+    # Our own files come back resolved to the very Region objects we sent (the library
+    # compares (st_dev, st_ino)), so the names keep referring to them.
+    if len(ack.regions) != len(moved) or any(a is not b for a, b in zip(ack.regions, moved)):
         raise PeerFailure("the ack does not carry back exactly the transferred regions")
 
 
 # -- responder -------------------------------------------------------------------------
 
 def respond(endpoint: Endpoint) -> list[dict[str, Any]]:
-    """Ack every MESSAGE until end-of-file; return the transcript."""
+    """Acks every MESSAGE until end-of-file; returns the transcript."""
     transcript: list[dict[str, Any]] = []
-    for n, message in enumerate(endpoint):
-        digests = [sha256(a.region.data) for a in message.regions]
+    n = 0
+    while True:
+        try:
+            message = endpoint.recv(timeout=WAIT)
+        except ShmlinkError as error:
+            if error.code == shmlink.PEER_CLOSED:
+                return transcript
+            raise
+        digests = [sha256(region) for region in message.regions]
         transcript.append(transcript_line(n, message, digests))
+        n += 1
         back = []
-        for attached, digest in zip(message.regions, digests, strict=True):
-            if attached.transfer:
-                if not attached.frozen:
-                    stamp = min(32, attached.region.size)
-                    attached.region.data[:stamp] = digest[:stamp]
-                back.append(attached.region)
-        endpoint.send(sha256(message.payload) + b"".join(digests), back, [True] * len(back))
-    return transcript
+        for region, d, digest in zip(message.regions, message.descriptors, digests):
+            if d.transferred:
+                if not d.frozen:
+                    region.write(0, digest[:min(32, region.size)])
+                back.append(region)
+        endpoint.send(sha256(message.payload) + b"".join(digests), transfer=back, timeout=WAIT)
 
 
 # -- echo ------------------------------------------------------------------------------
 
-def touch(region: Region) -> bytes:
-    """Read one byte of every page, so the data really crosses into this process.
-
-    A strided slice of the mmap is copied in C: one small allocation, no Python loop.
-    """
-    return region.data[::PAGE]
-
-
 def echo(endpoint: Endpoint) -> None:
-    """Return every MESSAGE as it came (payload and regions, no TRANSFER) until end-of-file."""
+    """Returns every MESSAGE as it came (payload and regions, no TRANSFER) until end-of-file,
+    after reading one byte of every page (a strided slice, copied in C)."""
     for message in endpoint:
-        regions = [attached.region for attached in message.regions]
-        for region in regions:
-            touch(region)
-        endpoint.send(message.payload, regions)
+        for region in message.regions:
+            _ = region[::PAGE]
+        endpoint.send(message.payload, regions=message.regions, timeout=WAIT)
 
 
 # -- hostile ---------------------------------------------------------------------------
@@ -211,7 +224,7 @@ _SEALS = {"shrink": fcntl.F_SEAL_SHRINK, "grow": fcntl.F_SEAL_GROW,
 
 
 def make_fd(spec: dict[str, Any], stack: contextlib.ExitStack) -> int:
-    """Create one descriptor of a hostile case; `stack` closes it (and its partners)."""
+    """Creates one descriptor of a hostile case; ``stack`` closes it (and its partners)."""
     kind = spec["type"]
     if kind == "memfd":
         fd = os.memfd_create("hostile", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -234,9 +247,7 @@ def make_fd(spec: dict[str, Any], stack: contextlib.ExitStack) -> int:
         stack.enter_context(other)
         return one.fileno()
     if kind == "file":
-        directory = os.environ.get("SHMLINK_PEER_TMPDIR")
-        if not directory:
-            raise PeerFailure("SHMLINK_PEER_TMPDIR must name a directory for the disk file")
+        directory = os.environ.get("SHMLINK_PEER_TMPDIR") or "/var/tmp"
         file = stack.enter_context(tempfile.TemporaryFile(dir=directory))
         os.ftruncate(file.fileno(), spec["size"])
         return file.fileno()
@@ -244,10 +255,10 @@ def make_fd(spec: dict[str, Any], stack: contextlib.ExitStack) -> int:
 
 
 def send_hostile(sock: socket.socket, case: dict[str, Any]) -> bool:
-    """Send the case's HELLO and frame; False if the frame is empty (close at once)."""
+    """Sends the case's HELLO and frame; False if the frame is empty (shut down instead)."""
     hello = case["hello"]
     if hello == "valid":
-        sock.sendmsg([HELLO_FRAME], [], socket.MSG_NOSIGNAL)
+        sock.sendmsg([shmlink.wire.hello_frame()], [], socket.MSG_NOSIGNAL)
     elif hello != "none":
         sock.sendmsg([bytes.fromhex(hello)], [], socket.MSG_NOSIGNAL)
     frame = bytes.fromhex(case["frame"]) + bytes(case.get("pad", 0))
@@ -261,7 +272,7 @@ def send_hostile(sock: socket.socket, case: dict[str, Any]) -> bool:
 
 
 def discard_record(sock: socket.socket, deadline: float) -> bool:
-    """Read and drop one record, closing any descriptors; False at end-of-file."""
+    """Reads and drops one record, closing any descriptors; False at end-of-file."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise PeerFailure("the peer neither sent nor closed in time")
@@ -269,7 +280,7 @@ def discard_record(sock: socket.socket, deadline: float) -> bool:
     try:
         data, ancdata, _, _ = sock.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4),
                                            socket.MSG_CMSG_CLOEXEC)
-    except TimeoutError:
+    except socket.timeout:
         raise PeerFailure("the peer neither sent nor closed in time") from None
     except ConnectionResetError:
         return False
@@ -282,17 +293,17 @@ def discard_record(sock: socket.socket, deadline: float) -> bool:
     return bool(data)
 
 
-def wait_for_eof(sock: socket.socket, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Discard records until the peer shuts the connection down."""
+def wait_for_eof(sock: socket.socket, timeout: float = WAIT) -> None:
+    """Discards records until the peer shuts the connection down."""
     deadline = time.monotonic() + timeout
     while discard_record(sock, deadline):
         pass
 
 
 def expect_refusal(endpoint: Endpoint, expect: str) -> None:
-    """The first receive must fail with `expect`; any other outcome is a PeerFailure."""
+    """The first receive must fail with ``expect``; any other outcome is a PeerFailure."""
     try:
-        endpoint.receive()
+        endpoint.recv(timeout=WAIT)
     except ShmlinkError as error:
         if error.code != expect:
             raise PeerFailure(f"refused with {error}, expected {expect}") from None
@@ -306,43 +317,86 @@ def open_fd_count() -> int:
 
 # -- command line ----------------------------------------------------------------------
 
+def socket_address(address: str) -> str:
+    """SCENARIO.md: a leading '@' names a Linux abstract socket (a leading NUL byte)."""
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
+def connect(address: str, retry: float = CONNECT_RETRY) -> Endpoint:
+    """Connects, retrying while nothing listens there yet. The scenario shares writable
+    regions between peers the test started, so they are accepted."""
+    deadline = time.monotonic() + retry
+    while True:
+        try:
+            return Endpoint.connect(socket_address(address), accept_writable=True)
+        except ShmlinkError as error:
+            if error.errno not in (errno.ENOENT, errno.ECONNREFUSED) or (
+                    time.monotonic() >= deadline):
+                raise
+        time.sleep(0.01)
+
+
+def connect_raw(address: str, retry: float = CONNECT_RETRY) -> socket.socket:
+    """A plain SOCK_SEQPACKET connection, for the hostile role."""
+    deadline = time.monotonic() + retry
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(socket_address(address))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+        except BaseException:
+            sock.close()
+            raise
+        time.sleep(0.01)
+
+
 def run_driver(address: str, scenario_path: str, transcript_path: str) -> None:
     with open(scenario_path, encoding="utf-8") as f:
         scenario = json.load(f)
     if scenario.get("version") != 1:
         raise PeerFailure(f"unsupported scenario version {scenario.get('version')!r}")
-    with Endpoint.connect(address) as endpoint:
-        transcript = drive(endpoint, scenario["steps"])
+    leftovers: list[Region] = []
+    try:
+        with connect(address) as endpoint:
+            transcript, leftovers = drive(endpoint, scenario["steps"])
+    finally:
+        # After the connection: closing a region still bound would send RELEASE.
+        for region in leftovers:
+            region.close()
     write_transcript(transcript_path, transcript)
 
 
 def run_responder(address: str, transcript_path: str) -> None:
-    with Endpoint.connect(address) as endpoint:
+    with connect(address) as endpoint:
         transcript = respond(endpoint)
     write_transcript(transcript_path, transcript)
 
 
 def run_echo(address: str) -> None:
-    with Endpoint.connect(address) as endpoint:
+    with connect(address) as endpoint:
         echo(endpoint)
 
 
 def run_hostile(address: str, cases_path: str, name: str) -> None:
     case = load_case(cases_path, name)
-    with connect_socket(address) as sock:
+    with connect_raw(address) as sock:
         if send_hostile(sock, case):
             wait_for_eof(sock)
         else:
-            # "Close at once", but not before the peer's HELLO is read: closing with it
-            # unread makes Linux hand the peer ECONNRESET ahead of what we sent, and a
-            # receiver that takes that for end-of-file would never see our bad HELLO.
-            discard_record(sock, time.monotonic() + DEFAULT_TIMEOUT)
+            # SCENARIO.md: an empty frame means shutdown(SHUT_WR), so the other side reads
+            # our HELLO (if any) and then end-of-file; then wait for its end-of-file.
+            sock.shutdown(socket.SHUT_WR)
+            wait_for_eof(sock)
 
 
 def run_expect_hostile(address: str, cases_path: str, name: str) -> None:
     expect = load_case(cases_path, name)["expect"]
     before = open_fd_count()
-    with Endpoint.connect(address) as endpoint:  # closing shuts the socket down
+    with connect(address) as endpoint:  # closing shuts the socket down
         expect_refusal(endpoint, expect)
     leaked = open_fd_count() - before
     if leaked:
@@ -358,7 +412,8 @@ ROLES: dict[str, tuple[Callable[..., None], str]] = {
 }
 
 
-def main(argv: list[str]) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv if argv is None else argv
     role = argv[1] if len(argv) > 1 else ""
     if role not in ROLES:
         print(f"usage: {argv[0]} {'|'.join(ROLES)} ... (peers/SCENARIO.md)", file=sys.stderr)
@@ -377,4 +432,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())
