@@ -3,8 +3,8 @@
 # matrix (__test__/interop.spec.ts). Run by `npm test` (pretest) and by CI.
 #
 #   Rust    cargo build --release -p shmlink-peer   -> $CARGO_TARGET_DIR/release/shmlink-peer
-#   Go      go build (golang.org/x/sys comes from the Go module proxy on a clean machine)
-#                                                    -> peers/go/build/shmlink-peer
+#   Go      go vet, go test, go build (golang.org/x/sys comes from the Go module proxy on a
+#           clean machine)                           -> peers/go/build/shmlink-peer
 #   C       make -C peers/c                          -> peers/c/build/shmlink-peer
 #   Python  nothing to build; checks that python3 (or $PYTHON) runs
 #
@@ -31,12 +31,14 @@ need cargo Rust
 echo "peers/build.sh: $step"
 (cd "$root" && cargo build --release -p shmlink-peer)
 
-step="Go peer (go build in peers/go)"
+step="Go library and peer (go vet, go test, go build in peers/go)"
 need go Go
 echo "peers/build.sh: $step"
 # -buildvcs=false: the peer needs no VCS stamp, and stamping fails in checkouts that git
-# does not consider safe (another owner, as in some CI containers).
-(cd "$here/go" && go build -buildvcs=false -o build/shmlink-peer ./cmd/shmlink-peer)
+# does not consider safe (another owner, as in some CI containers). go test caches
+# results whose sources, files and environment did not change.
+(cd "$here/go" && go vet -buildvcs=false ./... && go test -buildvcs=false ./... &&
+    go build -buildvcs=false -o build/shmlink-peer ./cmd/shmlink-peer)
 
 if [ -f "$here/c/Makefile" ]; then
     step="C peer (make -C peers/c)"
