@@ -32,8 +32,8 @@
 //		if err != nil {
 //			log.Fatal(err)
 //		}
-//		data, _ := m.Regions[0].Read(0, m.Regions[0].Size())
-//		ep.Send(digest(data), nil)
+//		data, _ := m.Regions[0].Read(0, m.Regions[0].Size()) // a copy
+//		ep.Send([]byte(fmt.Sprint(len(data))), nil)
 //	}
 //
 // # Errors
