@@ -5,7 +5,8 @@
 #   Rust    cargo build --release -p shmlink-peer   -> $CARGO_TARGET_DIR/release/shmlink-peer
 #   Go      go vet, go test, go build (golang.org/x/sys comes from the Go module proxy on a
 #           clean machine)                           -> peers/go/build/shmlink-peer
-#   C       make -C peers/c                          -> peers/c/build/shmlink-peer
+#   C       make -C peers/c all check (libshmlink, unit tests, install into a temporary
+#           prefix and build against it with pkg-config) -> peers/c/build/shmlink-peer
 #   Python  nothing to build; checks that python3 (or $PYTHON) runs
 #
 # Each tool skips work that is up to date, so a second run takes about a second. Any
@@ -41,10 +42,11 @@ echo "peers/build.sh: $step"
     go build -buildvcs=false -o build/shmlink-peer ./cmd/shmlink-peer)
 
 if [ -f "$here/c/Makefile" ]; then
-    step="C peer (make -C peers/c)"
+    step="C library and peer (make -C peers/c all check: unit tests, install + pkg-config test)"
     need make C
+    need pkg-config "C library's install"
     echo "peers/build.sh: $step"
-    make -C "$here/c" --no-print-directory
+    make -C "$here/c" --no-print-directory all check
 else
     echo "peers/build.sh: no peers/c/Makefile: C peer skipped (its interop tests will be skipped)"
 fi
