@@ -1235,6 +1235,13 @@ static void test_regions(void)
             CHECK(fstatfs(fd, &fs) == 0 && (unsigned long)fs.f_type == (unsigned long)TMPFS_MAGIC,
                   "not on shmem");
             CHECK(fstat(fd, &st) == 0 && st.st_size == 8192, "size");
+            /* Where the kernel knows MFD_NOEXEC_SEAL (6.3), never executable: F_SEAL_EXEC. */
+            const int probe = memfd_create("probe", MFD_CLOEXEC | MFD_ALLOW_SEALING | 0x0008u);
+            if (probe >= 0) {
+                CHECK((seals & 0x0020) != 0 && (st.st_mode & 0111) == 0,
+                      "created without MFD_NOEXEC_SEAL: seals %#x, mode %o", seals, (unsigned)st.st_mode);
+                REQUIRE(close(probe) == 0, "close");
+            }
         }
     }
     closedir(d);

@@ -570,12 +570,17 @@ func (e *Endpoint) awaitHandshake(op string, deadline time.Time) error {
 			}
 			continue
 		}
-		// A receiver is reading: it will take the HELLO.
+		// A receiver is reading: it will take the HELLO, unless it gives up first (its own
+		// timeout), so look again now and then.
+		retry := time.NewTimer(25 * time.Millisecond)
 		select {
 		case <-e.handshook:
+		case <-retry.C:
 		case <-expire:
+			retry.Stop()
 			return timedOutError(op)
 		}
+		retry.Stop()
 	}
 }
 

@@ -442,3 +442,27 @@ func TestInherited(t *testing.T) {
 		t.Fatal("payload")
 	}
 }
+
+// A send waits for the peer's HELLO even while a receiver that gives up is reading.
+func TestSendWaitsForTheHandshakeBehindAReceiverThatGivesUp(t *testing.T) {
+	checkNoFdLeak(t)
+	ep, raw := newRawPair(t, nil)
+	raw.recv() // the endpoint's HELLO
+	go func() {
+		ep.RecvTimeout(20 * time.Millisecond) // holds the receive side, then times out
+	}()
+	time.Sleep(5 * time.Millisecond)
+	sent := make(chan error, 1)
+	go func() { sent <- ep.Send([]byte("after hello"), &SendOptions{Timeout: 5 * time.Second}) }()
+	time.Sleep(60 * time.Millisecond)
+	raw.hello()
+	select {
+	case err := <-sent:
+		ok(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the send never saw the HELLO")
+	}
+	if b, _ := raw.recv(); string(b[headerLen:]) != "after hello" {
+		t.Fatalf("got % x", b)
+	}
+}

@@ -22,6 +22,16 @@ func TestNewRegionIsASealedCloseOnExecMemfd(t *testing.T) {
 	if flags := must(unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)); flags&unix.FD_CLOEXEC == 0 {
 		t.Fatal("not close-on-exec")
 	}
+	// Where the kernel knows MFD_NOEXEC_SEAL (Linux 6.3), the file can never be made
+	// executable: it carries F_SEAL_EXEC and no exec bits.
+	if probe, err := unix.MemfdCreate("probe", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|mfdNoexecSeal); err == nil {
+		unix.Close(probe)
+		var st unix.Stat_t
+		ok(t, unix.Fstat(fd, &st))
+		if seals&0x20 == 0 || st.Mode&0o111 != 0 {
+			t.Fatalf("created without MFD_NOEXEC_SEAL: seals %#x, mode %o", seals, st.Mode)
+		}
+	}
 	var fs unix.Statfs_t
 	ok(t, unix.Fstatfs(fd, &fs))
 	if fs.Type != unix.TMPFS_MAGIC {
