@@ -5,18 +5,18 @@
 // protocol of docs/PROTOCOL.md, version 1, with every other shmlink library (Node,
 // Python, Rust, C), and mirrors the Node API:
 //
-//	Node                                  Go
-//	Region.create(size)                   NewRegion(size)
-//	region.bytes / read / readInto / write   r.Bytes() / r.Read / r.ReadInto / r.Write
-//	region.freeze() / reclaim() / close()    r.Freeze() / r.Reclaim() / r.Close()
-//	Endpoint.pair()                       Pair(nil)
-//	Endpoint.connect(path, opts)          Connect(path, &ConnectOptions{...})
-//	Endpoint.listen(path, opts)           Listen(path, &ListenOptions{...})
-//	Endpoint.inherited() / fromFd(fd)     Inherited(nil) / FromFd(fd, nil)
-//	endpoint.send(p, {regions, transfer}) e.Send(p, &SendOptions{Regions, Transfer})
-//	endpoint.recvSync({timeoutMs})        e.Recv() / e.RecvTimeout(d)
-//	endpoint.peer / stats() / regionId(r)  e.Peer() / e.Stats() / e.RegionID(r)
-//	processStats() / setProcessLimits()    GetProcessStats() / SetProcessLimits()
+//	Node                                   Go
+//	Region.create(size)                    NewRegion(size)
+//	region.bytes, read, readInto, write    r.Bytes(), r.Read, r.ReadInto, r.Write
+//	region.freeze(), reclaim(), close()    r.Freeze(), r.Reclaim(), r.Close()
+//	Endpoint.pair()                        Pair(nil)
+//	Endpoint.connect(path, opts)           Connect(path, &ConnectOptions{...})
+//	Endpoint.listen(path, opts)            Listen(path, &ListenOptions{...})
+//	Endpoint.inherited(), fromFd(fd)       Inherited(nil), FromFd(fd, nil)
+//	endpoint.send(p, {regions, transfer})  e.Send(p, &SendOptions{Regions, Transfer})
+//	endpoint.recvSync({timeoutMs})         e.Recv(), e.RecvTimeout(d)
+//	endpoint.peer, stats(), regionId(r)    e.Peer(), e.Stats(), e.RegionID(r)
+//	processStats(), setProcessLimits()     GetProcessStats(), SetProcessLimits()
 //
 // # A child of a Node parent
 //
