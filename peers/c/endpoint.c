@@ -46,7 +46,7 @@ static void end_locked(shmlink_endpoint *ep, shmlink_code code)
     ep->ended = true;
     ep->ended_code = code;
     sys_shutdown(ep->fd);
-    session_end_locked(&ep->s, ep);
+    session_end_locked(&ep->s, ep, code == SHMLINK_ERR_PEER_CLOSED);
 }
 
 /* What a call on an ended connection reports: PEER_CLOSED after end-of-file, else CLOSED. */
@@ -342,7 +342,7 @@ static shmlink_code send_locked(shmlink_endpoint *ep, const void *payload, size_
         session_message_sent_locked(&ep->s, ep, atts, new_ids, new_index, nnew);
         for (size_t i = 0; i < count; i++)
             if (atts[i].transfer)
-                region_send_away_locked(atts[i].region, ep->s.ended_flag);
+                region_send_away_locked(atts[i].region, ep->s.fate);
         ep->stats.messages_out++;
         ep->stats.bytes_out += payload_len;
         return SHMLINK_OK;

@@ -119,14 +119,27 @@ memfile *memfile_new(int fd);
 memfile *memfile_ref(memfile *f);
 void memfile_unref(memfile *f);
 
-/* A connection's end, shared with the regions transferred over it (reclaim). */
-typedef struct conn_flag {
-    bool ended;
-    unsigned long refs;
-} conn_flag;
+/* How a connection ended, as the regions transferred over it need to know
+ * (docs/PROTOCOL.md section 6, MEMORY-MODEL.md 5.1): the side that ends a connection gives
+ * up the regions transferred to it over that connection, and the other side may take back
+ * the regions it transferred. Shared by the session and those regions. */
+typedef enum fate_state { FATE_OPEN, FATE_ENDED_BY_PEER, FATE_ENDED_HERE } fate_state;
 
-conn_flag *conn_flag_new(void);
-void conn_flag_unref(conn_flag *f);
+typedef struct fate {
+    fate_state state;
+    unsigned long refs;
+} fate;
+
+fate *fate_new(void);
+fate *fate_ref(fate *f);
+void fate_unref(fate *f);
+
+/* Where a region is, as far as this process is concerned. */
+typedef enum custody {
+    CUSTODY_HERE,    /* this process may use it */
+    CUSTODY_AWAY,    /* transferred to a peer: back with any frame that brings it, or reclaim */
+    CUSTODY_GIVEN_UP /* transferred here over a connection this side then ended: its sender's */
+} custody;
 
 struct shmlink_region {
     uint64_t serial; /* never reused: the key of own-namespace tables */
@@ -137,8 +150,11 @@ struct shmlink_region {
     memfile *file; /* NULL once closed */
     void *base;    /* NULL once unmapped */
     bool lent;     /* bytes() handed out the pointer: unmapped only with the last reference */
-    bool frozen, closed, away;
-    conn_flag *custody; /* while away: the connection it went over */
+    bool frozen, closed;
+    bool away;       /* custody != CUSTODY_HERE */
+    custody custody;
+    fate *over;      /* away: the connection it was transferred over */
+    fate *via;       /* here: the connection it last arrived over with a transfer */
     uint64_t charge;    /* bytes counted against the process limits */
     bool charged;
     /* Endpoints that bound it in their namespace (told when it closes). */
@@ -161,8 +177,13 @@ void region_close_locked(shmlink_region *r);
 shmlink_code region_check_usable(const shmlink_region *r, shmlink_error *err, const char *op);
 bool region_add_binder_locked(shmlink_region *r, shmlink_endpoint *ep);
 void region_remove_binder_locked(shmlink_region *r, shmlink_endpoint *ep);
-void region_send_away_locked(shmlink_region *r, conn_flag *ended);
-void region_come_back_locked(shmlink_region *r);
+void region_send_away_locked(shmlink_region *r, fate *over);
+/* A frame brought the region over `via`; with `transferred`, this side gives it up again if
+ * it ends that connection before passing the region on. */
+void region_arrive_locked(shmlink_region *r, fate *via, bool transferred);
+/* This side ended the connection `via`: every region that came over it with a transfer and
+ * is still here goes back to its sender (access refused from now on). */
+void regions_give_up_from_locked(fate *via);
 
 /* The process limits: reserve counts a received region against them. */
 shmlink_code process_reserve_locked(uint64_t size, shmlink_error *err);
@@ -201,7 +222,7 @@ typedef struct session {
     uint32_t peer_max_regions, peer_max_payload;
     bool hello_sent;
     bool ended;
-    conn_flag *ended_flag;
+    fate *fate;
     uint64_t next_id;
     table own_by_serial; /* region serial -> our id */
     table own_by_id;     /* our id -> region */
@@ -224,8 +245,10 @@ typedef enum control_kind { CONTROL_NONE, CONTROL_HELLO, CONTROL_RELEASE } contr
 shmlink_code session_init(session *s, const shmlink_limits *limits, bool accept_writable,
                           uint64_t realm, shmlink_error *err);
 void session_destroy_locked(session *s, shmlink_endpoint *ep);
-/* Ends the session: both tables dropped, the connection's flag set. */
-void session_end_locked(session *s, shmlink_endpoint *ep);
+/* Ends the session: by the peer (end-of-file) or by this side (closed here, or a failure
+ * this side detected). Both tables are dropped; when this side ended it, the regions
+ * transferred to it over the connection go back to the peer (PROTOCOL.md section 6). */
+void session_end_locked(session *s, shmlink_endpoint *ep, bool by_peer);
 /* The next control frame (HELLO, RELEASE) into frame; its length, 0 if none. */
 size_t session_poll_control(const session *s, uint8_t *frame, control_kind *kind, size_t *count);
 void session_control_sent(session *s, control_kind kind, size_t count);

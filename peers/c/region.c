@@ -46,15 +46,22 @@ void memfile_unref(memfile *f)
     }
 }
 
-conn_flag *conn_flag_new(void)
+fate *fate_new(void)
 {
-    conn_flag *f = malloc(sizeof *f);
+    fate *f = malloc(sizeof *f);
     if (f != NULL)
-        *f = (conn_flag){ false, 1 };
+        *f = (fate){ FATE_OPEN, 1 };
     return f;
 }
 
-void conn_flag_unref(conn_flag *f)
+fate *fate_ref(fate *f)
+{
+    if (f != NULL)
+        f->refs++;
+    return f;
+}
+
+void fate_unref(fate *f)
 {
     if (f != NULL && --f->refs == 0)
         free(f);
@@ -216,7 +223,8 @@ void region_unref_locked(shmlink_region *r)
         g_registry = r->next;
     if (r->next != NULL)
         r->next->prev = r->prev;
-    conn_flag_unref(r->custody);
+    fate_unref(r->over);
+    fate_unref(r->via);
     free(r->binders);
     free(r);
 }
@@ -261,19 +269,31 @@ void region_remove_binder_locked(shmlink_region *r, shmlink_endpoint *ep)
         }
 }
 
-void region_send_away_locked(shmlink_region *r, conn_flag *ended)
+static void set_custody(shmlink_region *r, custody c, fate *over, fate *via)
 {
-    conn_flag_unref(r->custody);
-    ended->refs++;
-    r->custody = ended;
-    r->away = true;
+    fate_unref(r->over);
+    fate_unref(r->via);
+    r->custody = c;
+    r->over = fate_ref(over);
+    r->via = fate_ref(via);
+    r->away = c != CUSTODY_HERE;
 }
 
-void region_come_back_locked(shmlink_region *r)
+void region_send_away_locked(shmlink_region *r, fate *over)
 {
-    conn_flag_unref(r->custody);
-    r->custody = NULL;
-    r->away = false;
+    set_custody(r, CUSTODY_AWAY, over, NULL);
+}
+
+void region_arrive_locked(shmlink_region *r, fate *via, bool transferred)
+{
+    set_custody(r, CUSTODY_HERE, NULL, transferred ? via : NULL);
+}
+
+void regions_give_up_from_locked(fate *via)
+{
+    for (shmlink_region *r = g_registry; r != NULL; r = r->next)
+        if (r->custody == CUSTODY_HERE && r->via == via)
+            set_custody(r, CUSTODY_GIVEN_UP, NULL, NULL);
 }
 
 /* ---- the public region API --------------------------------------------------------- */
@@ -500,12 +520,20 @@ shmlink_code shmlink_region_reclaim(shmlink_region *r, shmlink_error *err)
     shmlink_code code = SHMLINK_OK;
     if (r->closed)
         code = set_error(err, SHMLINK_ERR_REGION_CLOSED, op, "the region is closed; create a new one");
-    else if (r->away && r->custody != NULL && !r->custody->ended)
+    else if (r->custody == CUSTODY_AWAY && r->over->state == FATE_ENDED_BY_PEER)
+        set_custody(r, CUSTODY_HERE, NULL, NULL);
+    else if (r->custody == CUSTODY_AWAY && r->over->state == FATE_OPEN)
         code = set_error(err, SHMLINK_ERR_REGION_TRANSFERRED, op,
                          "the connection the region was transferred over is still open; wait "
                          "until the peer sends it back");
-    else if (r->away)
-        region_come_back_locked(r);
+    else if (r->custody == CUSTODY_AWAY)
+        code = set_error(err, SHMLINK_ERR_REGION_TRANSFERRED, op,
+                         "this side ended the connection the region was transferred over, so the "
+                         "peer keeps it (docs/MEMORY-MODEL.md section 5.1)");
+    else if (r->custody == CUSTODY_GIVEN_UP)
+        code = set_error(err, SHMLINK_ERR_REGION_TRANSFERRED, op,
+                         "the region was transferred to this side over a connection this side "
+                         "ended, so it went back to its sender");
     shmlink_unlock();
     return code;
 }

@@ -152,8 +152,8 @@ shmlink_code session_init(session *s, const shmlink_limits *in, bool accept_writ
                          SHMLINK_MAX_REGIONS_MAX, SHMLINK_MAX_PAYLOAD_MAX, l.max_regions,
                          l.max_payload);
     *s = (session){ .limits = l, .accept_writable = accept_writable, .realm = realm, .next_id = 1 };
-    s->ended_flag = conn_flag_new();
-    if (s->ended_flag == NULL)
+    s->fate = fate_new();
+    if (s->fate == NULL)
         return set_error(err, SHMLINK_ERR_OS, "limits", "out of memory");
     return SHMLINK_OK;
 }
@@ -179,24 +179,27 @@ static void unbind_all_locked(session *s, shmlink_endpoint *ep)
     s->held_bytes = 0;
 }
 
-void session_end_locked(session *s, shmlink_endpoint *ep)
+void session_end_locked(session *s, shmlink_endpoint *ep, bool by_peer)
 {
     if (s->ended)
         return;
     s->ended = true;
     s->nreleases = 0;
     unbind_all_locked(s, ep);
-    s->ended_flag->ended = true;
+    if (s->fate->state == FATE_OPEN)
+        s->fate->state = by_peer ? FATE_ENDED_BY_PEER : FATE_ENDED_HERE;
+    if (!by_peer)
+        regions_give_up_from_locked(s->fate);
 }
 
 void session_destroy_locked(session *s, shmlink_endpoint *ep)
 {
-    session_end_locked(s, ep);
+    session_end_locked(s, ep, false);
     free(s->own_by_serial.slots);
     free(s->own_by_id.slots);
     free(s->peer.slots);
     free(s->releases);
-    conn_flag_unref(s->ended_flag);
+    fate_unref(s->fate);
     *s = (session){ 0 };
 }
 
@@ -796,7 +799,7 @@ static shmlink_code judge(session *s, const uint8_t *b, const received *rec, int
     }
     /* The frame is accepted: every region in it is back with this process (5.2 rule 8). */
     for (size_t i = 0; i < f.count; i++)
-        region_come_back_locked(msg->regions[i]);
+        region_arrive_locked(msg->regions[i], s->fate, msg->descriptors[i].transferred);
     if (f.payload_len != 0)
         memcpy(msg->payload, f.payload, f.payload_len);
     msg->payload_len = f.payload_len;
@@ -823,9 +826,9 @@ shmlink_code session_handle_locked(session *s, shmlink_endpoint *ep, const uint8
             region_unref_locked(msg->regions[i]);
         msg->region_count = 0;
         msg->payload_len = 0;
-        session_end_locked(s, ep);
+        session_end_locked(s, ep, false);
     } else if (*kind == IN_EOF) {
-        session_end_locked(s, ep);
+        session_end_locked(s, ep, true);
     }
     return code;
 }

@@ -217,7 +217,8 @@ SHMLINK_API uint64_t shmlink_region_size(const shmlink_region *region);
 SHMLINK_API bool shmlink_region_frozen(const shmlink_region *region);
 /* Whether shmlink_region_close was called. */
 SHMLINK_API bool shmlink_region_closed(const shmlink_region *region);
-/* Whether the region was sent with transfer and has not come back (or been reclaimed). */
+/* Whether the region was sent with transfer and has not come back (or been reclaimed), or
+ * was given up: it came here with a transfer over a connection this side then ended. */
 SHMLINK_API bool shmlink_region_transferred(const shmlink_region *region);
 
 /*
@@ -258,8 +259,14 @@ SHMLINK_API shmlink_code shmlink_region_write(shmlink_region *region, uint64_t o
  */
 SHMLINK_API shmlink_code shmlink_region_freeze(shmlink_region *region, shmlink_error *err);
 
-/* Takes back a region transferred over a connection that has since ended, to reuse it.
- * SHMLINK_ERR_REGION_TRANSFERRED while that connection is open. */
+/*
+ * Takes back a region transferred over a connection the peer has since ended, to reuse it.
+ * By docs/PROTOCOL.md section 6 the side that ends a connection gives up the regions
+ * transferred to it over that connection (they become "transferred" there), and the other
+ * side may take back what it transferred. SHMLINK_ERR_REGION_TRANSFERRED while that
+ * connection is open, when this side ended it, and for a region given up. A region that is
+ * here is left as it is.
+ */
 SHMLINK_API shmlink_code shmlink_region_reclaim(shmlink_region *region, shmlink_error *err);
 
 /* Lets go of the region now (see above). Idempotent. */

@@ -1445,13 +1445,48 @@ static void test_pair_and_custody(void)
     CHECK(shmlink_endpoint_send(a, NULL, 0, NULL, &err) == SHMLINK_ERR_CLOSED, "send after close");
     CHECK(shmlink_endpoint_peer(a, &cred, &err) == SHMLINK_ERR_CLOSED, "peer after close");
 
-    /* The peer saw end-of-file; regions transferred over the connection can be reclaimed. */
+    /* The peer saw end-of-file. a ended the connection, so the regions it transferred over
+     * it stay the peer's (PROTOCOL.md section 6). */
     CHECK(shmlink_endpoint_recv(b, &m, TEST_TIMEOUT_MS, &err) == SHMLINK_ERR_PEER_CLOSED, "b sees the end");
-    CHECK(shmlink_region_transferred(r[2]) && shmlink_region_reclaim(r[2], &err) == SHMLINK_OK &&
-              !shmlink_region_transferred(r[2]),
-          "reclaim after the connection ended: %s", err.message);
-    CHECK(shmlink_region_write(r[2], 0, "reused", 6, &err) == SHMLINK_OK, "write after reclaim");
+    CHECK(shmlink_region_reclaim(r[2], &err) == SHMLINK_ERR_REGION_TRANSFERRED &&
+              shmlink_region_transferred(r[2]),
+          "reclaimed a region over a connection this side ended");
     CHECK(shmlink_region_reclaim(r[0], &err) == SHMLINK_OK, "reclaim of a region that is here");
+
+    /* The other way round: the receiver ends the connection. It gives up what was
+     * transferred to it; the sender, once it read end-of-file, takes its region back. */
+    shmlink_endpoint *c, *d;
+    REQUIRE(shmlink_endpoint_pair(NULL, &c, &d, &err) == SHMLINK_OK, "pair");
+    shmlink_region *moved = new_region(SMALL), *kept = new_region(SMALL);
+    const shmlink_send_options mv = { .regions = &kept, .region_count = 1, .transfer = &moved,
+                                      .transfer_count = 1 };
+    CHECK(shmlink_endpoint_send(c, NULL, 0, &mv, &err) == SHMLINK_OK, "send");
+    shmlink_message md = SHMLINK_MESSAGE_INIT;
+    if (recv_ok(d, &md) == SHMLINK_OK) {
+        shmlink_region *got_kept = md.regions[0], *got_moved = md.regions[1];
+        CHECK(shmlink_region_write(got_moved, 0, "mine for now", 12, &err) == SHMLINK_OK, "write");
+        shmlink_endpoint_close(d);
+        void *ptr;
+        size_t size;
+        CHECK(shmlink_region_transferred(got_moved) &&
+                  shmlink_region_bytes(got_moved, &ptr, &size, &err) == SHMLINK_ERR_REGION_TRANSFERRED &&
+                  shmlink_region_reclaim(got_moved, &err) == SHMLINK_ERR_REGION_TRANSFERRED,
+              "the side that ended the connection still has what was transferred to it");
+        CHECK(!shmlink_region_transferred(got_kept) &&
+                  shmlink_region_write(got_kept, 0, "shared", 6, &err) == SHMLINK_OK,
+              "a region shared without transfer is not given up");
+    }
+    CHECK(shmlink_endpoint_recv(c, &m, TEST_TIMEOUT_MS, &err) == SHMLINK_ERR_PEER_CLOSED, "c sees the end");
+    char text[13] = { 0 };
+    CHECK(shmlink_region_reclaim(moved, &err) == SHMLINK_OK && !shmlink_region_transferred(moved) &&
+              shmlink_region_read(moved, 0, text, 12, &err) == SHMLINK_OK &&
+              strcmp(text, "mine for now") == 0,
+          "reclaim after the peer ended the connection: %s", err.message);
+    shmlink_message_clear(&md);
+    shmlink_region_unref(moved);
+    shmlink_region_unref(kept);
+    shmlink_endpoint_free(c);
+    shmlink_endpoint_free(d);
 
     shmlink_message_clear(&m);
     shmlink_message_clear(&m2);

@@ -207,7 +207,7 @@ func newEndpoint(fd int, limits Limits, acceptWritable bool, realm uint64, op st
 		rbuf:      make([]byte, limits.announced().maxFrameLen()+1),
 		oob:       make([]byte, controlLen(limits.MaxRegions)),
 	}
-	runtime.AddCleanup(e, func(s *session) { s.end() }, e.s)
+	runtime.AddCleanup(e, func(s *session) { s.end(false) }, e.s)
 	e.mu.Lock()
 	err = e.flushControlLocked()
 	e.mu.Unlock()
@@ -431,7 +431,7 @@ func (e *Endpoint) endLocked(reason *Error) {
 	}
 	e.ended = reason
 	_ = e.raw.Control(func(fd uintptr) { shutdownBoth(int(fd)) })
-	e.s.end()
+	e.s.end(reason.Code == CodePeerClosed)
 	if !e.shaken {
 		e.shaken = true
 		close(e.handshook)
@@ -701,7 +701,7 @@ func (e *Endpoint) trySendLocked(fd int, op string, payload []byte, atts []attac
 	e.s.messageSent(atts, p, e)
 	for _, a := range atts {
 		if a.transfer {
-			a.region.sendAway(e.s.endedFlag)
+			a.region.sendAway(e.s.fate)
 		}
 	}
 	e.stats.MessagesOut++

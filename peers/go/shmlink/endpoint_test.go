@@ -466,3 +466,45 @@ func TestSendWaitsForTheHandshakeBehindAReceiverThatGivesUp(t *testing.T) {
 		t.Fatalf("got % x", b)
 	}
 }
+
+// PROTOCOL.md §6: the side that ends a connection gives up the regions transferred to it
+// over it; the other side may take back what it transferred once it read end-of-file.
+func TestEndingAConnectionGivesUpWhatWasTransferredToThisSide(t *testing.T) {
+	checkNoFdLeak(t)
+	a, b := pair(t, nil)
+	moved, shared := must(NewRegion(4096)), must(NewRegion(4096))
+	defer moved.Close()
+	defer shared.Close()
+	ok(t, a.Send(nil, &SendOptions{Regions: []*Region{shared}, Transfer: []*Region{moved}}))
+	m := must(b.Recv())
+	defer closeAll(m)
+	gotShared, gotMoved := m.Regions[0], m.Regions[1]
+	ok(t, gotMoved.Write(0, []byte("mine for now")))
+	b.Close() // b ends the connection: it gives up what was transferred to it
+	if !gotMoved.Transferred() || gotShared.Transferred() {
+		t.Fatalf("after b ended it: moved transferred %v, shared transferred %v", gotMoved.Transferred(), gotShared.Transferred())
+	}
+	_, err := gotMoved.Bytes()
+	wantCode(t, err, CodeRegionTransferred)
+	wantCode(t, gotMoved.Reclaim(), CodeRegionTransferred)
+	ok(t, gotShared.Write(0, []byte("still shared here")))
+	// a read end-of-file: the region it transferred is its own again.
+	_, err = a.Recv()
+	wantCode(t, err, CodePeerClosed)
+	ok(t, moved.Reclaim())
+	if got := must(moved.Read(0, 12)); string(got) != "mine for now" {
+		t.Fatalf("read %q", got)
+	}
+
+	// The side that ends a connection over which it transferred a region keeps nothing.
+	c, d := pair(t, nil)
+	r := must(NewRegion(4096))
+	defer r.Close()
+	ok(t, c.Send(nil, &SendOptions{Transfer: []*Region{r}}))
+	closeAll(must(d.Recv()))
+	c.Close()
+	wantCode(t, r.Reclaim(), CodeRegionTransferred)
+	if !r.Transferred() {
+		t.Fatal("the peer keeps it")
+	}
+}

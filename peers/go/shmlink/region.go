@@ -140,8 +140,45 @@ type Region struct {
 	contents sync.RWMutex
 
 	mu      sync.Mutex
-	custody *atomic.Bool // while away: turns true when that connection ends
+	custody custody
+	over    *fate // away: the connection it was transferred over
+	via     *fate // here: the connection it last arrived over with a transfer
 	binders []weak.Pointer[Endpoint]
+}
+
+// custody is where a region is, as far as this process is concerned.
+type custody int
+
+const (
+	// here: this process may use it.
+	here custody = iota
+	// away: transferred to a peer; it comes back with any frame that brings it, or by
+	// Reclaim once the peer has ended that connection.
+	away
+	// givenUp: this side ended the connection the region had been transferred to it
+	// over, so it is its sender's again, for good (docs/PROTOCOL.md §6).
+	givenUp
+)
+
+// fate is how a connection ended, as the regions transferred over it need to know
+// (docs/PROTOCOL.md §6, MEMORY-MODEL.md §5.1): the side that ends a connection gives up
+// the regions transferred to it over that connection, and the other side may take back
+// the regions it transferred.
+type fate struct{ state atomic.Uint32 }
+
+const (
+	fateOpen uint32 = iota
+	fateEndedByPeer
+	fateEndedHere
+)
+
+// end records how the connection ended; the first report stands.
+func (f *fate) end(byPeer bool) {
+	v := fateEndedHere
+	if byPeer {
+		v = fateEndedByPeer
+	}
+	f.state.CompareAndSwap(fateOpen, v)
 }
 
 func newRegion(file *memFile, addr unsafe.Pointer, size int, id fileID, realm uint64, frozen bool, charge uint64) *Region {
@@ -230,7 +267,8 @@ func (r *Region) Frozen() bool { return r.frozen.Load() }
 func (r *Region) Closed() bool { return r.closed.Load() }
 
 // Transferred reports whether the region was sent with Transfer and has not come back
-// (or been reclaimed).
+// (or been reclaimed), or was given up: it came to this side with a transfer over a
+// connection this side then ended (docs/PROTOCOL.md §6).
 func (r *Region) Transferred() bool { return r.away.Load() }
 
 // checkUsable fails unless this process may touch the region now.
@@ -406,11 +444,13 @@ func (r *Region) Freeze() error {
 	return nil
 }
 
-// Reclaim takes back a region transferred over a connection that has since ended (the
-// peer closed, died or broke the protocol), so a pipeline can reuse its buffers. A peer
-// that passed the region on may still reach its memory (docs/MEMORY-MODEL.md §5.1).
-// It fails with CodeRegionTransferred while that connection is open; a region that is
-// not away is left as it is.
+// Reclaim takes back a region transferred over a connection the peer has since ended
+// (it closed, died or broke the protocol), so a pipeline can reuse its buffers. By
+// docs/PROTOCOL.md §6 the side that ends a connection gives up the regions transferred
+// to it over that connection; what that assumes (the peer did not pass the region on) is
+// docs/MEMORY-MODEL.md §5.1. It fails with CodeRegionTransferred while the connection is
+// open, when this side ended it (the peer keeps what it was given), and for a region
+// this side gave up; a region that is here is left as it is.
 func (r *Region) Reclaim() error {
 	const op = "Region.Reclaim"
 	if r.closed.Load() {
@@ -418,30 +458,50 @@ func (r *Region) Reclaim() error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.away.Load() {
+	switch {
+	case r.custody == here:
 		return nil
-	}
-	if r.custody != nil && !r.custody.Load() {
+	case r.custody == away && r.over.state.Load() == fateEndedByPeer:
+		r.custody, r.over, r.via = here, nil, nil
+		r.away.Store(false)
+		return nil
+	case r.custody == away && r.over.state.Load() == fateOpen:
 		return newError(CodeRegionTransferred, op, "the connection the region was transferred over is still open; wait until the peer sends it back")
+	case r.custody == away:
+		return newError(CodeRegionTransferred, op, "this side ended the connection the region was transferred over, so the peer keeps it (docs/MEMORY-MODEL.md §5.1)")
 	}
-	r.custody = nil
-	r.away.Store(false)
-	return nil
+	return newError(CodeRegionTransferred, op, "the region was transferred to this side over a connection this side ended, so it went back to its sender")
 }
 
-// sendAway hands the region to a peer over a connection whose end ended reports.
-func (r *Region) sendAway(ended *atomic.Bool) {
+// sendAway hands the region to a peer over the connection whose ending over reports.
+func (r *Region) sendAway(over *fate) {
 	r.mu.Lock()
-	r.custody = ended
+	r.custody, r.over, r.via = away, over, nil
 	r.away.Store(true)
 	r.mu.Unlock()
 }
 
-// comeBack: a frame brought the region to this process again.
-func (r *Region) comeBack() {
+// arrive: a frame brought the region to this process over the connection via; with
+// transferred, the peer gave it up, and this side gives it up again if it ends that
+// connection before passing the region on.
+func (r *Region) arrive(via *fate, transferred bool) {
 	r.mu.Lock()
-	r.custody = nil
+	r.custody, r.over, r.via = here, nil, nil
+	if transferred {
+		r.via = via
+	}
 	r.away.Store(false)
+	r.mu.Unlock()
+}
+
+// giveUpIfFrom: this side ended the connection via; a region that came over it with a
+// transfer and is still here goes back to its sender (access refused from now on).
+func (r *Region) giveUpIfFrom(via *fate) {
+	r.mu.Lock()
+	if r.custody == here && r.via == via {
+		r.custody, r.via = givenUp, nil
+		r.away.Store(true)
+	}
 	r.mu.Unlock()
 }
 

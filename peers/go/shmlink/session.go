@@ -3,7 +3,7 @@ package shmlink
 import (
 	"fmt"
 	"math"
-	"sync/atomic"
+	"weak"
 )
 
 // The protocol state of one connection, without I/O: records and descriptors go in,
@@ -97,9 +97,12 @@ type session struct {
 	peer           *announced
 	helloSent      bool
 	ended          bool
-	// endedFlag turns true when the connection ends; regions transferred over it share
-	// it, so that Reclaim knows.
-	endedFlag *atomic.Bool
+	// fate says how the connection ended; regions transferred over it share it, so that
+	// Reclaim knows.
+	fate *fate
+	// transferredIn are the regions that arrived with a transfer: given up when this
+	// side ends the connection (docs/PROTOCOL.md §6).
+	transferredIn []weak.Pointer[Region]
 
 	own         map[uint32]*Region
 	ownBySerial map[uint64]uint32
@@ -115,7 +118,7 @@ func newSession(limits Limits, acceptWritable bool, realm uint64) *session {
 		limits:         limits,
 		acceptWritable: acceptWritable,
 		realm:          realm,
-		endedFlag:      new(atomic.Bool),
+		fate:           new(fate),
 		own:            make(map[uint32]*Region),
 		ownBySerial:    make(map[uint64]uint32),
 		nextID:         1,
@@ -285,8 +288,12 @@ func (s *session) release(r *Region) bool {
 	return true
 }
 
-// end drops both tables; regions transferred over the connection become reclaimable.
-func (s *session) end() {
+// end ends the session: by the peer (end-of-file) or by this side (closed here, or a
+// failure this side detected). The tables are dropped. When the peer ended it, the
+// regions this side transferred over it become reclaimable; when this side did, the
+// regions transferred to it over the connection go back to the peer (docs/PROTOCOL.md
+// §6).
+func (s *session) end(byPeer bool) {
 	if s.ended {
 		return
 	}
@@ -300,7 +307,15 @@ func (s *session) end() {
 	}
 	clear(s.held)
 	s.heldBytes = 0
-	s.endedFlag.Store(true)
+	s.fate.end(byPeer)
+	if !byPeer {
+		for _, p := range s.transferredIn {
+			if r := p.Value(); r != nil {
+				r.giveUpIfFrom(s.fate)
+			}
+		}
+	}
+	s.transferredIn = nil
 }
 
 // --- receiving ---------------------------------------------------------------------------
@@ -320,11 +335,11 @@ func (s *session) handleRecord(rec *record) (inbound, error) {
 		for _, r := range adopted {
 			r.closeUnseen()
 		}
-		s.end()
+		s.end(false)
 		return inbound{}, err
 	}
 	if in.kind == inEOF {
-		s.end()
+		s.end(true)
 	}
 	return in, nil
 }
@@ -424,7 +439,16 @@ func (s *session) judge(rec *record, adopted *[]*Region) (inbound, error) {
 		regions = append(regions, incoming{region: region, d: d})
 	}
 	for _, in := range regions {
-		in.region.comeBack()
+		in.region.arrive(s.fate, in.d.isTransfer())
+		if in.d.isTransfer() {
+			live := s.transferredIn[:0]
+			for _, p := range s.transferredIn {
+				if p.Value() != nil {
+					live = append(live, p)
+				}
+			}
+			s.transferredIn = append(live, weak.Make(in.region))
+		}
 	}
 	return inbound{kind: inMessage, payload: append([]byte(nil), f.payload...), regions: regions}, nil
 }
