@@ -1,14 +1,18 @@
 /*
- * peer.c - shmlink-peer, the C interop peer: the roles of peers/SCENARIO.md.
+ * peer.c - shmlink-peer, the C interop peer: a thin program on the public API of
+ * libshmlink (shmlink.h) that plays the roles of peers/SCENARIO.md.
  *
- *   shmlink-peer driver    <socket-path> <scenario.json> <transcript-out>
- *   shmlink-peer responder <socket-path> <transcript-out>
- *   shmlink-peer echo      <socket-path>
- *   shmlink-peer hostile   <socket-path> <hostile-frames.json> <case-name>
- *   shmlink-peer expect-hostile <socket-path> <hostile-frames.json> <case-name>
+ *   shmlink-peer [listen] driver    <socket-path> <scenario.json> <transcript-out>
+ *   shmlink-peer [listen] responder <socket-path> <transcript-out>
+ *   shmlink-peer [listen] echo      <socket-path>
+ *   shmlink-peer [listen] hostile   <socket-path> <hostile-frames.json> <case-name>
+ *   shmlink-peer [listen] expect-hostile <socket-path> <hostile-frames.json> <case-name>
  *
- * The peer always connects. Exit 0 when the role completed and every check passed;
- * otherwise one line on stderr and exit 1.
+ * The peer connects ("@name" is a Linux abstract name), or with "listen" binds the path
+ * and accepts one connection. The test harness started both sides, so they trust each
+ * other with writable regions (accept_writable). Only the hostile role uses raw sockets:
+ * the library refuses to send what it sends. Exit 0 when the role completed and every
+ * check passed; otherwise one line on stderr and exit 1.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memfd_create, F_ADD_SEALS, pipe2, mkostemp */
@@ -27,7 +31,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <poll.h>
+#include <stddef.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,7 +44,7 @@
 #define PEER_TIMEOUT_MS 60000u
 /* The harness listens before it starts us; a short retry covers a listener that has
  * bound its path but not called listen(2) yet. */
-#define CONNECT_RETRY_MS 5000u
+#define CONNECT_RETRY_MS 10000u
 #define CONNECT_RETRY_STEP_NS 10000000L /* 10 ms */
 #define NS_PER_MS 1000000L
 #define MS_PER_S 1000L
@@ -120,15 +127,40 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * MS_PER_S + ts.tv_nsec / NS_PER_MS;
 }
 
-static int connect_socket(const char *path)
+static bool g_listen;
+
+static void die_err(const char *what, const shmlink_error *err)
 {
+    die("%s: %s: %s", what, shmlink_code_string(err->code), err->message);
+}
+
+/* Connects (retrying while nobody listens yet: the harness listens before it starts us,
+ * a short retry covers a listener that bound its path but has not called listen(2) yet),
+ * or in listen mode accepts one connection. The handshake is done when it returns. */
+static shmlink_endpoint *open_endpoint(const char *path, shmlink_error *err, bool *failed)
+{
+    shmlink_endpoint *ep = NULL;
+    *failed = false;
+    if (g_listen) {
+        shmlink_server *server;
+        const shmlink_listen_options lo = { .accept_writable = true };
+        if (shmlink_endpoint_listen(path, &lo, &server, err) != SHMLINK_OK)
+            die_err("listen", err);
+        *failed = shmlink_server_accept(server, PEER_TIMEOUT_MS, &ep, err) != SHMLINK_OK;
+        shmlink_server_free(server);
+        return ep;
+    }
+    const shmlink_connect_options co = { .accept_writable = true, .timeout_ms = PEER_TIMEOUT_MS };
     const long long deadline = now_ms() + CONNECT_RETRY_MS;
     for (;;) {
-        const int fd = shmlink_socket_connect(path);
-        if (fd >= 0)
-            return fd;
-        if ((errno != ENOENT && errno != ECONNREFUSED) || now_ms() >= deadline)
-            die("connect %s: %s", path, strerror(errno));
+        if (shmlink_endpoint_connect(path, &co, &ep, err) == SHMLINK_OK)
+            return ep;
+        const bool absent = err->syscall != NULL && strcmp(err->syscall, "connect") == 0 &&
+                            (err->errnum == ENOENT || err->errnum == ECONNREFUSED);
+        if (!absent || now_ms() >= deadline) {
+            *failed = true;
+            return NULL;
+        }
         const struct timespec step = { 0, CONNECT_RETRY_STEP_NS };
         nanosleep(&step, NULL); /* an early wake-up only shortens one retry step */
     }
@@ -136,18 +168,22 @@ static int connect_socket(const char *path)
 
 static shmlink_endpoint *connect_endpoint(const char *path)
 {
-    shmlink_options opts = SHMLINK_OPTIONS_DEFAULT;
-    opts.timeout_ms = PEER_TIMEOUT_MS;
-    shmlink_endpoint *ep;
-    const shmlink_error err = shmlink_endpoint_open(connect_socket(path), &opts, &ep);
-    if (err != SHMLINK_OK)
-        die("opening the connection: %s (%s)", shmlink_error_code(err), strerror(errno));
+    shmlink_error err;
+    bool failed;
+    shmlink_endpoint *ep = open_endpoint(path, &err, &failed);
+    if (failed)
+        die_err("opening the connection", &err);
     return ep;
 }
 
-static void die_shmlink(shmlink_endpoint *ep, const char *what, shmlink_error err)
+/* The bytes of a region this process may read now. */
+static const uint8_t *region_bytes(shmlink_region *r, size_t *size)
 {
-    die("%s: %s: %s", what, shmlink_error_code(err), shmlink_endpoint_detail(ep));
+    void *p;
+    shmlink_error err;
+    if (shmlink_region_bytes(r, &p, size, &err) != SHMLINK_OK)
+        die_err("region", &err);
+    return p;
 }
 
 static json_doc *load_json(const char *path)
@@ -205,19 +241,18 @@ static void digest_message(const shmlink_message *m, uint8_t *digests)
 {
     sha256(m->payload, m->payload_len, DIGEST(digests, 0));
     for (size_t i = 0; i < m->region_count; i++) {
-        const shmlink_region *r = m->regions[i].region;
+        shmlink_region *r = m->regions[i];
         size_t same = i;
         for (size_t j = 0; j < i && same == i; j++)
-            if (m->regions[j].region == r)
+            if (m->regions[j] == r)
                 same = j; /* the same region twice in one frame: hash it once */
         if (same != i) {
             memcpy(DIGEST(digests, 1 + i), DIGEST(digests, 1 + same), SHA256_DIGEST_LEN);
             continue;
         }
-        const uint8_t *bytes = shmlink_region_bytes(r);
-        if (bytes == NULL)
-            die("received region %zu is not accessible", i);
-        sha256(bytes, (size_t)shmlink_region_size(r), DIGEST(digests, 1 + i));
+        size_t size;
+        const uint8_t *bytes = region_bytes(r, &size);
+        sha256(bytes, size, DIGEST(digests, 1 + i));
     }
 }
 
@@ -232,16 +267,14 @@ static void transcript_append(FILE *f, size_t n, const shmlink_message *m,
     fprintf(f, "{\"n\":%zu,\"payload_len\":%zu,\"payload_sha256\":\"%s\",\"regions\":[", n,
             m->payload_len, hex);
     for (size_t i = 0; i < m->region_count; i++) {
-        const shmlink_received_region *rr = &m->regions[i];
+        const shmlink_descriptor *d = &m->descriptors[i];
         sha256_hex(DIGEST(digests, 1 + i), hex);
         fprintf(f,
                 "%s{\"id\":%u,\"size\":%llu,\"new\":%s,\"frozen\":%s,\"transferred\":%s,"
                 "\"sha256\":\"%s\"}",
-                i != 0 ? "," : "", (unsigned)rr->id,
-                (unsigned long long)shmlink_region_size(rr->region),
-                json_bool_text(rr->flags & SHMLINK_DESC_NEW),
-                json_bool_text(rr->flags & SHMLINK_DESC_FROZEN),
-                json_bool_text(rr->flags & SHMLINK_DESC_TRANSFER), hex);
+                i != 0 ? "," : "", (unsigned)d->id,
+                (unsigned long long)shmlink_region_size(m->regions[i]), json_bool_text(d->is_new),
+                json_bool_text(d->frozen), json_bool_text(d->transferred), hex);
     }
     fputs("]}\n", f);
 }
@@ -267,7 +300,7 @@ static void close_transcript(FILE *f, const char *path)
 
 typedef struct named_region {
     char *name;
-    shmlink_region *region;
+    shmlink_region *region; /* one reference */
     bool digest_valid; /* digest matches the contents: filled or hashed since last change */
     uint8_t digest[SHA256_DIGEST_LEN];
 } named_region;
@@ -298,27 +331,20 @@ static named_region *add_name(region_names *names, const char *name, uint64_t si
     const size_t len = strlen(name) + 1;
     nr->name = xmalloc(len);
     memcpy(nr->name, name, len);
-    const shmlink_error err = shmlink_region_create(size, &nr->region);
-    if (err != SHMLINK_OK)
-        die("creating region \"%s\" of %llu bytes: %s (%s)", name, (unsigned long long)size,
-            shmlink_error_code(err), strerror(errno));
+    shmlink_error err;
+    if (shmlink_region_create(size, &nr->region, &err) != SHMLINK_OK)
+        die_err("creating a region", &err);
     return nr;
 }
 
-static void remove_name(region_names *names, named_region *nr)
+/* Forgets a name; closing the region first releases it on the connection (RELEASE). */
+static void remove_name(region_names *names, named_region *nr, bool close)
 {
-    shmlink_region_unmap(nr->region);
+    if (close)
+        shmlink_region_close(nr->region);
+    shmlink_region_unref(nr->region);
     free(nr->name);
     *nr = names->items[--names->count];
-}
-
-static bool same_file(const shmlink_region *a, const shmlink_region *b)
-{
-    dev_t da, db;
-    ino_t ia, ib;
-    shmlink_region_file_id(a, &da, &ia);
-    shmlink_region_file_id(b, &db, &ib);
-    return da == db && ia == ib;
 }
 
 typedef struct driver {
@@ -327,9 +353,11 @@ typedef struct driver {
     size_t received;
     region_names names;
     uint8_t payload[SHMLINK_MAX_PAYLOAD_MAX];
-    shmlink_attachment atts[SHMLINK_DEFAULT_MAX_REGIONS];
+    shmlink_region *regions[SHMLINK_DEFAULT_MAX_REGIONS];
+    shmlink_region *transfer[SHMLINK_DEFAULT_MAX_REGIONS];
     /* Indices into names.items, not pointers: creating a region may move the array. */
     size_t slots[SHMLINK_DEFAULT_MAX_REGIONS];
+    bool transferred[SHMLINK_DEFAULT_MAX_REGIONS];
     uint8_t expected[DIGESTS_LEN(SHMLINK_DEFAULT_MAX_REGIONS)];
     uint8_t got[DIGESTS_LEN(SHMLINK_MAX_REGIONS_MAX)];
     shmlink_message ack;
@@ -343,6 +371,7 @@ static void driver_send(driver *d, size_t step, const json_node *s)
     const json_node *regions = need_array(s, "regions");
     if (payload_len > SHMLINK_MAX_PAYLOAD_MAX || regions->count > SHMLINK_DEFAULT_MAX_REGIONS)
         die("step %zu: payload or region count beyond the limits", step);
+    shmlink_error err;
 
     /* 1. Create, fill and freeze the named regions. */
     size_t count = 0, transfers = 0;
@@ -360,22 +389,17 @@ static void driver_send(driver *d, size_t step, const json_node *s)
             uint64_t seed_value;
             if (!json_get_u64(seed, &seed_value))
                 die("step %zu: \"seed\" must be an integer or null", step);
-            uint8_t *bytes = shmlink_region_mut_bytes(nr->region);
-            if (bytes == NULL)
-                die("step %zu: region \"%s\" cannot be filled (frozen or away)", step, name);
-            pattern_fill(bytes, seed_value, size);
+            size_t n;
+            pattern_fill((uint8_t *)region_bytes(nr->region, &n), seed_value, size);
             nr->digest_valid = false;
         }
-        if (need_bool(r, "freeze") && !shmlink_region_is_frozen(nr->region)) {
-            const shmlink_error err = shmlink_region_freeze(nr->region);
-            if (err != SHMLINK_OK)
-                die("step %zu: freezing \"%s\": %s (%s)", step, name, shmlink_error_code(err),
-                    strerror(errno));
-        }
-        const bool transfer = need_bool(r, "transfer");
-        d->atts[count] = (shmlink_attachment){ nr->region, transfer };
+        if (need_bool(r, "freeze") && shmlink_region_freeze(nr->region, &err) != SHMLINK_OK)
+            die_err("freezing", &err);
+        d->regions[count] = nr->region;
         d->slots[count] = (size_t)(nr - d->names.items);
-        transfers += transfer;
+        d->transferred[count] = need_bool(r, "transfer");
+        if (d->transferred[count])
+            d->transfer[transfers++] = nr->region;
     }
 
     /* What the ack must say: digests of exactly what is sent. Hash now, while the
@@ -385,48 +409,47 @@ static void driver_send(driver *d, size_t step, const json_node *s)
     for (size_t i = 0; i < count; i++) {
         named_region *nr = &d->names.items[d->slots[i]];
         if (!nr->digest_valid) {
-            const uint8_t *bytes = shmlink_region_bytes(nr->region);
-            if (bytes == NULL)
-                die("step %zu: region \"%s\" is away", step, nr->name);
-            sha256(bytes, (size_t)shmlink_region_size(nr->region), nr->digest);
+            size_t size;
+            const uint8_t *bytes = region_bytes(nr->region, &size);
+            sha256(bytes, size, nr->digest);
             nr->digest_valid = true;
         }
         memcpy(DIGEST(d->expected, 1 + i), nr->digest, SHA256_DIGEST_LEN);
     }
 
-    /* 2. Send. */
-    shmlink_error err = shmlink_send(d->ep, d->payload, (size_t)payload_len, d->atts, count);
-    if (err != SHMLINK_OK)
-        die_shmlink(d->ep, "send", err);
+    /* 2. Send: the regions in the step's order, TRANSFER on those that say so. */
+    const shmlink_send_options o = { .regions = d->regions, .region_count = count,
+                                     .transfer = d->transfer, .transfer_count = transfers,
+                                     .timeout_ms = PEER_TIMEOUT_MS };
+    if (shmlink_endpoint_send(d->ep, d->payload, (size_t)payload_len, &o, &err) != SHMLINK_OK)
+        die_err("send", &err);
 
     /* 3. The ack, recorded, then checked. */
-    err = shmlink_recv(d->ep, &d->ack);
-    if (err != SHMLINK_OK)
-        die_shmlink(d->ep, "receiving the ack", err);
+    if (shmlink_endpoint_recv(d->ep, &d->ack, PEER_TIMEOUT_MS, &err) != SHMLINK_OK)
+        die_err("receiving the ack", &err);
     digest_message(&d->ack, d->got);
     transcript_append(d->transcript, d->received++, &d->ack, d->got);
     if (d->ack.payload_len != DIGESTS_LEN(count) ||
         memcmp(d->ack.payload, d->expected, d->ack.payload_len) != 0)
         die("step %zu: the ack's digests do not match what was sent", step);
 
-    /* 4. The transferred regions come back, in order, as our own files. */
+    /* 4. The transferred regions come back, in order: the library resolves a file this
+     * process has (same st_dev, st_ino) to the region that was sent. */
     if (d->ack.region_count != transfers)
         die("step %zu: ack carries %zu regions, %zu were transferred", step,
             d->ack.region_count, transfers);
-    size_t k = 0;
-    for (size_t i = 0; i < count; i++) {
-        if (!d->atts[i].transfer)
-            continue;
-        const shmlink_received_region *rr = &d->ack.regions[k++];
-        if (!same_file(rr->region, d->atts[i].region))
-            die("step %zu: ack region %zu is not the region \"%s\" we sent", step, k - 1,
-                d->names.items[d->slots[i]].name);
-        if (!(rr->flags & SHMLINK_DESC_TRANSFER))
-            die("step %zu: ack region %zu came back without TRANSFER", step, k - 1);
-        /* The responder may have stamped it: its contents are no longer what we hashed. */
-        d->names.items[d->slots[i]].digest_valid = shmlink_region_is_frozen(d->atts[i].region);
+    for (size_t k = 0; k < transfers; k++) {
+        if (d->ack.regions[k] != d->transfer[k])
+            die("step %zu: ack region %zu is not the region that was transferred", step, k);
+        if (!d->ack.descriptors[k].transferred)
+            die("step %zu: ack region %zu came back without TRANSFER", step, k);
+        if (shmlink_region_transferred(d->transfer[k]))
+            die("step %zu: ack region %zu is still marked transferred", step, k);
     }
-    shmlink_message_clear(&d->ack);
+    /* The responder may have stamped them: their contents are no longer what we hashed. */
+    for (size_t i = 0; i < count; i++)
+        if (d->transferred[i] && !shmlink_region_frozen(d->regions[i]))
+            d->names.items[d->slots[i]].digest_valid = false;
 }
 
 static void driver_release(driver *d, size_t step, const json_node *s)
@@ -435,10 +458,9 @@ static void driver_release(driver *d, size_t step, const json_node *s)
     named_region *nr = find_name(&d->names, name);
     if (nr == NULL)
         die("step %zu: release of unknown region \"%s\"", step, name);
-    const shmlink_error err = shmlink_release(d->ep, nr->region);
-    if (err != SHMLINK_OK)
-        die_shmlink(d->ep, "release", err);
-    remove_name(&d->names, nr); /* a later step with this name creates a new region */
+    /* Closing a region releases it on every connection it was sent on (RELEASE); a later
+     * step with this name creates a new region. */
+    remove_name(&d->names, nr, true);
 }
 
 static int role_driver(const char *path, const char *scenario_path, const char *out_path)
@@ -463,10 +485,12 @@ static int role_driver(const char *path, const char *scenario_path, const char *
         else
             die("step %zu: unknown op \"%s\"", index, op);
     }
-    shmlink_close(d->ep);
+    /* The connection ends first, so that dropping the regions sends no RELEASE. */
+    shmlink_endpoint_free(d->ep);
     close_transcript(d->transcript, out_path);
+    shmlink_message_clear(&d->ack);
     while (d->names.count != 0)
-        remove_name(&d->names, &d->names.items[0]);
+        remove_name(&d->names, &d->names.items[0], false);
     free(d->names.items);
     free(d);
     json_free(doc);
@@ -480,7 +504,7 @@ static int role_driver(const char *path, const char *scenario_path, const char *
 typedef struct responder {
     shmlink_message msg;
     uint8_t digests[DIGESTS_LEN(SHMLINK_MAX_REGIONS_MAX)];
-    shmlink_attachment atts[SHMLINK_MAX_REGIONS_MAX];
+    shmlink_region *back[SHMLINK_MAX_REGIONS_MAX];
 } responder;
 
 static int role_responder(const char *path, const char *out_path)
@@ -489,12 +513,13 @@ static int role_responder(const char *path, const char *out_path)
     memset(st, 0, sizeof *st);
     FILE *transcript = open_transcript(out_path);
     shmlink_endpoint *ep = connect_endpoint(path);
+    shmlink_error err;
     for (size_t n = 0;; n++) {
-        shmlink_error err = shmlink_recv(ep, &st->msg);
-        if (err == SHMLINK_E_PEER_CLOSED)
+        const shmlink_code code = shmlink_endpoint_recv(ep, &st->msg, PEER_TIMEOUT_MS, &err);
+        if (code == SHMLINK_ERR_PEER_CLOSED)
             break;
-        if (err != SHMLINK_OK)
-            die_shmlink(ep, "receive", err);
+        if (code != SHMLINK_OK)
+            die_err("receive", &err);
         const shmlink_message *m = &st->msg;
         /* 1-2. Record it, with the digests taken before anything is stamped. */
         digest_message(m, st->digests);
@@ -502,26 +527,26 @@ static int role_responder(const char *path, const char *out_path)
         /* 3. Stamp transferred, writable regions with their digest; 4. send them back. */
         size_t back = 0;
         for (size_t i = 0; i < m->region_count; i++) {
-            const shmlink_received_region *rr = &m->regions[i];
-            if (!(rr->flags & SHMLINK_DESC_TRANSFER))
+            const shmlink_descriptor *desc = &m->descriptors[i];
+            if (!desc->transferred)
                 continue;
-            if (!(rr->flags & SHMLINK_DESC_FROZEN)) {
-                uint8_t *bytes = shmlink_region_mut_bytes(rr->region);
-                if (bytes == NULL)
-                    die("region id %u is not writable", (unsigned)rr->id);
-                const uint64_t size = shmlink_region_size(rr->region);
+            if (!desc->frozen) {
+                const uint64_t size = shmlink_region_size(m->regions[i]);
                 /* A region smaller than a digest gets as much of it as fits. */
-                memcpy(bytes, DIGEST(st->digests, 1 + i),
-                       size < SHA256_DIGEST_LEN ? (size_t)size : SHA256_DIGEST_LEN);
+                if (shmlink_region_write(m->regions[i], 0, DIGEST(st->digests, 1 + i),
+                                         size < SHA256_DIGEST_LEN ? (size_t)size : SHA256_DIGEST_LEN,
+                                         &err) != SHMLINK_OK)
+                    die_err("stamping a region", &err);
             }
-            st->atts[back++] = (shmlink_attachment){ rr->region, true };
+            st->back[back++] = m->regions[i];
         }
-        err = shmlink_send(ep, st->digests, DIGESTS_LEN(m->region_count), st->atts, back);
-        if (err != SHMLINK_OK)
-            die_shmlink(ep, "sending the ack", err);
+        const shmlink_send_options o = { .transfer = st->back, .transfer_count = back,
+                                         .timeout_ms = PEER_TIMEOUT_MS };
+        if (shmlink_endpoint_send(ep, st->digests, DIGESTS_LEN(m->region_count), &o, &err) != SHMLINK_OK)
+            die_err("sending the ack", &err);
     }
     shmlink_message_clear(&st->msg);
-    shmlink_close(ep);
+    shmlink_endpoint_free(ep);
     close_transcript(transcript, out_path);
     free(st);
     return EXIT_SUCCESS;
@@ -532,37 +557,30 @@ static volatile uint8_t g_touch_sink;
 
 static int role_echo(const char *path)
 {
-    shmlink_message *msg = xmalloc(sizeof *msg);
-    shmlink_attachment *atts = xmalloc(sizeof *atts * SHMLINK_MAX_REGIONS_MAX);
-    memset(msg, 0, sizeof *msg);
+    shmlink_message msg = SHMLINK_MESSAGE_INIT;
     shmlink_endpoint *ep = connect_endpoint(path);
+    shmlink_error err;
     for (;;) {
-        shmlink_error err = shmlink_recv(ep, msg);
-        if (err == SHMLINK_E_PEER_CLOSED)
+        const shmlink_code code = shmlink_endpoint_recv(ep, &msg, PEER_TIMEOUT_MS, &err);
+        if (code == SHMLINK_ERR_PEER_CLOSED)
             break;
-        if (err != SHMLINK_OK)
-            die_shmlink(ep, "receive", err);
+        if (code != SHMLINK_OK)
+            die_err("receive", &err);
         uint8_t acc = 0;
-        for (size_t i = 0; i < msg->region_count; i++) {
-            shmlink_region *r = msg->regions[i].region;
-            const volatile uint8_t *bytes = shmlink_region_bytes(r);
-            if (bytes == NULL)
-                die("region id %u is not accessible", (unsigned)msg->regions[i].id);
-            const uint64_t size = shmlink_region_size(r);
-            for (uint64_t off = 0; off < size; off += TOUCH_STRIDE)
+        for (size_t i = 0; i < msg.region_count; i++) {
+            size_t size;
+            const volatile uint8_t *bytes = region_bytes(msg.regions[i], &size);
+            for (size_t off = 0; off < size; off += TOUCH_STRIDE)
                 acc = (uint8_t)(acc + bytes[off]);
-            atts[i] = (shmlink_attachment){ r, false };
         }
         g_touch_sink = acc;
-        /* The payload is still in the endpoint's receive buffer; send reads it from there. */
-        err = shmlink_send(ep, msg->payload, msg->payload_len, atts, msg->region_count);
-        if (err != SHMLINK_OK)
-            die_shmlink(ep, "echo", err);
+        const shmlink_send_options o = { .regions = msg.regions, .region_count = msg.region_count,
+                                         .timeout_ms = PEER_TIMEOUT_MS };
+        if (shmlink_endpoint_send(ep, msg.payload, msg.payload_len, &o, &err) != SHMLINK_OK)
+            die_err("echo", &err);
     }
-    shmlink_message_clear(msg);
-    shmlink_close(ep);
-    free(atts);
-    free(msg);
+    shmlink_message_clear(&msg);
+    shmlink_endpoint_free(ep);
     return EXIT_SUCCESS;
 }
 
@@ -753,6 +771,62 @@ static void set_socket_timeouts(int fd)
         die("setsockopt: %s", strerror(errno));
 }
 
+/* The address of path, "@name" being the abstract name (exact length). */
+static socklen_t raw_address(const char *path, struct sockaddr_un *addr)
+{
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    const size_t n = strlen(path);
+    if (n == 0 || n >= sizeof addr->sun_path)
+        die("bad socket path %s", path);
+    memcpy(addr->sun_path, path, n);
+    if (path[0] == '@') {
+        addr->sun_path[0] = '\0';
+        return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    }
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+/* A connected raw SOCK_SEQPACKET socket (retrying while nobody listens yet), or in listen
+ * mode the one connection accepted. */
+static int raw_socket(const char *path)
+{
+    struct sockaddr_un addr;
+    const socklen_t len = raw_address(path, &addr);
+    if (g_listen) {
+        const int lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (lfd < 0 || bind(lfd, (struct sockaddr *)&addr, len) != 0 || listen(lfd, 1) != 0)
+            die("listen on %s: %s", path, strerror(errno));
+        struct pollfd p = { .fd = lfd, .events = POLLIN };
+        if (poll(&p, 1, (int)PEER_TIMEOUT_MS) != 1)
+            die("no connection within 60 s");
+        const int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            die("accept: %s", strerror(errno));
+        close_or_die(lfd);
+        if (path[0] != '@')
+            unlink(path);
+        set_socket_timeouts(fd);
+        return fd;
+    }
+    const long long deadline = now_ms() + CONNECT_RETRY_MS;
+    for (;;) {
+        const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            die("socket: %s", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&addr, len) == 0) {
+            set_socket_timeouts(fd);
+            return fd;
+        }
+        const int e = errno;
+        close_or_die(fd);
+        if ((e != ENOENT && e != ECONNREFUSED) || now_ms() >= deadline)
+            die("connect %s: %s", path, strerror(e));
+        const struct timespec step = { 0, CONNECT_RETRY_STEP_NS };
+        nanosleep(&step, NULL);
+    }
+}
+
 static int role_hostile(const char *path, const char *cases_path, const char *case_name)
 {
     json_doc *doc = load_json(cases_path);
@@ -768,8 +842,7 @@ static int role_hostile(const char *path, const char *cases_path, const char *ca
     const json_node *fd_specs = need_array(c, "fds");
 
     /* 1. Connect and send the HELLO the case asks for. */
-    const int fd = connect_socket(path);
-    set_socket_timeouts(fd);
+    const int fd = raw_socket(path);
     if (strcmp(hello, "valid") == 0) {
         uint8_t h[SHMLINK_HELLO_FRAME_SIZE] = { 0 };
         h[SHMLINK_HEADER_OFF_KIND] = SHMLINK_KIND_HELLO;
@@ -817,24 +890,25 @@ static int role_hostile(const char *path, const char *cases_path, const char *ca
     return EXIT_SUCCESS;
 }
 
+/* The first receive (which includes reading the peer's HELLO: connect does that part)
+ * must fail with the code the case expects. The library has then closed every descriptor
+ * of the refused record and shut the socket down. */
 static int role_expect_hostile(const char *path, const char *cases_path, const char *case_name)
 {
     json_doc *doc = load_json(cases_path);
     const json_node *c = find_case(json_root(doc), case_name);
     const char *expect = need_string(c, "expect");
-    shmlink_endpoint *ep = connect_endpoint(path);
-    shmlink_message *msg = xmalloc(sizeof *msg);
-    memset(msg, 0, sizeof *msg);
-    const shmlink_error err = shmlink_recv(ep, msg);
-    if (err == SHMLINK_OK)
+    shmlink_error err;
+    bool failed;
+    shmlink_endpoint *ep = open_endpoint(path, &err, &failed);
+    shmlink_message msg = SHMLINK_MESSAGE_INIT;
+    if (!failed && shmlink_endpoint_recv(ep, &msg, PEER_TIMEOUT_MS, &err) == SHMLINK_OK)
         die("case %s: the frame was accepted; expected %s", case_name, expect);
-    const char *code = shmlink_error_code(err);
-    if (strcmp(code, expect) != 0)
-        die("case %s: refused with %s (%s); expected %s", case_name, code,
-            shmlink_endpoint_detail(ep), expect);
-    /* The refusal already closed the record's descriptors and shut the socket down. */
-    shmlink_close(ep);
-    free(msg);
+    if (strcmp(shmlink_code_string(err.code), expect) != 0)
+        die("case %s: refused with %s (%s); expected %s", case_name,
+            shmlink_code_string(err.code), err.message, expect);
+    shmlink_message_clear(&msg);
+    shmlink_endpoint_free(ep);
     json_free(doc);
     return EXIT_SUCCESS;
 }
@@ -844,13 +918,18 @@ static int role_expect_hostile(const char *path, const char *cases_path, const c
 __attribute__((noreturn)) static void usage(void)
 {
     fprintf(stderr,
-            "usage: " PROGRAM " driver|responder|echo|hostile|expect-hostile <socket-path> ... "
+            "usage: " PROGRAM " [listen] driver|responder|echo|hostile|expect-hostile <socket-path> ... "
             "(see peers/SCENARIO.md)\n");
     exit(EXIT_FAILURE);
 }
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "listen") == 0) {
+        g_listen = true;
+        argv++;
+        argc--;
+    }
     if (argc < 3)
         usage();
     g_role = argv[1];

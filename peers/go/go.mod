@@ -1,5 +1,5 @@
-module shmlink.dev/peers/go
+module github.com/shmlink/shmlink/peers/go
 
-go 1.26.0
+go 1.24.0
 
-require golang.org/x/sys v0.50.0
+require golang.org/x/sys v0.38.0

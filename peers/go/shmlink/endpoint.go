@@ -1,869 +1,854 @@
 package shmlink
 
 import (
-	"encoding/binary"
+	"errors"
+	"iter"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
-// Options configure an Endpoint. The zero value means the defaults.
+// PeerFilter says which peers to accept, judged by the credentials the kernel recorded
+// for the socket (SO_PEERCRED) before anything is read or mapped. The zero value is
+// SameUser.
+type PeerFilter struct {
+	any  bool
+	uids []uint32
+}
+
+// SameUser admits this process's effective user, or root (which can reach this process
+// anyway). It is the zero PeerFilter.
+func SameUser() PeerFilter { return PeerFilter{} }
+
+// AnyUser admits every local user; say so explicitly.
+func AnyUser() PeerFilter { return PeerFilter{any: true} }
+
+// Users admits exactly these user ids (root is not implied).
+func Users(uids ...uint32) PeerFilter {
+	return PeerFilter{uids: append([]uint32{}, uids...)}
+}
+
+// Admits reports whether a peer with these credentials passes the filter.
+func (f PeerFilter) Admits(peer PeerCredentials) bool {
+	switch {
+	case f.any:
+		return true
+	case f.uids != nil:
+		for _, uid := range f.uids {
+			if uid == peer.UID {
+				return true
+			}
+		}
+		return false
+	}
+	return peer.UID == 0 || peer.UID == geteuid()
+}
+
+func (f PeerFilter) String() string {
+	switch {
+	case f.any:
+		return "any user"
+	case f.uids != nil:
+		ids := make([]string, len(f.uids))
+		for i, uid := range f.uids {
+			ids[i] = strconv.FormatUint(uint64(uid), 10)
+		}
+		return "uids " + strings.Join(ids, ", ")
+	}
+	return "this user or root"
+}
+
+// PeerCredentials is who is at the other end of a connection, as the kernel recorded it
+// (SO_PEERCRED): for a socketpair, its creator; the pid is the peer's at connect time.
+type PeerCredentials struct {
+	PID int
+	UID uint32
+	GID uint32
+}
+
+// Options configure an endpoint made by Pair, FromFd or Inherited: a peer this process
+// started (or its parent), trusted with writable regions unless FrozenOnly is set. The
+// zero value is the defaults.
 type Options struct {
-	// MaxRegions and MaxPayload are announced in our HELLO and bound what
-	// we accept (§3.5). Defaults 32 and 65536, as every interop peer uses.
-	MaxRegions int
-	MaxPayload int
-	// Timeout bounds every wait for the socket (SO_RCVTIMEO/SO_SNDTIMEO).
-	// Default 60 s (SCENARIO.md: a peer never waits longer).
+	// FrozenOnly refuses regions the peer can still write (CodeRegionWritable). It is
+	// Node's acceptWritable: false; Go's zero value keeps Node's default (true) here.
+	FrozenOnly bool
+	// Limits on what the peer may send; zero fields take the defaults.
+	Limits Limits
+}
+
+// ConnectOptions configure Connect. The zero value is the defaults.
+type ConnectOptions struct {
+	// Server is who must be serving (checked before anything is sent); default
+	// SameUser.
+	Server PeerFilter
+	// AcceptWritable accepts regions the server can still write; default false: frozen
+	// regions only (docs/SECURITY.md).
+	AcceptWritable bool
+	// Limits on what the server may send; zero fields take the defaults.
+	Limits Limits
+	// Timeout bounds the wait for the server's HELLO; 0 waits as long as it takes.
 	Timeout time.Duration
 }
 
-func (o *Options) withDefaults() (Options, error) {
-	var r Options
-	if o != nil {
-		r = *o
-	}
-	if r.MaxRegions == 0 {
-		r.MaxRegions = DefaultMaxRegions
-	}
-	if r.MaxPayload == 0 {
-		r.MaxPayload = DefaultMaxPayload
-	}
-	if r.Timeout == 0 {
-		r.Timeout = 60 * time.Second
-	}
-	if r.MaxRegions < 1 || r.MaxRegions > MaxRegionsLimit || r.MaxPayload < 0 || r.MaxPayload > MaxPayloadLimit {
-		return r, newErr(CodeInvalidArgument, "limits outside the ranges of PROTOCOL.md §3", nil)
-	}
-	return r, nil
+// SendOptions are the attachments of a message and how long to wait for room.
+type SendOptions struct {
+	// Regions are attached in this order; both sides keep access.
+	Regions []*Region
+	// Transfer regions are handed over: unusable here until the peer sends them back.
+	// A region also in Regions keeps its place there (and is transferred); the others
+	// are attached after Regions, in this order. A transferred region is attached once.
+	Transfer []*Region
+	// Timeout bounds the wait for room in the socket; 0 waits as long as it takes. A
+	// send that times out was not sent.
+	Timeout time.Duration
 }
 
-// Attachment is one region attached to an outgoing MESSAGE.
-type Attachment struct {
-	Region   *Region
-	Transfer bool // set TRANSFER: we promise not to touch it until it comes back
+// Descriptor is what a received region's descriptor said (docs/PROTOCOL.md §2).
+type Descriptor struct {
+	// ID is the id the sender gave the region on this connection.
+	ID uint32
+	// New reports whether the region's file descriptor came with this message.
+	New bool
+	// Frozen reports whether the region is frozen.
+	Frozen bool
+	// Transferred reports whether the sender gave up access to it.
+	Transferred bool
 }
 
-// Received is one region attached to an incoming MESSAGE, with the
-// descriptor fields as they were on the wire (the id is in the sender's
-// namespace).
-type Received struct {
-	Region   *Region
-	ID       uint32
-	New      bool
-	Frozen   bool
-	Transfer bool
-}
-
-// Message is a received MESSAGE. It holds one reference to each attached
-// region (one per attachment, so a region attached twice is held twice);
-// Close drops them.
+// Message is a received message.
 type Message struct {
-	// Payload aliases the endpoint's receive buffer and is valid until the
-	// next Recv/RecvInto/Send/Close on the endpoint; copy it to keep it.
+	// Payload is the inline payload (at most 64 KiB), a copy this program owns.
 	Payload []byte
-	Regions []Received
+	// Regions are the attached regions in the order the sender attached them. A region
+	// this process already had (sent back by the peer) is the same *Region.
+	Regions []*Region
+	// Descriptors has one entry per region, as it arrived.
+	Descriptors []Descriptor
 }
 
-// Close drops the message's region references. It is safe to call twice.
-func (m *Message) Close() {
-	for i := range m.Regions {
-		if r := m.Regions[i].Region; r != nil {
-			r.Close()
-			m.Regions[i].Region = nil
-		}
-	}
-	m.Regions = m.Regions[:0]
+// Stats are an endpoint's traffic and binding counters and the limits in force.
+type Stats struct {
+	MessagesOut uint64
+	BytesOut    uint64
+	MessagesIn  uint64
+	BytesIn     uint64
+	// OwnRegions is this side's regions the peer has bound now.
+	OwnRegions int
+	// PeerRegions is the peer's regions bound on this connection now.
+	PeerRegions int
+	// PeerMappedBytes is the bytes of distinct regions the peer's bindings hold.
+	PeerMappedBytes uint64
+	// Queued is the sends waiting for the handshake or for room in the socket.
+	Queued int
+	// Inbox is always 0 in Go: an endpoint reads a record only when Recv asks for one.
+	Inbox  int
+	Limits Limits
 }
 
-// peerBinding is an id bound in the peer's namespace.
-type peerBinding struct {
-	region *Region
-	size   uint64
-	frozen bool
-}
+var nextEndpointID atomic.Uint64
 
-// pending is a binding made earlier in the frame being checked or built.
-type pending struct {
-	id     uint32
-	size   uint64
-	frozen bool
-	region *Region
-}
-
-type state int
-
-const (
-	stateOpen   state = iota
-	stateFailed       // a failure was reported once; the socket is shut down
-	stateEOF          // the peer closed; further receives report PEER_CLOSED
-	stateClosed       // Close was called
-)
-
-// Endpoint is one side of a shmlink connection. It is not safe for
-// concurrent use; one goroutine drives it.
+// Endpoint is one side of a connection.
+//
+// An Endpoint is safe for concurrent use: one goroutine may block in Recv while others
+// Send; sends leave in the order they get the send lock. An Endpoint that becomes
+// unreachable without Close is closed by a cleanup, but close it yourself.
 type Endpoint struct {
+	id   uint64
 	fd   int
-	opts Options
-	st   state
+	file *os.File
+	raw  syscall.RawConn
 
-	peerHello      bool
-	peerMaxRegions int
-	peerMaxPayload int
+	sendMu sync.Mutex // one Send at a time, in order
+	recvMu sync.Mutex // one receive at a time
+	mu     sync.Mutex // guards everything below, and every write to the socket
 
-	// Our namespace (§6): which of our regions the peer has bound.
-	nextID  uint32
-	ownByID map[uint32]*Region
-	ownIDs  map[*Region]uint32
-	// The peer's namespace: what its ids resolve to.
-	peer map[uint32]peerBinding
+	s         *session
+	ended     *Error // why the connection ended; nil while open
+	closed    bool   // Close was called
+	handshook chan struct{}
+	shaken    bool // handshook is closed
+	stats     Stats
 
-	// Reused buffers so that a steady stream of messages does not allocate.
-	rbuf    []byte // one record: exactly the largest frame our limits allow
-	roob    []byte // control buffer for exactly MaxRegions descriptors
-	rfds    []int
-	sbuf    []byte // header and descriptors of an outgoing frame
-	soob    []byte
-	sfds    []int
-	pend    []pending
-	created []*Region
+	queued atomic.Int32
+
+	// Receive buffers, guarded by recvMu: one record of exactly the largest frame this
+	// side's limits allow plus one byte (so a longer record sets MSG_TRUNC), and a control
+	// buffer for exactly MaxRegions descriptors.
+	rbuf []byte
+	oob  []byte
+	rfds []int
+	// Frame buffers, guarded by mu.
+	sframe []byte
+	cframe []byte
 }
 
-// Dial connects to a listening SOCK_SEQPACKET socket at path ("@name" is the
-// Linux abstract name "\0name") and sends our HELLO. The peer's HELLO is
-// read by the first Recv, or by Send/Release/Handshake if those come first.
-func Dial(path string, opts *Options) (*Endpoint, error) {
-	o, err := opts.withDefaults()
+// newEndpoint wraps a connected, non-blocking socket and sends this side's HELLO. It
+// takes fd, also on failure.
+func newEndpoint(fd int, limits Limits, acceptWritable bool, realm uint64, op string) (*Endpoint, error) {
+	file := os.NewFile(uintptr(fd), "shmlink-socket")
+	raw, err := file.SyscallConn()
 	if err != nil {
-		return nil, err
+		file.Close()
+		return nil, errorf(CodeOS, op, "the socket cannot be watched: %v", err)
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, newErr(CodeIO, "socket", err)
-	}
-	// The send timeout also bounds connect(2) when the backlog is full.
-	if err := setTimeouts(fd, o.Timeout); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := unix.Connect(fd, SockaddrFor(path)); err != nil {
-		unix.Close(fd)
-		if err == unix.EAGAIN {
-			return nil, newErr(CodeTimeout, "connect "+path, err)
-		}
-		return nil, newErr(CodeIO, "connect "+path, err)
-	}
-	return newEndpoint(fd, o)
-}
-
-// SockaddrFor returns the address for a socket path, mapping a leading "@"
-// to the abstract namespace (x/sys/unix does the NUL substitution).
-func SockaddrFor(path string) *unix.SockaddrUnix {
-	return &unix.SockaddrUnix{Name: path}
-}
-
-// IsAbstract reports whether path names an abstract socket.
-func IsAbstract(path string) bool { return strings.HasPrefix(path, "@") }
-
-// NewEndpoint takes ownership of fd, a connected AF_UNIX SOCK_SEQPACKET
-// socket (for instance one end of a socketpair), and sends our HELLO.
-func NewEndpoint(fd int, opts *Options) (*Endpoint, error) {
-	o, err := opts.withDefaults()
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	if err := setTimeouts(fd, o.Timeout); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return newEndpoint(fd, o)
-}
-
-func setTimeouts(fd int, d time.Duration) error {
-	tv := unix.NsecToTimeval(d.Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return newErr(CodeIO, "SO_RCVTIMEO", err)
-	}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return newErr(CodeIO, "SO_SNDTIMEO", err)
-	}
-	return nil
-}
-
-func newEndpoint(fd int, o Options) (*Endpoint, error) {
 	e := &Endpoint{
-		fd:      fd,
-		opts:    o,
-		nextID:  1,
-		ownByID: make(map[uint32]*Region),
-		ownIDs:  make(map[*Region]uint32),
-		peer:    make(map[uint32]peerBinding),
-		rbuf:    make([]byte, maxFrameLen(o.MaxRegions, o.MaxPayload)),
-		// CmsgLen, not CmsgSpace: CmsgSpace rounds the data up to 8 bytes,
-		// which for an odd count would let the kernel install one
-		// descriptor more than we announced instead of setting MSG_CTRUNC.
-		roob: make([]byte, unix.CmsgLen(4*o.MaxRegions)),
-		rfds: make([]int, 0, o.MaxRegions),
-		sbuf: make([]byte, HeaderSize+DescriptorSize*MaxRegionsLimit),
-		soob: make([]byte, unix.CmsgSpace(4*MaxRegionsLimit)),
+		id:        nextEndpointID.Add(1),
+		fd:        fd,
+		file:      file,
+		raw:       raw,
+		s:         newSession(limits, acceptWritable, realm),
+		handshook: make(chan struct{}),
+		rbuf:      make([]byte, limits.announced().maxFrameLen()+1),
+		oob:       make([]byte, controlLen(limits.MaxRegions)),
 	}
-	hello := AppendHello(nil, o.MaxRegions, o.MaxPayload)
-	if err := e.sendRecord(hello, nil, nil); err != nil {
-		// A peer that has already closed (a hostile peer sending a bad
-		// HELLO and leaving) makes this fail with EPIPE, yet what it sent
-		// is still queued for us and explains why. Keep the endpoint so
-		// that Recv reports the real reason (or end-of-file).
-		if CodeOf(err) != CodePeerClosed {
-			unix.Close(fd)
-			return nil, err
-		}
+	runtime.AddCleanup(e, func(s *session) { s.end(false) }, e.s)
+	e.mu.Lock()
+	err = e.flushControlLocked()
+	e.mu.Unlock()
+	if err != nil {
+		e.Close()
+		return nil, during(err, op)
 	}
 	return e, nil
 }
 
-// PeerLimits returns the limits from the peer's HELLO (0, 0 before it).
-func (e *Endpoint) PeerLimits() (maxRegions, maxPayload int) {
-	return e.peerMaxRegions, e.peerMaxPayload
+// Pair returns a connected pair of endpoints (socketpair(2)), for goroutines of this
+// program or a child process you start yourself (pass one end's descriptor down and call
+// FromFd there). Both accept writable regions unless opts says otherwise. The second end
+// resolves regions on its own, as another process would: a region sent from one end to
+// the other is a separate *Region there.
+func Pair(opts *Options) (*Endpoint, *Endpoint, error) {
+	const op = "Pair"
+	o, limits, err := resolveOptions(opts, op)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, b, err := seqpacketPair(op)
+	if err != nil {
+		return nil, nil, err
+	}
+	first, err := newEndpoint(a, limits, !o.FrozenOnly, 0, op)
+	if err != nil {
+		closeFd(b)
+		return nil, nil, err
+	}
+	second, err := newEndpoint(b, limits, !o.FrozenOnly, uniqueRealm(), op)
+	if err != nil {
+		first.Close()
+		return nil, nil, err
+	}
+	return first, second, nil
 }
 
-// Fd returns the socket descriptor (owned by the endpoint).
-func (e *Endpoint) Fd() int { return e.fd }
-
-func (e *Endpoint) closedErr() error {
-	switch e.st {
-	case stateEOF:
-		return newErr(CodePeerClosed, "the peer closed the connection", nil)
-	default:
-		return newErr(CodeClosed, "the connection is closed", nil)
+func resolveOptions(opts *Options, op string) (Options, Limits, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
 	}
+	limits, err := o.Limits.resolve(op)
+	return o, limits, err
 }
 
-// Handshake waits for the peer's HELLO if it has not arrived yet.
-func (e *Endpoint) Handshake() error {
-	if e.st != stateOpen {
-		return e.closedErr()
+// Connect connects to a Listen server at path (a path starting with a NUL byte or "@"
+// is a Linux abstract name), checks that the server passes opts.Server, sends this
+// side's HELLO and waits for the server's. Only frozen regions are accepted from the
+// server unless opts.AcceptWritable is set.
+func Connect(path string, opts *ConnectOptions) (*Endpoint, error) {
+	const op = "Connect"
+	var o ConnectOptions
+	if opts != nil {
+		o = *opts
 	}
-	if e.peerHello {
-		return nil
+	if o.Timeout < 0 {
+		return nil, invalidArg(op, "ConnectOptions.Timeout must not be negative")
 	}
-	var m Message
-	err := e.recvFrame(&m, true)
-	m.Close()
-	return err
-}
-
-// Recv receives the next MESSAGE. HELLO and RELEASE frames are processed on
-// the way. At end-of-file it returns an *Error with CodePeerClosed.
-func (e *Endpoint) Recv() (*Message, error) {
-	m := &Message{}
-	if err := e.RecvInto(m); err != nil {
+	limits, err := o.Limits.resolve(op)
+	if err != nil {
 		return nil, err
 	}
-	return m, nil
-}
-
-// RecvInto is Recv into a caller-owned Message, reusing its slices so
-// that a receive loop does not allocate. Regions m still holds from a
-// previous message are closed first.
-func (e *Endpoint) RecvInto(m *Message) error {
-	m.Close()
-	m.Payload = nil
-	if e.st != stateOpen {
-		return e.closedErr()
+	var deadline time.Time
+	if o.Timeout > 0 {
+		deadline = time.Now().Add(o.Timeout)
 	}
-	return e.recvFrame(m, false)
+	fd, err := connectTo(path, op)
+	if err != nil {
+		return nil, err
+	}
+	peer, err := peerCredentials(fd, op)
+	if err != nil {
+		closeFd(fd)
+		return nil, err
+	}
+	if !o.Server.Admits(peer) {
+		closeFd(fd)
+		return nil, errorf(CodePeerRejected, op,
+			"the server runs as uid %d (pid %d), which the filter (%s) does not allow; nothing was sent; connect to the right path or widen ConnectOptions.Server",
+			peer.UID, peer.PID, o.Server)
+	}
+	e, err := newEndpoint(fd, limits, o.AcceptWritable, 0, op)
+	if err != nil {
+		return nil, err
+	}
+	e.sendMu.Lock()
+	err = e.awaitHandshake(op, deadline)
+	e.sendMu.Unlock()
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
 }
 
-// recvFrame reads records until it has a MESSAGE (or, with helloOnly, the
-// peer's HELLO).
-func (e *Endpoint) recvFrame(m *Message, helloOnly bool) error {
+// FromFd takes over fd, a connected AF_UNIX SOCK_SEQPACKET socket (one a parent passed
+// down, or one end of a socketpair), makes it non-blocking and close-on-exec, and sends
+// this side's HELLO. On success the endpoint owns fd; on failure fd is left as it was.
+func FromFd(fd int, opts *Options) (*Endpoint, error) {
+	const op = "FromFd"
+	o, limits, err := resolveOptions(opts, op)
+	if err != nil {
+		return nil, err
+	}
+	if err := claimSocket(fd, op); err != nil {
+		return nil, err
+	}
+	return newEndpoint(fd, limits, !o.FrozenOnly, 0, op)
+}
+
+const wrapperAdvice = "the usual cause is a wrapper program (a shell script, go run, npx, tsx) between the parent and this process, which started this process with its own descriptors: start this program directly (build it and spawn the binary)"
+
+// Inherited returns the endpoint a parent passed down: the descriptor number in the
+// environment variable SHMLINK_FD, as Node's spawnWithEndpoint sets it. Do not assume
+// fd 3: with 'ipc' in a Node parent's stdio the socket is fd 4. The variable is removed
+// from the environment once the endpoint exists, so that children of this process do not
+// read it.
+//
+// It fails with CodeInvalidArg when SHMLINK_FD is unset, is not a number, or does not
+// name the socket (the message says what it found there).
+func Inherited(opts *Options) (*Endpoint, error) {
+	const op = "Inherited"
+	value, ok := os.LookupEnv("SHMLINK_FD")
+	if !ok {
+		return nil, invalidArg(op, "SHMLINK_FD is not set: this process was not started by Node's spawnWithEndpoint() (or a parent that passes a socket the same way: an AF_UNIX SOCK_SEQPACKET socket, its number in SHMLINK_FD)")
+	}
+	fd, err := strconv.Atoi(strings.TrimSpace(value))
+	if err != nil || fd <= 2 {
+		return nil, invalidArg(op, "SHMLINK_FD is %q, which is not a descriptor number above 2; the parent must set it to the number of the socket it passed down", value)
+	}
+	o, limits, err := resolveOptions(opts, op)
+	if err != nil {
+		return nil, err
+	}
+	if err := claimSocket(fd, op); err != nil {
+		var se *Error
+		if errors.As(err, &se) && se.Code == CodeInvalidArg {
+			c := *se
+			c.Message = "SHMLINK_FD=" + strconv.Itoa(fd) + " does not name the socket the parent passed down: " + se.Message + "; " + wrapperAdvice
+			return nil, &c
+		}
+		return nil, err
+	}
+	e, err := newEndpoint(fd, limits, !o.FrozenOnly, 0, op)
+	if err != nil {
+		return nil, err
+	}
+	os.Unsetenv("SHMLINK_FD")
+	return e, nil
+}
+
+// ID identifies this connection within the process.
+func (e *Endpoint) ID() uint64 { return e.id }
+
+// Fd is the socket's descriptor, -1 once closed. Do not read or write it.
+func (e *Endpoint) Fd() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return -1
+	}
+	return e.fd
+}
+
+// Closed reports whether the connection is over: closed here, by the peer, or after a
+// failure.
+func (e *Endpoint) Closed() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ended != nil
+}
+
+// Peer returns the peer's process, user and group ids (SO_PEERCRED).
+func (e *Endpoint) Peer() (PeerCredentials, error) {
+	const op = "Endpoint.Peer"
+	var creds PeerCredentials
+	var err error
+	if cerr := e.raw.Control(func(fd uintptr) { creds, err = peerCredentials(int(fd), op) }); cerr != nil {
+		return creds, closedError(op)
+	}
+	return creds, err
+}
+
+// Stats returns traffic and binding counters and the limits in force.
+func (e *Endpoint) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := e.stats
+	st.OwnRegions = len(e.s.own)
+	st.PeerRegions = len(e.s.peers)
+	st.PeerMappedBytes = e.s.heldBytes
+	st.Queued = int(e.queued.Load())
+	st.Limits = e.s.limits
+	return st
+}
+
+// RegionID is this side's id for r on this connection while the peer has it bound (the
+// id the peer sees in its descriptors).
+func (e *Endpoint) RegionID(r *Region) (uint32, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.s.ownID(r)
+}
+
+// closedErrLocked is what an operation on an ended connection reports: CodePeerClosed
+// after end-of-file, CodeClosed otherwise.
+func (e *Endpoint) closedErrLocked(op string) error {
+	if e.ended != nil && e.ended.Code == CodePeerClosed {
+		return peerClosedError(op)
+	}
+	return closedError(op)
+}
+
+// endLocked ends the connection with reason: the socket is shut down both ways so the
+// peer reads end-of-file, and both binding tables are dropped.
+func (e *Endpoint) endLocked(reason *Error) {
+	if e.ended != nil {
+		return
+	}
+	e.ended = reason
+	_ = e.raw.Control(func(fd uintptr) { shutdownBoth(int(fd)) })
+	e.s.end(reason.Code == CodePeerClosed)
+	if !e.shaken {
+		e.shaken = true
+		close(e.handshook)
+	}
+}
+
+func (e *Endpoint) endWith(err error) {
+	var se *Error
+	if !errors.As(err, &se) {
+		se = errorf(CodeOS, "recv", "%v", err)
+	}
+	e.endLocked(se)
+}
+
+// flushControlLocked sends the frames the session has pending (HELLO, RELEASE) while the
+// socket has room. A full socket leaves them pending: they go with the next send or
+// receive.
+func (e *Endpoint) flushControlLocked() error {
+	if e.ended != nil {
+		return nil
+	}
+	var result error
+	cerr := e.raw.Control(func(fd uintptr) { result = e.flushControlFD(int(fd)) })
+	if cerr != nil {
+		return nil
+	}
+	if errors.Is(result, errWouldBlock) {
+		return nil
+	}
+	return result
+}
+
+var errWouldBlock = errors.New("would block")
+
+func (e *Endpoint) flushControlFD(fd int) error {
 	for {
-		n, rflags, err := e.recvRecord()
-		if err != nil {
-			e.closeFds(e.rfds)
-			if CodeOf(err) == CodeTimeout {
-				return err // nothing was consumed; the connection is intact
-			}
-			return e.fail(err)
-		}
-		if n == 0 && rflags&(unix.MSG_CTRUNC|unix.MSG_TRUNC) == 0 && len(e.rfds) == 0 {
-			// End-of-file (§1.5). Frames already received stay valid;
-			// the bindings go.
-			e.st = stateEOF
-			e.dropTables()
-			return newErr(CodePeerClosed, "end-of-file", nil)
-		}
-		gotMessage, err := e.handleRecord(n, rflags, m)
-		if err != nil {
-			e.closeFds(e.rfds)
-			m.Close()
-			m.Payload = nil
-			return e.fail(err)
-		}
-		if gotMessage || (helloOnly && e.peerHello) {
+		frame, kind, count := e.s.pollControl(e.cframe[:0])
+		e.cframe = frame
+		if kind == controlNone {
 			return nil
 		}
+		err := sendRecord(fd, frame, nil, nil)
+		switch {
+		case err == nil:
+			e.s.controlSent(kind, count)
+		case isWouldBlock(err):
+			return errWouldBlock
+		case isDisconnected(err) && kind == controlHello:
+			// A peer already gone is reported by the first receive, after whatever it
+			// sent before leaving (docs/PROTOCOL.md §3 rule 4).
+			e.s.controlSent(kind, count)
+		case isDisconnected(err):
+			e.endLocked(peerClosedError("send"))
+			return peerClosedError("send")
+		default:
+			oe := osError("send", "sendmsg", err, "the connection was closed")
+			e.endLocked(oe)
+			return oe
+		}
 	}
 }
 
-// recvRecord receives one record into rbuf and its descriptors into rfds.
-func (e *Endpoint) recvRecord() (n, rflags int, err error) {
-	e.rfds = e.rfds[:0]
-	var iov unix.Iovec
-	iov.Base = &e.rbuf[0]
-	iov.SetLen(len(e.rbuf))
-	var msg unix.Msghdr
-	msg.Iov = &iov
-	msg.SetIovlen(1)
-	msg.Control = &e.roob[0]
-	msg.SetControllen(len(e.roob))
-	resets := 0
+// regionClosed: a region this endpoint bound was closed; the peer is told (RELEASE).
+func (e *Endpoint) regionClosed(r *Region) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.s.release(r) {
+		_ = e.flushControlLocked()
+	}
+}
+
+// Release tells the peer that this side will not refer to r again (a RELEASE frame), so
+// it may unmap it; the next send of r passes its descriptor anew. It does nothing for a
+// region the peer does not have bound. A RELEASE that finds the socket full leaves with
+// the next send or receive.
+func (e *Endpoint) Release(r *Region) {
+	if r == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.s.release(r) {
+		_ = e.flushControlLocked()
+	}
+}
+
+// Close closes the connection: the peer sees end-of-file, goroutines blocked in Recv or
+// Send return CodeClosed, and the peer's regions are unbound (regions still held here
+// stay valid). Idempotent; always nil.
+func (e *Endpoint) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.endLocked(closedError("Endpoint.Close"))
+	e.mu.Unlock()
+	e.file.Close()
+	return nil
+}
+
+// awaitHandshake waits for the peer's HELLO (sendMu held). The HELLO is always the
+// peer's first record, so reading it can never take a message from a receiver.
+func (e *Endpoint) awaitHandshake(op string, deadline time.Time) error {
+	var expire <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		expire = t.C
+	}
 	for {
-		r, _, errno := unix.Syscall(unix.SYS_RECVMSG, uintptr(e.fd),
-			uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
-		switch errno {
-		case 0:
-			e.parseRights(e.roob[:msg.Controllen])
-			return int(r), int(msg.Flags), nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return 0, 0, newErr(CodeTimeout, "no record within the timeout", errno)
-		case unix.ECONNRESET:
-			// Linux reports ECONNRESET once when the peer closed while
-			// frames we sent were unread, before the records it queued
-			// for us; reading again returns those, then end-of-file.
-			if resets++; resets < 4 {
-				continue
-			}
+		e.mu.Lock()
+		established, ended := e.s.peer != nil, e.ended != nil
+		var err error
+		if ended {
+			err = e.closedErrLocked(op)
 		}
-		return 0, 0, newErr(CodeIO, "recvmsg", errno)
-	}
-}
-
-// parseRights collects every descriptor of every SCM_RIGHTS message.
-func (e *Endpoint) parseRights(oob []byte) {
-	for len(oob) >= unix.SizeofCmsghdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		clen := int(h.Len)
-		if clen < unix.SizeofCmsghdr || clen > len(oob) {
-			return
-		}
-		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
-			data := oob[unix.CmsgLen(0):clen]
-			for len(data) >= 4 {
-				e.rfds = append(e.rfds, int(int32(binary.NativeEndian.Uint32(data))))
-				data = data[4:]
-			}
-		}
-		next := unix.CmsgSpace(clen - unix.CmsgLen(0))
-		if next > len(oob) {
-			return
-		}
-		oob = oob[next:]
-	}
-}
-
-func (e *Endpoint) closeFds(fds []int) {
-	for i, fd := range fds {
-		if fd >= 0 {
-			unix.Close(fd)
-			fds[i] = -1
-		}
-	}
-}
-
-// handleRecord applies the receiver rules of PROTOCOL.md §3, §5.3 and §7 to
-// the record in rbuf and returns the error of §7's table for the first rule
-// broken. The documents do not order the frame-level checks against each
-// other; the order here is: MSG_CTRUNC, MSG_TRUNC, short record, HELLO
-// state, header flags, kind, lengths, limits, descriptor fields, RELEASE
-// shape, descriptor count, bindings, then §5.3 per NEW descriptor. It
-// returns true when m holds a MESSAGE.
-func (e *Endpoint) handleRecord(n, rflags int, m *Message) (bool, error) {
-	// MSG_CTRUNC first: the frame may be fine but we lost descriptors, so
-	// nothing in it can be trusted to line up (§5.4.3).
-	if rflags&unix.MSG_CTRUNC != 0 {
-		return false, newErr(CodeFdsTruncated, "control data truncated (more descriptors than announced)", nil)
-	}
-	if rflags&unix.MSG_TRUNC != 0 {
-		return false, violation("record longer than the largest frame our limits allow")
-	}
-	if n < HeaderSize {
-		return false, violation("record of %d bytes is shorter than a header", n)
-	}
-	rec := e.rbuf[:n]
-	h := getHeader(rec)
-	if !e.peerHello {
-		return false, e.handleHello(rec, h)
-	}
-	if h.flags != 0 {
-		return false, violation("reserved header flags 0x%02x", h.flags)
-	}
-	switch h.kind {
-	case KindMessage, KindRelease:
-	case KindHello:
-		return false, violation("second HELLO")
-	default:
-		return false, violation("unknown frame kind %d", h.kind)
-	}
-	rc := int(h.regionCount)
-	if n != HeaderSize+DescriptorSize*rc+int(h.payloadLen) {
-		return false, violation("record is %d bytes, header says %d regions and %d payload bytes", n, rc, h.payloadLen)
-	}
-	if rc > e.opts.MaxRegions {
-		return false, violation("%d regions, we accept %d", rc, e.opts.MaxRegions)
-	}
-	if int(h.payloadLen) > e.opts.MaxPayload {
-		return false, violation("%d payload bytes, we accept %d", h.payloadLen, e.opts.MaxPayload)
-	}
-	newCount := 0
-	for i := 0; i < rc; i++ {
-		d := getDescriptor(rec[HeaderSize+DescriptorSize*i:])
-		if d.flags&^flagsKnown != 0 {
-			return false, violation("descriptor %d has unknown flags 0x%x", i, d.flags)
-		}
-		if d.id == 0 {
-			return false, violation("descriptor %d has id 0", i)
-		}
-		if d.size == 0 {
-			return false, violation("descriptor %d has size 0", i)
-		}
-		if h.kind == KindRelease && d.flags != 0 {
-			return false, violation("RELEASE descriptor %d has flags 0x%x", i, d.flags)
-		}
-		if d.flags&FlagNew != 0 {
-			newCount++
-		}
-	}
-	if h.kind == KindRelease && h.payloadLen != 0 {
-		return false, violation("RELEASE with %d payload bytes", h.payloadLen)
-	}
-	if len(e.rfds) != newCount {
-		return false, violation("%d descriptors attached for %d NEW regions", len(e.rfds), newCount)
-	}
-	if h.kind == KindRelease {
-		return false, e.handleRelease(rec, rc)
-	}
-	if err := e.handleMessage(rec, h, m); err != nil {
-		return false, err
-	}
-	return true, nil
-}
-
-// handleHello checks the first frame. Magic and version are looked at
-// before the exact layout so that a HELLO from a future version (whose
-// payload may be longer) is reported as incompatible, not as a violation.
-func (e *Endpoint) handleHello(rec []byte, h header) error {
-	if h.kind != KindHello {
-		return violation("first frame is kind %d, not HELLO", h.kind)
-	}
-	p := rec[HeaderSize:]
-	if h.regionCount == 0 && len(p) >= 8 && [8]byte(p[:8]) != Magic {
-		return newErr(CodePeerIncompatible, "HELLO magic is wrong", nil)
-	}
-	if h.regionCount == 0 && len(p) >= 10 {
-		if v := binary.LittleEndian.Uint16(p[8:]); v != Version {
-			return newErr(CodePeerIncompatible, "unsupported protocol version "+itoa(int(v)), nil)
-		}
-	}
-	if h.flags != 0 || h.regionCount != 0 || h.payloadLen != HelloPayload || len(p) != HelloPayload {
-		return violation("malformed HELLO (flags %d, %d regions, %d payload bytes, record %d bytes)",
-			h.flags, h.regionCount, h.payloadLen, len(rec))
-	}
-	if len(e.rfds) != 0 {
-		return violation("descriptors attached to HELLO")
-	}
-	maxRegions := int(binary.LittleEndian.Uint16(p[10:]))
-	maxPayload := int(binary.LittleEndian.Uint32(p[12:]))
-	if maxRegions < 1 || maxRegions > MaxRegionsLimit || maxPayload > MaxPayloadLimit {
-		return violation("HELLO limits out of range (max_regions %d, max_payload %d)", maxRegions, maxPayload)
-	}
-	e.peerHello = true
-	e.peerMaxRegions = maxRegions
-	e.peerMaxPayload = maxPayload
-	return nil
-}
-
-func (e *Endpoint) handleRelease(rec []byte, rc int) error {
-	// Check every id before forgetting any, so a refused frame changes
-	// nothing (the tables are dropped anyway, but no reference is lost
-	// twice). A duplicate id in one frame releases an unbound id.
-	e.pend = e.pend[:0]
-	for i := 0; i < rc; i++ {
-		d := getDescriptor(rec[HeaderSize+DescriptorSize*i:])
-		b, ok := e.peer[d.id]
-		if !ok || e.pendingIndex(d.id) >= 0 {
-			return violation("RELEASE of unbound id %d", d.id)
-		}
-		// §5.3 asks bound references to match size and FROZEN; a RELEASE
-		// descriptor cannot carry FROZEN (its flags are 0), so only the
-		// size is compared.
-		if b.size != d.size {
-			return violation("RELEASE of id %d with size %d, bound with %d", d.id, d.size, b.size)
-		}
-		e.pend = append(e.pend, pending{id: d.id})
-	}
-	for _, p := range e.pend {
-		b := e.peer[p.id]
-		delete(e.peer, p.id)
-		b.region.Close()
-	}
-	return nil
-}
-
-func (e *Endpoint) pendingIndex(id uint32) int {
-	for i := range e.pend {
-		if e.pend[i].id == id {
-			return i
-		}
-	}
-	return -1
-}
-
-func (e *Endpoint) handleMessage(rec []byte, h header, m *Message) error {
-	rc := int(h.regionCount)
-	// Bindings first, without touching any descriptor: NEW must name an
-	// unbound id (including ids bound earlier in this frame), a reference
-	// must name a bound one with the same size and FROZEN.
-	e.pend = e.pend[:0]
-	for i := 0; i < rc; i++ {
-		d := getDescriptor(rec[HeaderSize+DescriptorSize*i:])
-		frozen := d.flags&FlagFrozen != 0
-		if d.flags&FlagNew != 0 {
-			if _, bound := e.peer[d.id]; bound || e.pendingIndex(d.id) >= 0 {
-				return violation("NEW for id %d, which is bound", d.id)
-			}
-			e.pend = append(e.pend, pending{id: d.id, size: d.size, frozen: frozen})
-			continue
-		}
-		size, fr := uint64(0), false
-		if b, ok := e.peer[d.id]; ok {
-			size, fr = b.size, b.frozen
-		} else if j := e.pendingIndex(d.id); j >= 0 {
-			size, fr = e.pend[j].size, e.pend[j].frozen
-		} else {
-			return violation("unknown region id %d", d.id)
-		}
-		if size != d.size || fr != frozen {
-			return violation("id %d referenced with size %d frozen %v, bound with size %d frozen %v",
-				d.id, d.size, frozen, size, fr)
-		}
-	}
-	// Then §5.3 for each NEW descriptor in order, mapping as we go.
-	e.created = e.created[:0]
-	for j := range e.pend {
-		r, err := e.admit(j, e.pend[j].size, e.pend[j].frozen)
-		if err != nil {
-			for _, c := range e.created {
-				c.Close()
-			}
-			e.created = e.created[:0]
+		e.mu.Unlock()
+		if ended {
 			return err
 		}
-		e.created = append(e.created, r)
-		e.pend[j].region = r
-	}
-	// Commit. The binding tables keep the references admit returned; the
-	// message takes one more per attachment.
-	for j := range e.pend {
-		p := e.pend[j]
-		e.peer[p.id] = peerBinding{region: p.region, size: p.size, frozen: p.frozen}
-	}
-	e.created = e.created[:0]
-	m.Payload = rec[HeaderSize+DescriptorSize*rc:]
-	for i := 0; i < rc; i++ {
-		d := getDescriptor(rec[HeaderSize+DescriptorSize*i:])
-		r := e.peer[d.id].region
-		m.Regions = append(m.Regions, Received{
-			Region:   r.Retain(),
-			ID:       d.id,
-			New:      d.flags&FlagNew != 0,
-			Frozen:   d.flags&FlagFrozen != 0,
-			Transfer: d.flags&FlagTransfer != 0,
-		})
-	}
-	return nil
-}
-
-// admit runs PROTOCOL.md §5.3 steps 1-6 on the j-th received descriptor and
-// returns a referenced Region. On success the descriptor is consumed (owned
-// by a new Region, or closed because the file is one we already hold).
-func (e *Endpoint) admit(j int, size uint64, frozen bool) (*Region, error) {
-	fd := e.rfds[j]
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, newErr(CodeRegionNotMemfd, "fstat", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, newErr(CodeRegionNotMemfd, "descriptor is not a regular file (mode 0"+otoa(st.Mode&unix.S_IFMT)+")", nil)
-	}
-	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
-	if err != nil {
-		return nil, newErr(CodeRegionNotMemfd, "F_GET_SEALS failed: the file cannot carry seals", err)
-	}
-	if seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
-		return nil, newErr(CodeRegionUnsealed, "region lacks F_SEAL_SHRINK|F_SEAL_GROW", nil)
-	}
-	if frozen && seals&unix.F_SEAL_WRITE == 0 {
-		return nil, newErr(CodeRegionUnsealed, "FROZEN region lacks F_SEAL_WRITE", nil)
-	}
-	// F_SEAL_FUTURE_WRITE is not in PROTOCOL.md, but it forbids the
-	// shared writable mapping a non-frozen region needs just as
-	// F_SEAL_WRITE does, so it is refused the same way rather than
-	// surfacing as an mmap failure.
-	if !frozen && seals&(unix.F_SEAL_WRITE|unix.F_SEAL_FUTURE_WRITE) != 0 {
-		return nil, violation("region has a write seal but FROZEN is not set")
-	}
-	if st.Size < 0 || uint64(st.Size) != size {
-		return nil, newErr(CodeRegionSizeMismatch, "descriptor says "+utoa(size)+" bytes, file has "+itoa(int(st.Size)), nil)
-	}
-	if uint64(int(size)) != size || int(size) < 0 {
-		return nil, newErr(CodeIO, "region too large to map", nil)
-	}
-	id := FileID{uint64(st.Dev), st.Ino}
-	if r := lookupRegion(id); r != nil {
-		// A file we already hold (typically our own region coming back):
-		// resolve it to the same object and drop the duplicate descriptor.
-		if r.Frozen() != frozen {
-			r.Close()
-			return nil, violation("region comes back with FROZEN %v but is %v here", frozen, r.Frozen())
-		}
-		unix.Close(fd)
-		e.rfds[j] = -1
-		return r, nil
-	}
-	r, err := mapReceived(fd, int(size), id, frozen)
-	if err != nil {
-		return nil, err
-	}
-	e.rfds[j] = -1
-	return r, nil
-}
-
-// Send sends one MESSAGE with payload and the regions attached in order.
-// A region not yet bound in our namespace is sent NEW with its descriptor
-// and gets the next id; later occurrences (in this frame or later ones)
-// refer to the id. Invalid arguments return CodeInvalidArgument and leave
-// the connection usable; any other failure ends it.
-func (e *Endpoint) Send(payload []byte, regions ...Attachment) error {
-	if err := e.Handshake(); err != nil {
-		return err
-	}
-	if len(regions) > e.peerMaxRegions {
-		return newErr(CodeInvalidArgument, "more regions than the peer accepts ("+itoa(e.peerMaxRegions)+")", nil)
-	}
-	if len(payload) > e.peerMaxPayload {
-		return newErr(CodeInvalidArgument, "payload larger than the peer accepts ("+itoa(e.peerMaxPayload)+")", nil)
-	}
-	e.pend = e.pend[:0]
-	e.sfds = e.sfds[:0]
-	next := e.nextID
-	for i, a := range regions {
-		r := a.Region
-		if r == nil || r.addr == nil {
-			return newErr(CodeInvalidArgument, "attachment "+itoa(i)+" is nil or closed", nil)
-		}
-		d := descriptor{size: uint64(r.size)}
-		if id, ok := e.ownIDs[r]; ok {
-			d.id = id
-		} else if j := e.pendingRegion(r); j >= 0 {
-			d.id = e.pend[j].id
-		} else {
-			if next == 0 {
-				return newErr(CodeInvalidArgument, "region ids exhausted", nil)
-			}
-			d.id = next
-			next++
-			d.flags |= FlagNew
-			e.pend = append(e.pend, pending{id: d.id, region: r})
-			e.sfds = append(e.sfds, r.fd)
-		}
-		if r.Frozen() {
-			d.flags |= FlagFrozen
-		}
-		if a.Transfer {
-			d.flags |= FlagTransfer
-		}
-		putDescriptor(e.sbuf[HeaderSize+DescriptorSize*i:], d)
-	}
-	putHeader(e.sbuf, header{kind: KindMessage, regionCount: uint16(len(regions)), payloadLen: uint32(len(payload))})
-	if err := e.sendRecord(e.sbuf[:HeaderSize+DescriptorSize*len(regions)], payload, e.sfds); err != nil {
-		return e.sendFailed(err)
-	}
-	// Bound from now on: the peer has the descriptor. The binding holds a
-	// reference so the id keeps naming a live object.
-	e.nextID = next
-	for _, p := range e.pend {
-		e.ownByID[p.id] = p.region.Retain()
-		e.ownIDs[p.region] = p.id
-	}
-	return nil
-}
-
-func (e *Endpoint) pendingRegion(r *Region) int {
-	for i := range e.pend {
-		if e.pend[i].region == r {
-			return i
-		}
-	}
-	return -1
-}
-
-// IDOf returns the id r is bound to in our namespace, if it is.
-func (e *Endpoint) IDOf(r *Region) (uint32, bool) {
-	id, ok := e.ownIDs[r]
-	return id, ok
-}
-
-// Release sends RELEASE for regions bound in our namespace and forgets
-// their ids (§4). The ids are never reused. Regions not bound are an
-// invalid argument. More regions than the peer accepts in one frame are
-// split over several frames.
-func (e *Endpoint) Release(regions ...*Region) error {
-	if err := e.Handshake(); err != nil {
-		return err
-	}
-	for i, r := range regions {
-		if _, ok := e.ownIDs[r]; !ok {
-			return newErr(CodeInvalidArgument, "region "+itoa(i)+" is not bound on this connection", nil)
-		}
-		for _, q := range regions[:i] {
-			if q == r {
-				return newErr(CodeInvalidArgument, "region "+itoa(i)+" listed twice", nil)
-			}
-		}
-	}
-	for len(regions) > 0 {
-		chunk := regions
-		if len(chunk) > e.peerMaxRegions {
-			chunk = chunk[:e.peerMaxRegions]
-		}
-		for i, r := range chunk {
-			putDescriptor(e.sbuf[HeaderSize+DescriptorSize*i:], descriptor{id: e.ownIDs[r], size: uint64(r.size)})
-		}
-		putHeader(e.sbuf, header{kind: KindRelease, regionCount: uint16(len(chunk))})
-		if err := e.sendRecord(e.sbuf[:HeaderSize+DescriptorSize*len(chunk)], nil, nil); err != nil {
-			return e.sendFailed(err)
-		}
-		for _, r := range chunk {
-			id := e.ownIDs[r]
-			delete(e.ownIDs, r)
-			delete(e.ownByID, id)
-			r.Close()
-		}
-		regions = regions[len(chunk):]
-	}
-	return nil
-}
-
-func (e *Endpoint) sendFailed(err error) error {
-	if CodeOf(err) == CodeTimeout {
-		return err // nothing was sent (SEQPACKET records are atomic)
-	}
-	if CodeOf(err) == CodePeerClosed {
-		e.st = stateEOF
-		e.shutdown()
-		e.dropTables()
-		return err
-	}
-	return e.fail(err)
-}
-
-// sendRecord sends head+payload as one record with fds in one SCM_RIGHTS
-// message, with MSG_NOSIGNAL so a closed peer is an error, not SIGPIPE.
-func (e *Endpoint) sendRecord(head, payload []byte, fds []int) error {
-	var iov [2]unix.Iovec
-	iov[0].Base = &head[0]
-	iov[0].SetLen(len(head))
-	niov := 1
-	if len(payload) > 0 {
-		iov[1].Base = &payload[0]
-		iov[1].SetLen(len(payload))
-		niov = 2
-	}
-	var msg unix.Msghdr
-	msg.Iov = &iov[0]
-	msg.SetIovlen(niov)
-	if len(fds) > 0 {
-		clen := unix.CmsgSpace(4 * len(fds))
-		oob := e.soob[:clen]
-		clear(oob)
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		h.Level = unix.SOL_SOCKET
-		h.Type = unix.SCM_RIGHTS
-		h.SetLen(unix.CmsgLen(4 * len(fds)))
-		data := oob[unix.CmsgLen(0):]
-		for i, fd := range fds {
-			binary.NativeEndian.PutUint32(data[4*i:], uint32(fd))
-		}
-		msg.Control = &oob[0]
-		msg.SetControllen(clen)
-	}
-	for {
-		_, _, errno := unix.Syscall(unix.SYS_SENDMSG, uintptr(e.fd),
-			uintptr(unsafe.Pointer(&msg)), unix.MSG_NOSIGNAL)
-		switch errno {
-		case 0:
+		if established {
 			return nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return newErr(CodeTimeout, "the peer did not take the record within the timeout", errno)
-		case unix.EPIPE, unix.ECONNRESET, unix.ENOTCONN:
-			return newErr(CodePeerClosed, "sendmsg: the peer closed the connection", errno)
 		}
-		return newErr(CodeIO, "sendmsg", errno)
+		if e.recvMu.TryLock() {
+			e.mu.Lock()
+			established = e.s.peer != nil
+			e.mu.Unlock()
+			if !established {
+				_, err = e.readOne(op, deadline, false)
+			}
+			e.recvMu.Unlock()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		// A receiver is reading: it will take the HELLO, unless it gives up first (its own
+		// timeout), so look again now and then.
+		retry := time.NewTimer(25 * time.Millisecond)
+		select {
+		case <-e.handshook:
+		case <-retry.C:
+		case <-expire:
+			retry.Stop()
+			return timedOutError(op)
+		}
+		retry.Stop()
 	}
 }
 
-// fail ends the connection after a failure (§7): the caller already closed
-// the failing record's descriptors; shut the socket down both ways so the
-// peer reads end-of-file, drop both tables, and report err this once.
-func (e *Endpoint) fail(err error) error {
-	if e.st == stateOpen {
-		e.st = stateFailed
-		e.shutdown()
-		e.dropTables()
+// Send sends payload (at most the peer's limit, 64 KiB by default) with regions
+// attached, waiting for the peer's HELLO and for room in the socket. A region's memory
+// file travels only the first time this connection sees it; later messages carry its id.
+//
+// Sending is a release: what this process wrote to a region before Send is what the peer
+// reads after its receive (docs/MEMORY-MODEL.md).
+//
+// A send refused for the message itself (CodePayloadTooLarge, CodeTooManyRegions,
+// CodeRegionClosed, CodeRegionTransferred, CodeInvalidArg) or that timed out changes
+// nothing; after CodePeerClosed or another failure the connection is over.
+func (e *Endpoint) Send(payload []byte, opts *SendOptions) error {
+	const op = "Endpoint.Send"
+	var o SendOptions
+	if opts != nil {
+		o = *opts
 	}
-	return err
+	if o.Timeout < 0 {
+		return invalidArg(op, "SendOptions.Timeout must not be negative")
+	}
+	atts := attachmentsOf(o)
+	var deadline time.Time
+	if o.Timeout > 0 {
+		deadline = time.Now().Add(o.Timeout)
+	}
+	e.queued.Add(1)
+	defer e.queued.Add(-1)
+	e.sendMu.Lock()
+	defer e.sendMu.Unlock()
+	if err := e.awaitHandshake(op, deadline); err != nil {
+		return err
+	}
+	if err := e.file.SetWriteDeadline(deadline); err != nil {
+		return e.ioError(op, err)
+	}
+	var result error
+	werr := e.raw.Write(func(fd uintptr) bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		result = e.trySendLocked(int(fd), op, payload, atts)
+		return result != errWouldBlock
+	})
+	if werr != nil {
+		return e.ioError(op, werr)
+	}
+	return result
 }
 
-func (e *Endpoint) shutdown() {
-	if e.fd >= 0 {
-		unix.Shutdown(e.fd, unix.SHUT_RDWR)
+// attachmentsOf is Node's attachment rule: Regions in order, then the rest of Transfer;
+// a region in Transfer is transferred wherever it is attached.
+func attachmentsOf(o SendOptions) []attachment {
+	atts := make([]attachment, 0, len(o.Regions)+len(o.Transfer))
+	in := func(list []*Region, r *Region) bool {
+		for _, x := range list {
+			if x == r {
+				return true
+			}
+		}
+		return false
 	}
+	for _, r := range o.Regions {
+		atts = append(atts, attachment{region: r, transfer: r != nil && in(o.Transfer, r)})
+	}
+	for _, r := range o.Transfer {
+		if r == nil || !in(o.Regions, r) {
+			atts = append(atts, attachment{region: r, transfer: true})
+		}
+	}
+	return atts
 }
 
-func (e *Endpoint) dropTables() {
-	for id, b := range e.peer {
-		delete(e.peer, id)
-		b.region.Close()
+// ioError maps a poller error: a passed deadline, or a socket closed meanwhile.
+func (e *Endpoint) ioError(op string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return timedOutError(op)
 	}
-	for id, r := range e.ownByID {
-		delete(e.ownByID, id)
-		delete(e.ownIDs, r)
-		r.Close()
-	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.closedErrLocked(op)
 }
 
-// Close shuts the connection down, closes the socket and drops the
-// binding tables. Regions held elsewhere (by the caller, by messages) stay
-// valid. Safe to call more than once.
-func (e *Endpoint) Close() error {
-	if e.fd < 0 {
-		return nil
+func (e *Endpoint) trySendLocked(fd int, op string, payload []byte, atts []attachment) error {
+	if e.ended != nil {
+		return e.closedErrLocked(op)
 	}
-	e.shutdown()
-	err := unix.Close(e.fd)
-	e.fd = -1
-	e.st = stateClosed
-	e.dropTables()
+	if err := e.s.checkMessage(op, len(payload), atts); err != nil {
+		return err
+	}
+	if err := e.flushControlFD(fd); err != nil {
+		if err == errWouldBlock {
+			return err
+		}
+		return during(err, op)
+	}
+	frame, p, err := e.s.encodeMessage(op, len(payload), atts, e.sframe[:0])
+	e.sframe = frame
 	if err != nil {
-		return newErr(CodeIO, "close", err)
+		return err
 	}
+	defer p.done()
+	// SYNC POINT: release (MEMORY-MODEL.md §3). sendmsg is a system call: every write
+	// this goroutine made to the attached regions happens before the peer's receive.
+	serr := sendRecord(fd, frame, payload, p.fds())
+	switch {
+	case serr == nil:
+	case isWouldBlock(serr):
+		return errWouldBlock
+	case isDisconnected(serr):
+		e.endLocked(peerClosedError(op))
+		return peerClosedError(op)
+	default:
+		oe := osError(op, "sendmsg", serr, "the connection was closed")
+		e.endLocked(oe)
+		return oe
+	}
+	e.s.messageSent(atts, p, e)
+	for _, a := range atts {
+		if a.transfer {
+			a.region.sendAway(e.s.fate)
+		}
+	}
+	e.stats.MessagesOut++
+	e.stats.BytesOut += uint64(len(payload))
 	return nil
+}
+
+// Recv receives the next message, waiting as long as it takes. RELEASE frames and the
+// peer's HELLO are handled on the way. At the end of the conversation it returns
+// CodePeerClosed (messages the peer sent before closing come first).
+//
+// Receiving is an acquire: the peer's writes to a region before its send are visible
+// here after Recv returns.
+func (e *Endpoint) Recv() (*Message, error) {
+	return e.recv("Endpoint.Recv", time.Time{}, false)
+}
+
+// RecvTimeout is Recv waiting at most timeout; 0 takes only a message that is already
+// there. When the time runs out it returns CodeTimedOut and the connection is intact.
+func (e *Endpoint) RecvTimeout(timeout time.Duration) (*Message, error) {
+	const op = "Endpoint.RecvTimeout"
+	if timeout < 0 {
+		return nil, invalidArg(op, "the timeout must not be negative")
+	}
+	if timeout == 0 {
+		return e.recv(op, time.Time{}, true)
+	}
+	return e.recv(op, time.Now().Add(timeout), false)
+}
+
+// Messages returns an iterator over the messages until the connection ends, for
+// range-over-func. It stops quietly at CodePeerClosed or CodeClosed and yields any other
+// error once, as the last element. Breaking out leaves the endpoint open.
+func (e *Endpoint) Messages() iter.Seq2[*Message, error] {
+	return func(yield func(*Message, error) bool) {
+		for {
+			m, err := e.Recv()
+			if err != nil {
+				if c := CodeOf(err); c != CodePeerClosed && c != CodeClosed {
+					yield(nil, err)
+				}
+				return
+			}
+			if !yield(m, nil) {
+				return
+			}
+		}
+	}
+}
+
+func (e *Endpoint) recv(op string, deadline time.Time, poll bool) (*Message, error) {
+	e.recvMu.Lock()
+	defer e.recvMu.Unlock()
+	for {
+		in, err := e.readOne(op, deadline, poll)
+		if err != nil {
+			return nil, err
+		}
+		if in.kind != inMessage {
+			continue
+		}
+		m := &Message{
+			Payload:     in.payload,
+			Regions:     make([]*Region, len(in.regions)),
+			Descriptors: make([]Descriptor, len(in.regions)),
+		}
+		for i, r := range in.regions {
+			m.Regions[i] = r.region
+			m.Descriptors[i] = Descriptor{ID: r.d.id, New: r.d.isNew(), Frozen: r.d.isFrozen(), Transferred: r.d.isTransfer()}
+		}
+		return m, nil
+	}
+}
+
+// readOne reads and judges one record (recvMu held). A failure ends the connection and
+// is returned; a timeout leaves it intact.
+func (e *Endpoint) readOne(op string, deadline time.Time, poll bool) (inbound, error) {
+	e.mu.Lock()
+	if e.ended != nil {
+		err := e.closedErrLocked(op)
+		e.mu.Unlock()
+		return inbound{}, err
+	}
+	_ = e.flushControlLocked()
+	e.mu.Unlock()
+
+	e.rfds = e.rfds[:0]
+	var res recvResult
+	var rerr error
+	read := func(fd uintptr) bool {
+		res, rerr = recvRecord(int(fd), e.rbuf, e.oob, &e.rfds)
+		return !isWouldBlock(rerr)
+	}
+	var cerr error
+	if poll {
+		cerr = e.raw.Control(func(fd uintptr) { read(fd) })
+		if cerr == nil && isWouldBlock(rerr) {
+			return inbound{}, timedOutError(op)
+		}
+	} else {
+		if err := e.file.SetReadDeadline(deadline); err != nil {
+			return inbound{}, e.ioError(op, err)
+		}
+		cerr = e.raw.Read(read)
+	}
+	if cerr != nil {
+		closeFds(e.rfds)
+		return inbound{}, e.ioError(op, cerr)
+	}
+	// SYNC POINT: acquire (MEMORY-MODEL.md §4). recvmsg returned: the peer's writes
+	// before its send happen before every read this goroutine makes from here on.
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ended != nil {
+		closeFds(e.rfds)
+		return inbound{}, e.closedErrLocked(op)
+	}
+	if rerr != nil {
+		closeFds(e.rfds)
+		oe := osError(op, "recvmsg", rerr, "the connection was closed")
+		e.endLocked(oe)
+		return inbound{}, oe
+	}
+	rec := &record{
+		bytes:            e.rbuf[:min(res.n, len(e.rbuf))],
+		fds:              e.rfds,
+		dataTruncated:    res.dataTruncated,
+		controlTruncated: res.controlTruncated,
+	}
+	in, err := e.s.handleRecord(rec)
+	if err != nil {
+		e.endWith(err)
+		return inbound{}, during(err, op)
+	}
+	switch in.kind {
+	case inHandshake:
+		if !e.shaken {
+			e.shaken = true
+			close(e.handshook)
+		}
+		_ = e.flushControlLocked()
+	case inEOF:
+		e.endLocked(peerClosedError(op))
+		return inbound{}, peerClosedError(op)
+	case inMessage:
+		e.stats.MessagesIn++
+		e.stats.BytesIn += uint64(len(in.payload))
+	}
+	return in, nil
 }

@@ -6,10 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"os"
 
-	"shmlink.dev/peers/go/shmlink"
+	"github.com/shmlink/shmlink/peers/go/shmlink"
 )
 
 type scenario struct {
@@ -35,40 +34,6 @@ type stepRegion struct {
 	Transfer bool    `json:"transfer"`
 }
 
-// named is a region of the driver's table with what we know of its digest.
-//
-// Filling is separated from hashing so that the driver can hash while the
-// responder works: a region filled in this step has the digest of
-// pattern(seed, size), a pure function computed from the fill table after
-// the message is sent, without touching the region (which TRANSFER forbids).
-type named struct {
-	r *shmlink.Region
-	// digest is valid when known is set. It is dropped when the region goes
-	// out with TRANSFER and is not frozen (the responder stamps it).
-	digest [32]byte
-	known  bool
-	// filled is set between a fill and the hash of its pattern.
-	filled bool
-	seed   uint64
-}
-
-// hashBeforeSend makes sure the digest of a region not filled in this step
-// is known, reading the region while we may still.
-func (n *named) hashBeforeSend() {
-	if !n.known && !n.filled {
-		n.digest = sha256.Sum256(n.r.Bytes())
-		n.known = true
-	}
-}
-
-// hashAfterSend resolves a fill of this step from the pattern alone.
-func (n *named) hashAfterSend(h hash.Hash) {
-	if n.filled {
-		n.digest = hashPattern(h, n.seed, n.r.Size())
-		n.known, n.filled = true, false
-	}
-}
-
 func loadScenario(path string) (*scenario, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -85,7 +50,7 @@ func loadScenario(path string) (*scenario, error) {
 }
 
 // runDriver plays SCENARIO.md "Role driver".
-func runDriver(c connector, scenarioPath, out string) (err error) {
+func runDriver(c connector, scenarioPath, out string) error {
 	sc, err := loadScenario(scenarioPath)
 	if err != nil {
 		return err
@@ -94,151 +59,118 @@ func runDriver(c connector, scenarioPath, out string) (err error) {
 	if err != nil {
 		return err
 	}
-	table := map[string]*named{}
+	named := map[string]*shmlink.Region{}
 	var t transcript
 	defer func() {
-		// The transcript is written even on failure, to help debugging.
-		if werr := t.write(out); err == nil {
-			err = werr
-		}
-	}()
-	defer func() {
+		// The connection ends first, so that closing the regions sends no RELEASE.
 		ep.Close()
-		for _, n := range table {
-			n.r.Close()
+		for _, r := range named {
+			r.Close()
 		}
 	}()
-
-	var (
-		h        = newHash()
-		payload  = make([]byte, 0, shmlink.MaxPayloadLimit)
-		atts     []shmlink.Attachment
-		expected []byte
-		sums     [][32]byte
-		msg      shmlink.Message
-	)
 	for i, st := range sc.Steps {
+		var err error
 		switch st.Op {
 		case "send":
-			atts = atts[:0]
-			for _, sr := range st.Regions {
-				n, err := prepare(table, sr)
-				if err != nil {
-					return fmt.Errorf("step %d: %w", i, err)
-				}
-				atts = append(atts, shmlink.Attachment{Region: n.r, Transfer: sr.Transfer})
-			}
-			// Digests of exactly what is sent, as of after every fill of
-			// this step (a name may appear twice).
-			for _, sr := range st.Regions {
-				table[sr.Name].hashBeforeSend()
-			}
-			if st.Payload.Len < 0 || st.Payload.Len > cap(payload) {
-				return fmt.Errorf("step %d: payload of %d bytes is outside 0..%d", i, st.Payload.Len, cap(payload))
-			}
-			payload = payload[:st.Payload.Len]
-			fill(payload, st.Payload.Seed)
-			ps := sha256.Sum256(payload)
-			if err := ep.Send(payload, atts...); err != nil {
-				return fmt.Errorf("step %d: send: %w", i, err)
-			}
-			expected = append(expected[:0], ps[:]...)
-			for _, sr := range st.Regions {
-				n := table[sr.Name]
-				n.hashAfterSend(h)
-				expected = append(expected, n.digest[:]...)
-			}
-			for _, sr := range st.Regions {
-				if n := table[sr.Name]; sr.Transfer && !n.r.Frozen() {
-					n.known = false
-				}
-			}
-			if err := ep.RecvInto(&msg); err != nil {
-				return fmt.Errorf("step %d: receiving the ack: %w", i, err)
-			}
-			sums = digests(&msg, sums)
-			if err := t.record(&msg, sums); err != nil {
-				return err
-			}
-			if err := checkAck(&msg, st, table, expected); err != nil {
-				msg.Close()
-				return fmt.Errorf("step %d: %w", i, err)
-			}
-			msg.Close()
+			err = driverSend(ep, st, named, &t)
 		case "release":
-			n, ok := table[st.Name]
+			r, ok := named[st.Name]
 			if !ok {
-				return fmt.Errorf("step %d: release of unknown region %q", i, st.Name)
+				err = fmt.Errorf("release of unknown region %q", st.Name)
+				break
 			}
-			if err := ep.Release(n.r); err != nil {
-				return fmt.Errorf("step %d: release %q: %w", i, st.Name, err)
-			}
-			delete(table, st.Name)
-			n.r.Close()
+			// Closing a region releases it on every connection it was sent on.
+			r.Close()
+			delete(named, st.Name)
 		default:
-			return fmt.Errorf("step %d: unknown op %q", i, st.Op)
+			err = fmt.Errorf("unknown op %q", st.Op)
 		}
-	}
-	return nil
-}
-
-// prepare creates, fills and freezes the region of one step entry.
-func prepare(table map[string]*named, sr stepRegion) (*named, error) {
-	n, ok := table[sr.Name]
-	if !ok {
-		r, err := shmlink.NewRegion(sr.Size)
 		if err != nil {
-			return nil, fmt.Errorf("creating %q: %w", sr.Name, err)
-		}
-		n = &named{r: r}
-		table[sr.Name] = n
-	} else if n.r.Size() != sr.Size {
-		return nil, fmt.Errorf("region %q has %d bytes, step says %d", sr.Name, n.r.Size(), sr.Size)
-	}
-	if sr.Seed != nil {
-		if n.r.Frozen() {
-			return nil, fmt.Errorf("region %q is frozen and cannot be filled", sr.Name)
-		}
-		fill(n.r.Bytes(), *sr.Seed)
-		n.filled, n.seed, n.known = true, *sr.Seed, false
-	}
-	// "freeze": false on a region frozen earlier leaves it frozen: seals
-	// cannot be removed.
-	if sr.Freeze && !n.r.Frozen() {
-		if err := n.r.Freeze(); err != nil {
-			return nil, fmt.Errorf("freezing %q: %w", sr.Name, err)
+			t.write(out)
+			return fmt.Errorf("step %d: %w", i, err)
 		}
 	}
-	return n, nil
+	return t.write(out)
 }
 
-// checkAck verifies the responder's answer to one send step.
-func checkAck(msg *shmlink.Message, st step, table map[string]*named, expected []byte) error {
-	if !bytes.Equal(msg.Payload, expected) {
-		return errors.New("the ack's digests differ from what was sent")
-	}
-	k := 0
+func driverSend(ep *shmlink.Endpoint, st step, named map[string]*shmlink.Region, t *transcript) error {
+	var regions, transfer []*shmlink.Region
 	for _, sr := range st.Regions {
-		if !sr.Transfer {
-			continue
+		r, ok := named[sr.Name]
+		if !ok {
+			var err error
+			if r, err = shmlink.NewRegion(sr.Size); err != nil {
+				return fmt.Errorf("creating %q: %w", sr.Name, err)
+			}
+			named[sr.Name] = r
+		} else if r.Size() != sr.Size {
+			return fmt.Errorf("region %q has %d bytes, the step says %d", sr.Name, r.Size(), sr.Size)
 		}
-		if k >= len(msg.Regions) {
-			return fmt.Errorf("the ack carries %d regions, %q was transferred and is missing", len(msg.Regions), sr.Name)
+		if sr.Seed != nil {
+			b, err := r.Bytes()
+			if err != nil {
+				return fmt.Errorf("filling %q: %w", sr.Name, err)
+			}
+			fill(b, *sr.Seed)
 		}
-		got := msg.Regions[k]
-		own := table[sr.Name].r
-		// The endpoint resolves a returning file to the object we hold by
-		// (st_dev, st_ino); compare both for a clear message.
-		if got.Region != own || got.Region.FileID() != own.FileID() {
-			return fmt.Errorf("ack region %d is not our region %q", k, sr.Name)
+		if sr.Freeze {
+			if err := r.Freeze(); err != nil {
+				return fmt.Errorf("freezing %q: %w", sr.Name, err)
+			}
 		}
-		if !got.Transfer {
-			return fmt.Errorf("ack region %d (%q) is not sent with TRANSFER", k, sr.Name)
+		regions = append(regions, r)
+		if sr.Transfer {
+			transfer = append(transfer, r)
 		}
-		k++
 	}
-	if k != len(msg.Regions) {
-		return fmt.Errorf("the ack carries %d regions, %d were transferred", len(msg.Regions), k)
+	if st.Payload.Len < 0 || st.Payload.Len > shmlink.MaxPayloadCeiling {
+		return fmt.Errorf("payload of %d bytes is outside 0..%d", st.Payload.Len, shmlink.MaxPayloadCeiling)
+	}
+	payload := make([]byte, st.Payload.Len)
+	fill(payload, st.Payload.Seed)
+	// The responder must echo the digests of exactly what was sent, in the step's order;
+	// hash now, while the transferred regions are still ours to read.
+	expected := sha256.Sum256(payload)
+	want := append([]byte(nil), expected[:]...)
+	for _, r := range regions {
+		sum, err := regionDigest(r)
+		if err != nil {
+			return err
+		}
+		want = append(want, sum[:]...)
+	}
+	if err := ep.Send(payload, &shmlink.SendOptions{Regions: regions, Transfer: transfer, Timeout: timeout}); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	ack, err := ep.RecvTimeout(timeout)
+	if err != nil {
+		return fmt.Errorf("receiving the ack: %w", err)
+	}
+	sums, err := digests(ack)
+	if err != nil {
+		return err
+	}
+	if err := t.record(ack, sums); err != nil {
+		return err
+	}
+	if !bytes.Equal(ack.Payload, want) {
+		return errors.New("the responder's digests differ from what was sent")
+	}
+	// The ack brings the transferred regions back, in order: the library resolves a file
+	// this process has (same st_dev and st_ino) to the *Region that was sent.
+	if len(ack.Regions) != len(transfer) {
+		return fmt.Errorf("the ack carries %d regions, %d were transferred", len(ack.Regions), len(transfer))
+	}
+	for i, r := range ack.Regions {
+		if r != transfer[i] {
+			return fmt.Errorf("ack region %d is not the region that was transferred", i)
+		}
+		if !ack.Descriptors[i].Transferred {
+			return fmt.Errorf("ack region %d came back without TRANSFER", i)
+		}
+		if r.Transferred() {
+			return fmt.Errorf("ack region %d is still marked transferred", i)
+		}
 	}
 	return nil
 }

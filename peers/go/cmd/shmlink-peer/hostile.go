@@ -1,15 +1,17 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
-	"shmlink.dev/peers/go/shmlink"
+	"github.com/shmlink/shmlink/peers/go/shmlink"
 )
 
 type hostileFile struct {
@@ -64,7 +66,7 @@ func runHostile(c connector, path, name string) error {
 	var hello []byte
 	switch hc.Hello {
 	case "valid":
-		hello = shmlink.AppendHello(nil, shmlink.DefaultMaxRegions, shmlink.DefaultMaxPayload)
+		hello = validHello()
 	case "none":
 	default:
 		if hello, err = hex.DecodeString(hc.Hello); err != nil {
@@ -79,7 +81,7 @@ func runHostile(c connector, path, name string) error {
 		frame = append(frame, make([]byte, hc.Pad)...)
 	}
 
-	fd, err := c.socket()
+	fd, err := c.rawSocket()
 	if err != nil {
 		return err
 	}
@@ -118,7 +120,7 @@ func runHostile(c connector, path, name string) error {
 // end-of-file, for at most the socket's 60 s receive timeout.
 func waitEOF(fd int) error {
 	buf := make([]byte, 1<<17)
-	oob := make([]byte, unix.CmsgSpace(4*shmlink.MaxRegionsLimit))
+	oob := make([]byte, unix.CmsgSpace(4*shmlink.MaxRegionsCeiling))
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 		if oobn > 0 {
@@ -251,27 +253,109 @@ func makeFd(s hostileFd) (fd, extra int, err error) {
 	return -1, -1, fmt.Errorf("unknown descriptor type %q", s.Type)
 }
 
-// runExpectHostile plays SCENARIO.md "Role expect-hostile": the first
-// receive must fail with the code the case expects.
+// runExpectHostile plays SCENARIO.md "Role expect-hostile": the first receive (which
+// includes reading the peer's HELLO: Connect does that part) must fail with the code the
+// case expects. The library has then closed every descriptor of the refused record and
+// shut the socket down.
 func runExpectHostile(c connector, path, name string) error {
 	hc, err := loadCase(path, name)
 	if err != nil {
 		return err
 	}
 	ep, err := c.endpoint()
-	if err != nil {
-		return err
-	}
-	// Close shuts the socket down and closes it; the endpoint has already
-	// closed every descriptor of a refused record.
-	defer ep.Close()
-	msg, err := ep.Recv()
 	if err == nil {
-		msg.Close()
-		return fmt.Errorf("case %s: the frame was accepted (expected %s)", name, hc.Expect)
+		defer ep.Close()
+		var msg *shmlink.Message
+		if msg, err = ep.RecvTimeout(timeout); err == nil {
+			for _, r := range msg.Regions {
+				r.Close()
+			}
+			return fmt.Errorf("case %s: the frame was accepted (expected %s)", name, hc.Expect)
+		}
 	}
-	if got := shmlink.CodeOf(err); got != hc.Expect {
+	if got := shmlink.CodeOf(err); string(got) != hc.Expect {
 		return fmt.Errorf("case %s: refused with %v, expected %s", name, err, hc.Expect)
 	}
 	return nil
+}
+
+// validHello is a version-1 HELLO announcing 32 regions and 65536 payload bytes
+// (docs/PROTOCOL.md §3, §8).
+func validHello() []byte {
+	h := []byte{1, 0, 0, 0, 16, 0, 0, 0, 'S', 'H', 'M', 'L', 'I', 'N', 'K', 0}
+	h = binary.LittleEndian.AppendUint16(h, shmlink.ProtocolVersion)
+	h = binary.LittleEndian.AppendUint16(h, 32)
+	return binary.LittleEndian.AppendUint32(h, 65536)
+}
+
+// rawSocket is a connected SOCK_SEQPACKET socket for the hostile role, which must send
+// what the library refuses to: connected (retrying while nobody listens yet), or the
+// one connection accepted in listen mode. Receives time out after 60 s.
+func (c connector) rawSocket() (int, error) {
+	fd, err := c.rawConnect()
+	if err != nil {
+		return -1, err
+	}
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("SO_RCVTIMEO: %w", err)
+	}
+	return fd, nil
+}
+
+func (c connector) rawConnect() (int, error) {
+	addr := &unix.SockaddrUnix{Name: c.path}
+	if c.listen {
+		lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return -1, fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(lfd)
+		if err := unix.Bind(lfd, addr); err != nil {
+			return -1, fmt.Errorf("bind %s: %w", c.path, err)
+		}
+		if c.path[0] != '@' {
+			defer os.Remove(c.path)
+		}
+		if err := unix.Listen(lfd, 1); err != nil {
+			return -1, fmt.Errorf("listen: %w", err)
+		}
+		fds := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(fds, int(timeout.Milliseconds()))
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return -1, fmt.Errorf("poll: %w", err)
+			}
+			if n == 0 {
+				return -1, errors.New("no connection within 60 s")
+			}
+			break
+		}
+		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return -1, fmt.Errorf("accept: %w", err)
+		}
+		return fd, nil
+	}
+	deadline := time.Now().Add(connectRetry)
+	for {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return -1, fmt.Errorf("socket: %w", err)
+		}
+		err = unix.Connect(fd, addr)
+		if err == nil {
+			return fd, nil
+		}
+		unix.Close(fd)
+		if (err == unix.ENOENT || err == unix.ECONNREFUSED) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		return -1, fmt.Errorf("connect %s: %w", c.path, err)
+	}
 }

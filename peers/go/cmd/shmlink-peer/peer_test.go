@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"shmlink.dev/peers/go/shmlink"
+	"github.com/shmlink/shmlink/peers/go/shmlink"
 )
 
 // naivePattern is SCENARIO.md's formula, byte by byte.
@@ -37,29 +35,18 @@ func TestPattern(t *testing.T) {
 	}
 }
 
-// TestEcho runs the echo role against an endpoint in the test: the same
-// payload and regions must come back, without TRANSFER, and the role must
-// end cleanly at end-of-file.
+// TestEcho runs the echo role against a server in the test: the same payload and
+// regions come back, without TRANSFER, and the role ends cleanly at end-of-file.
 func TestEcho(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "echo.sock")
-	lfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	server, err := shmlink.Listen(sock, &shmlink.ListenOptions{AcceptWritable: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(lfd)
-	if err := unix.Bind(lfd, shmlink.SockaddrFor(sock)); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(lfd, 1); err != nil {
-		t.Fatal(err)
-	}
+	defer server.Close()
 	done := make(chan error, 1)
 	go func() { done <- runEcho(connector{path: sock}) }()
-	fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep, err := shmlink.NewEndpoint(fd, &shmlink.Options{Timeout: 5 * time.Second})
+	ep, err := server.AcceptTimeout(10 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,20 +57,20 @@ func TestEcho(t *testing.T) {
 	f.Freeze()
 	for i := 0; i < 3; i++ {
 		payload := naivePattern(uint64(i), 100*i)
-		if err := ep.Send(payload, shmlink.Attachment{Region: r, Transfer: true}, shmlink.Attachment{Region: f}); err != nil {
+		if err := ep.Send(payload, &shmlink.SendOptions{Regions: []*shmlink.Region{f}, Transfer: []*shmlink.Region{r}}); err != nil {
 			t.Fatal(err)
 		}
-		m, err := ep.Recv()
+		m, err := ep.RecvTimeout(10 * time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
+		d := m.Descriptors
 		if !bytes.Equal(m.Payload, payload) || len(m.Regions) != 2 ||
-			m.Regions[0].Region != r || m.Regions[1].Region != f ||
-			m.Regions[0].Transfer || m.Regions[1].Transfer || !m.Regions[1].Frozen ||
-			m.Regions[0].New != (i == 0) || m.Regions[0].ID != 1 || m.Regions[1].ID != 2 {
-			t.Fatalf("echo %d: %+v", i, m.Regions)
+			m.Regions[0] != f || m.Regions[1] != r || r.Transferred() ||
+			d[0].Transferred || d[1].Transferred || !d[0].Frozen ||
+			d[1].New != (i == 0) || d[0].ID != 1 || d[1].ID != 2 {
+			t.Fatalf("echo %d: %+v", i, d)
 		}
-		m.Close()
 	}
 	ep.Close()
 	select {

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"os"
 
-	"shmlink.dev/peers/go/shmlink"
+	"github.com/shmlink/shmlink/peers/go/shmlink"
 )
 
 // One line of a transcript (SCENARIO.md "Transcripts").
@@ -33,8 +33,7 @@ type transcript struct {
 	lines [][]byte
 }
 
-// record appends msg, given its digests (payload first, then one per
-// attached region, as computed by digests).
+// record appends msg, given its digests (payload first, then one per region).
 func (t *transcript) record(msg *shmlink.Message, sums [][32]byte) error {
 	e := transcriptEntry{
 		N:             len(t.lines),
@@ -43,12 +42,13 @@ func (t *transcript) record(msg *shmlink.Message, sums [][32]byte) error {
 		Regions:       make([]transcriptRegion, 0, len(msg.Regions)),
 	}
 	for i, r := range msg.Regions {
+		d := msg.Descriptors[i]
 		e.Regions = append(e.Regions, transcriptRegion{
-			ID:          r.ID,
-			Size:        r.Region.Size(),
-			New:         r.New,
-			Frozen:      r.Frozen,
-			Transferred: r.Transfer,
+			ID:          d.ID,
+			Size:        r.Size(),
+			New:         d.New,
+			Frozen:      d.Frozen,
+			Transferred: d.Transferred,
 			SHA256:      hex.EncodeToString(sums[1+i][:]),
 		})
 	}
@@ -80,24 +80,35 @@ func (t *transcript) write(path string) error {
 	return nil
 }
 
-// digests returns the SHA-256 of msg's payload and of each attached
-// region's full contents, in attachment order. A region attached twice is
-// hashed once. sums is reused.
-func digests(msg *shmlink.Message, sums [][32]byte) [][32]byte {
-	sums = append(sums[:0], sha256.Sum256(msg.Payload))
+// regionDigest is the SHA-256 of a region's full contents, hashed in place.
+func regionDigest(r *shmlink.Region) ([32]byte, error) {
+	b, err := r.Bytes()
+	if err != nil {
+		return [32]byte{}, err
+	}
+	return sha256.Sum256(b), nil
+}
+
+// digests returns the SHA-256 of msg's payload and of each attached region's contents,
+// in attachment order. A region attached twice is hashed once.
+func digests(msg *shmlink.Message) ([][32]byte, error) {
+	sums := [][32]byte{sha256.Sum256(msg.Payload)}
 	for i, r := range msg.Regions {
 		var sum [32]byte
 		done := false
 		for j := 0; j < i; j++ {
-			if msg.Regions[j].Region == r.Region {
+			if msg.Regions[j] == r {
 				sum, done = sums[1+j], true
 				break
 			}
 		}
 		if !done {
-			sum = sha256.Sum256(r.Region.Bytes())
+			var err error
+			if sum, err = regionDigest(r); err != nil {
+				return nil, err
+			}
 		}
 		sums = append(sums, sum)
 	}
-	return sums
+	return sums, nil
 }
