@@ -7,6 +7,7 @@ function fmtRatio(v) {
   if (v === null || v === undefined) return '–'
   if (v >= 100) return v.toFixed(0)
   if (v >= 10) return v.toFixed(1)
+  if (v < 0.1) return v.toPrecision(2) // spin floors against socket round trips are ~0.003
   return v.toFixed(2)
 }
 
