@@ -161,7 +161,12 @@ function append(store, samples) {
  * land on one CPU).
  */
 const SPIN = {
-  pinned: { cLimit: 1, js: { skip: 'both processes on one CPU: a JavaScript busy-wait cannot yield (no sched_yield in Node), so each side would burn its whole time slice before the other runs' } },
+  pinned: {
+    cLimit: 1,
+    js: {
+      skip: 'both processes on one CPU: a JavaScript busy-wait cannot yield (no sched_yield in Node), so each side would burn its whole time slice before the other runs',
+    },
+  },
   split: { cLimit: 256, js: { napAfter: 0 } },
   unpinned: { cLimit: 256, js: { napAfter: 1 << 16 } },
 }[placement]
