@@ -244,7 +244,7 @@ for (const placement of placements) {
 }
 results.notes = notes
 
-const primary = results.placements.pinned?.transports ? 'pinned' : 'unpinned'
+const primary = ['pinned', 'unpinned', 'split'].find((p) => results.placements[p]?.transports) ?? 'pinned'
 const { ratios, extra } = computeRatios(results.placements[primary])
 results.ratios_placement = primary
 results.ratios = ratios

@@ -13,7 +13,7 @@ function fmtRatio(v) {
 
 export function ratiosTable(results) {
   const lines = [
-    '| ratio | what it divides (medians) | target | pinned | met | unpinned | split |',
+    `| ratio | what it divides (medians) | target | ${results.ratios_placement ?? 'pinned'} | met | unpinned | split |`,
     '| --- | --- | --- | ---: | :---: | ---: | ---: |',
   ]
   for (const [key, t] of Object.entries(results.targets)) {
@@ -26,7 +26,10 @@ export function ratiosTable(results) {
 }
 
 export function extraRatiosTable(results) {
-  const lines = ['| ratio | what it divides (medians) | pinned | unpinned | split |', '| --- | --- | ---: | ---: | ---: |']
+  const lines = [
+    `| ratio | what it divides (medians) | ${results.ratios_placement ?? 'pinned'} | unpinned | split |`,
+    '| --- | --- | ---: | ---: | ---: |',
+  ]
   for (const [key, value] of Object.entries(results.ratios_extra ?? {})) {
     lines.push(
       `| \`${key}\` | ${DEFINITIONS[key] ?? ''} | ${fmtRatio(value)} | ${fmtRatio(results.ratios_extra_unpinned?.[key])} | ${fmtRatio(results.ratios_extra_split?.[key])} |`,
