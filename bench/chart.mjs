@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Redraws the chart from a results file without measuring anything:
-//   node bench/chart.mjs [bench/results/latest.json] [docs/benchmarks.svg] [pinned|unpinned]
+//   node bench/chart.mjs [bench/results/latest.json] [docs/benchmarks.svg] [pinned|unpinned|split]
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'

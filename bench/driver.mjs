@@ -2,8 +2,13 @@
 // bench/run.mjs starts it (under `taskset -c 0` for the pinned placement; every process it
 // starts inherits that). Not meant to be run by hand, but it can be:
 //
-//   node --expose-gc bench/driver.mjs --plan quick|full --placement pinned|unpinned --out FILE
-//        [--only id,id] [--sizes bytes,bytes] [--skip-cross] [--skip-region] [--socket-dir DIR]
+//   node --expose-gc bench/driver.mjs --plan quick|full --placement pinned|unpinned|split --out FILE
+//        [--only id,id] [--sizes bytes,bytes] [--skip-cross] [--skip-region]
+//        [--skip-first-strategies] [--socket-dir DIR]
+//
+// Placements: run.mjs starts the driver under `taskset -c 0` for "pinned" (every process
+// inherits CPU 0) and for "split" (the receiving processes are moved to CPU 1: see
+// setPlacement() in lib/transports.mjs); "unpinned" runs it as it is.
 //
 // Interleaving: for each size, every transport runs one block in turn (A B C … then
 // another order of A B C …), each pass in a fixed pseudo-random order (see shuffled()),
@@ -23,15 +28,24 @@ import { plan as getPlan } from './lib/plan.mjs'
 import { summarize } from './lib/stats.mjs'
 import {
   BENCH_DIR,
+  cArgs,
+  CFirstTransport,
   ChildProcessTransport,
   children,
   CPingPongTransport,
+  CPoolStreamTransport,
   CProcess,
   CRegionCreate,
+  CSpinTransport,
+  FIRST_DEFAULT,
+  FIRST_PRODUCER,
+  FIRST_RECEIVER,
+  JsSpinTransport,
   MemcpyTransport,
   NetTransport,
   NodeRegionCreate,
   NodeRegionCreateBare,
+  setPlacement,
   ShmlinkConn,
   ShmlinkTransport,
   WorkerTransport,
@@ -40,6 +54,8 @@ import {
 const args = parseArgs(process.argv.slice(2))
 const plan = getPlan(args.plan ?? 'quick')
 const placement = args.placement ?? 'unpinned'
+if (!['pinned', 'unpinned', 'split'].includes(placement)) throw new Error(`unknown placement ${placement}`)
+setPlacement(placement)
 const BLOCK_TIMEOUT_MS = 180_000
 const BUILD = path.join(BENCH_DIR, 'build')
 
@@ -47,7 +63,7 @@ function parseArgs(argv) {
   const out = {}
   for (let i = 0; i < argv.length; i++) {
     const key = argv[i].replace(/^--/, '')
-    if (['skip-cross', 'skip-region'].includes(key)) out[key] = true
+    if (['skip-cross', 'skip-region', 'skip-first-strategies'].includes(key)) out[key] = true
     else out[key] = argv[++i]
   }
   return out
@@ -135,8 +151,28 @@ function append(store, samples) {
   for (const x of samples) store.push(x)
 }
 
+/**
+ * The spin baselines' waiting, per placement. On one CPU (pinned) the C spin yields after
+ * one unsuccessful look (the peer cannot make progress while we spin; a few hundred
+ * `pause` spins first cost about 8 µs per wait here) and the JavaScript one, which cannot
+ * yield (Node has no sched_yield), is not run. Across CPUs (split, and unpinned, where the
+ * scheduler usually spreads the two busy processes) the C spin yields after 256 spins and
+ * the JavaScript one naps 50 µs after 65 536 loads in a row (unpinned only, in case both
+ * land on one CPU).
+ */
+const SPIN = {
+  pinned: {
+    cLimit: 1,
+    js: {
+      skip: 'both processes on one CPU: a JavaScript busy-wait cannot yield (no sched_yield in Node), so each side would burn its whole time slice before the other runs',
+    },
+  },
+  split: { cLimit: 256, js: { napAfter: 0 } },
+  unpinned: { cLimit: 256, js: { napAfter: 1 << 16 } },
+}[placement]
+
 async function measureTransports(results) {
-  const cPingPong = new CProcess(path.join(BUILD, 'pingpong'))
+  const cPingPong = new CProcess(path.join(BUILD, 'pingpong'), cArgs())
   const loop = new ShmlinkConn('loop')
   const sync = new ShmlinkConn('sync')
   let transports = [
@@ -152,13 +188,17 @@ async function measureTransports(results) {
     new CPingPongTransport(cPingPong, 'inline'),
     new CPingPongTransport(cPingPong, 'shared'),
     new MemcpyTransport(),
+    new CFirstTransport(new CProcess(path.join(BUILD, 'first'), cArgs()), FIRST_DEFAULT),
+    new CPoolStreamTransport(new CProcess(path.join(BUILD, 'pool'), cArgs())),
+    new CSpinTransport(new CProcess(path.join(BUILD, 'spin'), cArgs()), SPIN.cLimit),
+    new JsSpinTransport(SPIN.js),
   ]
   if (args.only) {
     const only = new Set(args.only.split(','))
     transports = transports.filter((t) => only.has(t.id))
   }
   const table = {}
-  for (const t of transports) table[t.id] = { label: t.label, family: t.family, sizes: {} }
+  for (const t of transports) table[t.id] = { label: t.label, family: t.family, ...(t.meta ?? {}), sizes: {} }
   results.transports = table
   const failed = new Map()
   const fail = (t, error) => {
@@ -177,6 +217,7 @@ async function measureTransports(results) {
       fail(t, error)
     }
   }
+  results.affinity = affinity()
 
   const sizes = args.sizes ? args.sizes.split(',').map(Number) : plan.sizes
   for (const size of sizes) {
@@ -185,12 +226,23 @@ async function measureTransports(results) {
     const want = expected(data)
     const active = transports.filter((t) => t.supports(size) && !failed.has(t.id))
     const samples = new Map(active.map((t) => [t.id, []]))
+    const spent = new Map(active.map((t) => [t.id, 0])) // wall time per transport, settling included
+    const timed = async (t, fn) => {
+      const t0 = performance.now()
+      try {
+        return await fn()
+      } finally {
+        spent.set(t.id, spent.get(t.id) + performance.now() - t0)
+      }
+    }
     const started = Date.now()
     for (const t of active) {
       try {
-        await guarded(t, `${t.id} ${sizeLabel(size)} prepare`, () => t.prepare(size, data, want))
-        await guarded(t, `${t.id} ${sizeLabel(size)} warm-up`, () => t.runBlock(warm))
-        await settle(t)
+        await timed(t, async () => {
+          await guarded(t, `${t.id} ${sizeLabel(size)} prepare`, () => t.prepare(size, data, want))
+          await guarded(t, `${t.id} ${sizeLabel(size)} warm-up`, () => t.runBlock(warm))
+          await settle(t)
+        })
       } catch (error) {
         fail(t, error)
       }
@@ -199,9 +251,11 @@ async function measureTransports(results) {
       for (const t of shuffled(active, Math.log2(size), pass)) {
         if (failed.has(t.id)) continue
         try {
-          const s = await guarded(t, `${t.id} ${sizeLabel(size)} block`, () => t.runBlock(block))
-          append(samples.get(t.id), s)
-          await settle(t)
+          await timed(t, async () => {
+            const s = await guarded(t, `${t.id} ${sizeLabel(size)} block`, () => t.runBlock(block))
+            append(samples.get(t.id), s)
+            await settle(t)
+          })
         } catch (error) {
           fail(t, error)
         }
@@ -218,7 +272,14 @@ async function measureTransports(results) {
       const s = samples.get(t.id)
       table[t.id].sizes[size] = failed.has(t.id)
         ? { error: failed.get(t.id) }
-        : { ...summarize(s), blocks: passes, block_rounds: block, warmup_rounds: warm }
+        : {
+            ...summarize(s),
+            blocks: passes,
+            block_rounds: block,
+            warmup_rounds: warm,
+            seconds: Math.round(spent.get(t.id)) / 1000,
+            ...(t.sizeExtras?.() ?? {}),
+          }
     }
     gc()
     const medians = active
@@ -233,6 +294,117 @@ async function measureTransports(results) {
       log(`stop ${t.id}: ${error.message}`)
     }
   }
+}
+
+/**
+ * Where every process and thread of this run may execute: the driver's threads and every
+ * descendant process (children, peers, the C programs and their forked children), with
+ * their Cpus_allowed_list. Recorded once all transports have started, so the JSON shows
+ * that a placement is what it says.
+ */
+function affinity() {
+  const read = (file) => {
+    try {
+      return fs.readFileSync(file, 'utf8')
+    } catch {
+      return ''
+    }
+  }
+  const cpus = (status) => /Cpus_allowed_list:\s*(\S+)/.exec(status)?.[1]
+  const threads = {}
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    const status = read(`/proc/self/task/${tid}/status`)
+    const name = /Name:\s*(.*)/.exec(status)?.[1] ?? tid
+    const key = `${name}: ${cpus(status)}`
+    threads[key] = (threads[key] ?? 0) + 1
+  }
+  const processes = []
+  const walk = (pid, depth) => {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`, { withFileTypes: false })) {
+      for (const child of read(`/proc/${pid}/task/${tid}/children`).split(' ').filter(Boolean)) {
+        const status = read(`/proc/${child}/status`)
+        const cmd = read(`/proc/${child}/cmdline`).split('\0').filter(Boolean).map((a) => path.basename(a))
+        processes.push({ pid: Number(child), depth, command: cmd.slice(0, 3).join(' '), cpus_allowed: cpus(status) })
+        if (depth < 3) walk(child, depth + 1)
+      }
+    }
+  }
+  try {
+    walk(process.pid, 1)
+  } catch {}
+  return { driver_threads: threads, processes }
+}
+
+/**
+ * The C first-time handoff at 64 MiB with every populate strategy (bench/c/first.c),
+ * interleaved like the transports: which way of filling page tables is fastest here.
+ */
+async function measureFirstStrategies(results) {
+  const out = {}
+  results.first_strategies = out
+  if (args['skip-first-strategies']) {
+    out.skipped = 'not run in this mode (quick runs skip it; see plan.mjs)'
+    return
+  }
+  const { size, warm, passes, block } = plan.firstStrategies
+  const proc = new CProcess(path.join(BUILD, 'first'), cArgs())
+  proc.start()
+  out.size = size
+  out.combinations = {}
+  const combos = FIRST_PRODUCER.flatMap((producer) => FIRST_RECEIVER.map((receiver) => ({ producer, receiver })))
+  const key = (c) => `${c.producer}+${c.receiver}`
+  const series = new Map(combos.map((c) => [key(c), { handover: [], fill: [], total: [], recv_minflt: [] }]))
+  const command = (c, rounds, verify) => `first ${size} ${rounds} ${verify} ${c.producer} ${c.receiver}`
+  const failed = new Map()
+  try {
+    for (const c of combos) {
+      try {
+        await guarded(proc, 'first strategies', () => proc.run(command(c, 1, 1)))
+        if (warm > 0) await guarded(proc, 'first strategies', () => proc.run(command(c, warm, 0)))
+      } catch (error) {
+        if (proc.dead !== undefined) throw error
+        failed.set(key(c), error.message)
+      }
+    }
+    for (let pass = 0; pass < passes; pass++) {
+      for (const c of shuffled(combos, 300, pass)) {
+        if (failed.has(key(c))) continue
+        const { samples, series: extra } = await guarded(proc, 'first strategies', () =>
+          proc.runSeries(command(c, block + 1, 0)),
+        )
+        const store = series.get(key(c))
+        append(store.handover, samples.subarray(1))
+        for (const name of ['fill', 'total', 'recv_minflt']) append(store[name], extra[name].subarray(1))
+        await settle()
+      }
+    }
+  } catch (error) {
+    log(`FAILED first strategies: ${error.message}`)
+    results.errors.push({ transport: 'first_strategies', error: error.message })
+  } finally {
+    await proc.stop()
+  }
+  for (const c of combos) {
+    const s = series.get(key(c))
+    out.combinations[key(c)] = failed.has(key(c))
+      ? { ...c, error: failed.get(key(c)) }
+      : {
+          ...c,
+          ...summarize(s.handover),
+          fill: summarize(s.fill),
+          total: summarize(s.total),
+          recv_minflt: summarize(s.recv_minflt),
+          blocks: passes,
+          block_rounds: block,
+          warmup_rounds: warm,
+        }
+  }
+  const ok = Object.entries(out.combinations).filter(([, v]) => typeof v.median === 'number')
+  const best = (pick) => ok.reduce((a, b) => (pick(b[1]) < pick(a[1]) ? b : a), ok[0])?.[0]
+  out.best_by_handover = best((v) => v.median)
+  out.best_by_total = best((v) => v.total.median)
+  out.default = key(FIRST_DEFAULT)
+  log(`first strategies: best handover ${out.best_by_handover}, best total ${out.best_by_total}`)
 }
 
 async function measureRegionCreate(results) {
@@ -280,7 +452,11 @@ async function measureCrossLanguage(results) {
     try {
       await peer.start()
       peers.push(peer)
-      out.peers[spec.lang] = { command: [spec.command, ...spec.args, 'echo', '<socket>'].join(' '), rows: {} }
+      out.peers[spec.lang] = {
+        command: [spec.command, ...spec.args, 'echo', '<socket>'].join(' '),
+        cpus_allowed: cpusOf(peer.child.pid),
+        rows: {},
+      }
     } catch (error) {
       out.skipped[spec.lang] = `peer failed to start: ${error.message}`
       results.errors.push({ transport: `cross-${spec.lang}`, error: error.message })
@@ -341,6 +517,15 @@ async function measureCrossLanguage(results) {
   for (const peer of peers) await peer.stop().catch(() => {})
 }
 
+/** Cpus_allowed_list of a process (undefined if it is gone). */
+function cpusOf(pid) {
+  try {
+    return /Cpus_allowed_list:\s*(\S+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]
+  } catch {
+    return undefined
+  }
+}
+
 function allowedCpus() {
   try {
     return /Cpus_allowed_list:\s*(\S+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1]
@@ -356,12 +541,13 @@ const results = {
   errors: [],
   started: new Date().toISOString(),
 }
-if (placement === 'pinned' && results.cpus_allowed !== '0') {
-  log(`warning: placement "pinned" but this process may run on CPUs ${results.cpus_allowed}`)
+if (placement !== 'unpinned' && results.cpus_allowed !== '0') {
+  log(`warning: placement "${placement}" but this process may run on CPUs ${results.cpus_allowed}`)
 }
 const t0 = Date.now()
 try {
   await measureTransports(results)
+  await measureFirstStrategies(results)
   if (!args['skip-region']) await measureRegionCreate(results)
   if (!args['skip-cross']) await measureCrossLanguage(results)
 } catch (error) {

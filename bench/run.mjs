@@ -1,15 +1,21 @@
 #!/usr/bin/env node
 // shmlink benchmarks: `npm run bench` (full) or `npm run bench -- --quick`.
 //
-// Builds the C floors (bench/c/*.c, with the system cc, into bench/build/), then runs
-// bench/driver.mjs once per placement: under `taskset -c 0` (both ends on one CPU; every
-// process the driver starts inherits the affinity) and unpinned. Merges the two into
-// bench/results/latest.json with the headline ratios, and after a full run (or with
-// --docs) rewrites docs/benchmarks.svg and the results section of docs/BENCHMARKS.md.
+// Builds the C floors and baselines (bench/c/*.c, with the system cc, into bench/build/),
+// then runs bench/driver.mjs once per placement:
+//   pinned    under `taskset -c 0`: both ends on one CPU (every process the driver starts
+//             inherits the affinity);
+//   unpinned  as it is: the scheduler chooses;
+//   split     under `taskset -c 0`, every receiving process on CPU 1 (lib/transports.mjs,
+//             setPlacement). A quick run measures only SPLIT_QUICK there.
+// Merges them into bench/results/latest.json with the headline ratios and the baselines
+// summary, and after a full run (or with --docs) rewrites docs/benchmarks.svg and the
+// results section of docs/BENCHMARKS.md.
 //
 // Options:
 //   --quick              fewer rounds, no 256 MiB; same JSON keys
-//   --placement P        pinned | unpinned | both (default both)
+//   --placement P        pinned | unpinned | split, comma-separated, or all (default all;
+//                        "both" means pinned,unpinned)
 //   --docs / --no-docs   write the SVG and the docs section (default: only after a full run)
 //   --build-peers        build the Rust, Go and C echo peers first (otherwise peers that
 //                        are not built are skipped and recorded as skipped)
@@ -30,10 +36,26 @@ const option = (name, fallback) => {
   return at >= 0 && at + 1 < argv.length ? argv[at + 1] : fallback
 }
 const mode = flag('quick') ? 'quick' : 'full'
-const placementOption = option('placement', 'both')
+const placementOption = option('placement', 'all')
 const writeDocs = flag('docs') || (mode === 'full' && !flag('no-docs'))
 const outFile = path.resolve(option('out', path.join(BENCH, 'results', 'latest.json')))
 const DRIVER_TIMEOUT_MS = (mode === 'quick' ? 5 : 45) * 60_000
+const C_PROGRAMS = ['pingpong', 'region', 'first', 'pool', 'spin']
+/**
+ * What a quick run measures in the split placement (a full run measures everything): the
+ * C floors and baselines and the spin floors, the rows later split comparisons divide by,
+ * for about 10 s more per quick run.
+ */
+const SPLIT_QUICK = [
+  'c-seqpacket-inline',
+  'c-seqpacket-shared',
+  'c-first',
+  'c-pool-stream',
+  'c-spin',
+  'js-spin',
+]
+/** Placements that run the driver under taskset -c 0. */
+const ON_CPU0 = new Set(['pinned', 'split'])
 
 function say(message) {
   process.stdout.write(`${message}\n`)
@@ -64,14 +86,14 @@ const started = Date.now()
 function buildC() {
   fs.mkdirSync(BUILD, { recursive: true })
   const cc = process.env.CC ?? 'cc'
-  for (const name of ['pingpong', 'region']) {
+  for (const name of C_PROGRAMS) {
     const source = path.join(BENCH, 'c', `${name}.c`)
     const target = path.join(BUILD, name)
-    const args = ['-O2', '-Wall', '-o', target, source]
+    const args = ['-O2', '-Wall', '-Wextra', '-o', target, source]
     const result = spawnSync(cc, args, { stdio: 'inherit' })
     if (result.status !== 0) fatal(`could not build ${path.relative(ROOT, source)} with ${cc} ${args.join(' ')}`)
   }
-  say(`built bench/build/pingpong and bench/build/region with ${cc} -O2`)
+  say(`built ${C_PROGRAMS.map((n) => `bench/build/${n}`).join(', ')} with ${cc} -O2`)
 }
 
 function buildPeers() {
@@ -86,8 +108,8 @@ function buildPeers() {
   }
 }
 
-function tasksetWorks() {
-  return spawnSync('taskset', ['-c', '0', 'true']).status === 0
+function tasksetWorks(cpu = '0') {
+  return spawnSync('taskset', ['-c', cpu, 'true']).status === 0
 }
 
 // -- the drivers -----------------------------------------------------------------------
@@ -126,9 +148,14 @@ async function runDriver(placement) {
     '--socket-dir',
     dir,
   ]
-  const [command, args] =
-    placement === 'pinned' ? ['taskset', ['-c', '0', process.execPath, ...nodeArgs]] : [process.execPath, nodeArgs]
-  say(`\n== ${placement}: ${placement === 'pinned' ? 'taskset -c 0 ' : ''}node ${nodeArgs.slice(0, 2).join(' ')} …`)
+  if (mode === 'quick') nodeArgs.push('--skip-first-strategies')
+  if (mode === 'quick' && placement === 'split') {
+    nodeArgs.push('--only', SPLIT_QUICK.join(','), '--skip-region', '--skip-cross')
+  }
+  const [command, args] = ON_CPU0.has(placement)
+    ? ['taskset', ['-c', '0', process.execPath, ...nodeArgs]]
+    : [process.execPath, nodeArgs]
+  say(`\n== ${placement}: ${ON_CPU0.has(placement) ? 'taskset -c 0 ' : ''}node ${nodeArgs.slice(0, 2).join(' ')} …`)
   const child = spawn(command, args, { stdio: ['ignore', 'inherit', 'inherit'], detached: true, cwd: ROOT })
   live.add(child)
   const timer = setTimeout(() => {
@@ -162,12 +189,19 @@ buildC()
 if (flag('build-peers')) buildPeers()
 
 const { machineInfo } = await import('./lib/machine.mjs')
-const { computeRatios, judgeTargets } = await import('./lib/ratios.mjs')
+const { baselinesSummary, computeRatios, judgeTargets } = await import('./lib/ratios.mjs')
 const { renderChart } = await import('./lib/svg.mjs')
 const { resultsSection, ratiosTable, latencyTable } = await import('./lib/report.mjs')
 
 const placements =
-  placementOption === 'both' ? ['pinned', 'unpinned'] : placementOption.split(',').map((p) => p.trim())
+  placementOption === 'all'
+    ? ['pinned', 'unpinned', 'split']
+    : placementOption === 'both'
+      ? ['pinned', 'unpinned']
+      : placementOption.split(',').map((p) => p.trim())
+for (const p of placements) {
+  if (!['pinned', 'unpinned', 'split'].includes(p)) fatal(`unknown placement ${p} (pinned, unpinned, split, all, both)`)
+}
 const notes = []
 const results = {
   schema: 1,
@@ -184,15 +218,24 @@ const results = {
       'per size, one block per transport in turn, each pass in a fixed pseudo-random order (seeded, the same every run); one warm-up block per transport and the first round of every block are discarded; between blocks (untimed) the receiver and the driver collect garbage, then everything idles 20 ms so that concurrent sweeping is over',
     statistics: 'median, p99 (linear interpolation), min, max, mean over all kept rounds, in nanoseconds',
     pinned: 'taskset -c 0 on the driver, which every child inherits',
+    split:
+      'taskset -c 0 on the driver; every receiving process on CPU 1 (Node children and peers through taskset -c 1, the C programs’ forked children pin themselves with sched_setaffinity, the worker thread is moved with taskset -p); in-process rows (memcpy, region creation) run on CPU 0. A quick run measures only the rows in split_quick_rows',
+    split_quick_rows: SPLIT_QUICK,
+    load: 'other work on the machine during the run shows in machine.loadavg_before / loadavg_after',
     in_process_timing: 'tinybench (memcpy, worker_threads, region creation); the two-process rounds use process.hrtime.bigint()',
   },
   placements: {},
   errors: [],
 }
 for (const placement of placements) {
-  if (placement === 'pinned' && !tasksetWorks()) {
-    notes.push('pinned placement skipped: taskset (util-linux) is not available or cannot pin to CPU 0')
-    results.placements.pinned = { skipped: notes.at(-1) }
+  if (ON_CPU0.has(placement) && !tasksetWorks()) {
+    notes.push(`${placement} placement skipped: taskset (util-linux) is not available or cannot pin to CPU 0`)
+    results.placements[placement] = { skipped: notes.at(-1) }
+    continue
+  }
+  if (placement === 'split' && (os.cpus().length < 2 || !tasksetWorks('1'))) {
+    notes.push('split placement skipped: it needs two CPUs and taskset -c 1')
+    results.placements.split = { skipped: notes.at(-1) }
     continue
   }
   const r = await runDriver(placement)
@@ -201,7 +244,7 @@ for (const placement of placements) {
 }
 results.notes = notes
 
-const primary = results.placements.pinned?.transports ? 'pinned' : 'unpinned'
+const primary = ['pinned', 'unpinned', 'split'].find((p) => results.placements[p]?.transports) ?? 'pinned'
 const { ratios, extra } = computeRatios(results.placements[primary])
 results.ratios_placement = primary
 results.ratios = ratios
@@ -211,10 +254,17 @@ if (results.placements.unpinned?.transports && primary !== 'unpinned') {
   results.ratios_unpinned = u.ratios
   results.ratios_extra_unpinned = u.extra
 }
+if (results.placements.split?.transports) {
+  const s = computeRatios(results.placements.split)
+  results.ratios_split = s.ratios
+  results.ratios_extra_split = s.extra
+}
+results.baselines = baselinesSummary(results.placements)
 results.targets = judgeTargets(ratios)
 results.cross_language_skipped = Object.fromEntries(
   Object.entries(results.placements[primary]?.cross_language?.skipped ?? {}),
 )
+results.machine.loadavg_after = os.loadavg()
 results.finished = new Date().toISOString()
 results.wall_seconds = (Date.now() - started) / 1000
 

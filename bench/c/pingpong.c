@@ -19,12 +19,15 @@
  * byte, and the parent compares it with its own. Every timed round's ack carries the
  * child's page sum, which the parent checks after stopping the clock.
  *
+ * Options: --child-cpu N  the forked child pins itself to CPU N (the split placement).
+ *
  * Build: cc -O2 -o bench/build/pingpong bench/c/pingpong.c
  */
 #include "common.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,7 +198,11 @@ static int setup_shared(size_t size, int verify, char *err, size_t errlen) {
     return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    int child_cpu = -1;
+    for (int i = 1; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--child-cpu") == 0) child_cpu = atoi(argv[i + 1]);
+    }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) die("socketpair");
     pid_t pid = fork();
@@ -203,6 +210,12 @@ int main(void) {
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         close(sv[0]);
+        if (child_cpu >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(child_cpu, &set);
+            if (sched_setaffinity(0, sizeof set, &set) != 0) die("child sched_setaffinity");
+        }
         child_loop(sv[1]);
         _exit(0);
     }

@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 
 import { patternBuffer } from './data.mjs'
-import { BENCH_DIR, children, shmlink } from './transports.mjs'
+import { BENCH_DIR, children, onChildCpu, shmlink } from './transports.mjs'
 
 const ROOT = path.resolve(BENCH_DIR, '..')
 const { Endpoint, Region } = shmlink
@@ -52,7 +52,7 @@ export class EchoPeer {
   async start() {
     const server = Endpoint.listen(this.socketPath, { acceptWritable: true })
     try {
-      const child = spawn(this.spec.command, [...this.spec.args, 'echo', this.socketPath], {
+      const child = spawn(...onChildCpu(this.spec.command, [...this.spec.args, 'echo', this.socketPath]), {
         stdio: ['ignore', 'inherit', 'inherit'],
       })
       children.add(child)

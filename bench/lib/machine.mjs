@@ -52,5 +52,8 @@ export function machineInfo(root) {
     cc,
     git_commit: run('git', ['rev-parse', 'HEAD'], { cwd: root }),
     git_dirty: (run('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: root }) ?? '') !== '',
+    // 1, 5 and 15 minute load averages when the run started (run.mjs adds loadavg_after):
+    // anything else running on the machine shows here
+    loadavg_before: os.loadavg(),
   }
 }

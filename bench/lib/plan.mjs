@@ -16,6 +16,8 @@ const FULL = {
     return { warm: 1, passes: 4, block: 3 }
   },
   region: { sizes: [4 * KiB, 1 * MiB, 64 * MiB], warm: 300, passes: 10, block: 500 },
+  // bench/c/first.c at 64 MiB, all nine populate strategies interleaved (driver.mjs)
+  firstStrategies: { size: 64 * MiB, warm: 1, passes: 5, block: 3 },
   cross: {
     rtt16: { warm: 300, passes: 10, block: 300 },
     known64m: { warm: 2, passes: 6, block: 5 },
@@ -31,6 +33,8 @@ const QUICK = {
     return { warm: 1, passes: 3, block: 2 }
   },
   region: { sizes: [4 * KiB, 1 * MiB, 64 * MiB], warm: 100, passes: 4, block: 250 },
+  // not run in quick mode (run.mjs passes --skip-first-strategies); kept for --plan quick by hand
+  firstStrategies: { size: 64 * MiB, warm: 0, passes: 2, block: 2 },
   cross: {
     rtt16: { warm: 100, passes: 4, block: 150 },
     known64m: { warm: 1, passes: 3, block: 2 },

@@ -38,6 +38,11 @@ export const DEFINITIONS = {
   speedup_handoff64m_vs_memcpy: 'memcpy 64 MiB ÷ shmlink-known 64 MiB',
   overhead_first_handoff64m_vs_known: 'shmlink-first 64 MiB ÷ shmlink-known 64 MiB',
   overhead_region_create_no_view_vs_c: 'shmlink-region-create-no-view 1 MiB ÷ c-region-create 1 MiB',
+  overhead_first64m_vs_c_first: 'shmlink-first 64 MiB ÷ c-first 64 MiB: a first-time handoff against the same in C',
+  c_first64m_vs_c_known64m: 'c-first 64 MiB ÷ c-seqpacket-shared 64 MiB: the same quotient as overhead_first_handoff64m_vs_known, for C',
+  c_pool_stream64m_vs_memcpy: 'c-pool-stream 64 MiB (time per frame) ÷ memcpy 64 MiB',
+  c_spin_vs_c_seqpacket_rtt16: 'c-spin 16 B ÷ c-seqpacket-inline 16 B: busy-wait against a socket wake-up, in C',
+  js_spin_vs_c_spin_rtt16: 'js-spin 16 B ÷ c-spin 16 B: the JavaScript busy-wait against the C one',
   ...Object.fromEntries(
     CROSS_LANGUAGES.map((lang) => [
       `overhead_handoff64m_node_${lang}_vs_node_node`,
@@ -84,6 +89,11 @@ export function computeRatios(p) {
       median(r, 'shmlink-region-create-no-view', MiB),
       median(r, 'c-region-create', MiB),
     ),
+    overhead_first64m_vs_c_first: quotient(median(t, 'shmlink-first', M64), median(t, 'c-first', M64)),
+    c_first64m_vs_c_known64m: quotient(median(t, 'c-first', M64), median(t, 'c-seqpacket-shared', M64)),
+    c_pool_stream64m_vs_memcpy: quotient(median(t, 'c-pool-stream', M64), median(t, 'memcpy', M64)),
+    c_spin_vs_c_seqpacket_rtt16: quotient(median(t, 'c-spin', 16), median(t, 'c-seqpacket-inline', 16)),
+    js_spin_vs_c_spin_rtt16: quotient(median(t, 'js-spin', 16), median(t, 'c-spin', 16)),
   }
   for (const lang of CROSS_LANGUAGES) {
     ratios[`overhead_rtt16_node_${lang}_vs_node_node`] = quotient(crossMedian(lang, 'rtt16'), crossMedian('node', 'rtt16'))
@@ -105,5 +115,68 @@ export function judgeTargets(ratios) {
       met: value === null || value === undefined ? null : op === '<=' ? value <= bound : value >= bound,
     }
   }
+  return out
+}
+
+/**
+ * The baselines that later rows are measured against, per placement: `baselines` in
+ * bench/results/latest.json. Keys are stable (docs/BENCHMARKS.md lists them); each entry
+ * names the transport row and size it summarizes, and a placement where the row did not
+ * run is absent or carries `skipped`.
+ */
+export const BASELINE_ROWS = {
+  c_first64m: { transport: 'c-first', size: 64 * MiB, what: 'C first-time handoff of 64 MiB: sendmsg of a new sealed memfd until the ack, the receiver maps it and reads every page (creation and fill untimed, reported as fill)' },
+  c_pool_stream64m: { transport: 'c-pool-stream', size: 64 * MiB, what: 'C pooled stream, 3 × 64 MiB regions mapped once: time per frame (producer writes one byte per page, consumer reads one per page and hands the index back)' },
+  c_spin_rtt16: { transport: 'c-spin', size: 16, what: 'C busy-wait round trip of 16 bytes through shared memory (acquire/release, one cache line per direction)' },
+  js_spin_rtt16: { transport: 'js-spin', size: 16, what: 'JavaScript busy-wait round trip of 16 bytes over a shmlink region (Atomics.load/store)' },
+  c_seqpacket_rtt16: { transport: 'c-seqpacket-inline', size: 16, what: 'C SOCK_SEQPACKET ping-pong, 16 bytes (blocking send/recv)' },
+  c_seqpacket_known64m: { transport: 'c-seqpacket-shared', size: 64 * MiB, what: 'C SOCK_SEQPACKET ping-pong naming a 64 MiB memfd known to the peer, which reads one byte per page' },
+}
+
+const EXTRA_FIELDS = ['strategy', 'fill', 'total', 'recv_minflt', 'latency', 'minflt_per_frame', 'spin_limit', 'yields_per_round', 'nap_after', 'naps_per_round', 'batch', 'count', 'depth']
+
+export function baselinesSummary(placements) {
+  const out = {}
+  for (const [key, row] of Object.entries(BASELINE_ROWS)) {
+    const entry = { transport: row.transport, size: row.size, what: row.what, placements: {} }
+    for (const [name, p] of Object.entries(placements ?? {})) {
+      const t = p?.transports?.[row.transport]
+      if (t === undefined) continue
+      if (t.skipped !== undefined) {
+        entry.placements[name] = { skipped: t.skipped }
+        continue
+      }
+      const s = t.sizes?.[row.size]
+      if (s === undefined) continue
+      if (s.error !== undefined) {
+        entry.placements[name] = { error: s.error }
+        continue
+      }
+      const e = { median: s.median, min: s.min, p99: s.p99, n: s.n }
+      for (const f of EXTRA_FIELDS) {
+        const v = s[f] ?? t[f]
+        if (v === undefined) continue
+        e[f] = v !== null && typeof v === 'object' && 'median' in v ? { median: v.median, min: v.min, p99: v.p99 } : v
+      }
+      entry.placements[name] = e
+    }
+    out[key] = entry
+  }
+  // The best C socket placement, for ratios that compare against the best C can do.
+  const socket = Object.entries(out.c_seqpacket_rtt16.placements).filter(([, v]) => typeof v.median === 'number')
+  const best = socket.reduce((a, b) => (b[1].median < a[1].median ? b : a), socket[0])
+  out.c_seqpacket_rtt16_best = best ? { placement: best[0], median: best[1].median, min: best[1].min } : null
+  out.first_strategies = Object.fromEntries(
+    Object.entries(placements ?? {})
+      .filter(([, p]) => p?.first_strategies?.combinations !== undefined)
+      .map(([name, p]) => [
+        name,
+        {
+          default: p.first_strategies.default,
+          best_by_handover: p.first_strategies.best_by_handover,
+          best_by_total: p.first_strategies.best_by_total,
+        },
+      ]),
+  )
   return out
 }

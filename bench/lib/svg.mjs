@@ -15,7 +15,11 @@ const STYLE = {
   'c-seqpacket-inline': { color: '#57606a', width: 1.5, dash: '2 3' },
   'c-seqpacket-shared': { color: '#24292f', width: 1.5, dash: '2 3' },
   memcpy: { color: '#8c959f', width: 1.5, dash: '8 4' },
+  'c-first': { color: '#7a3fbf', width: 1.5, dash: '2 3' },
 }
+
+/** Rows that are not a round trip per size (a stream period, single-size spin floors): not drawn. */
+const NOT_CHARTED = new Set(['c-pool-stream', 'c-spin', 'js-spin'])
 
 /** Legend text (the JSON has the long labels). */
 const SHORT = {
@@ -31,6 +35,7 @@ const SHORT = {
   'c-seqpacket-inline': 'C floor: data in the record',
   'c-seqpacket-shared': 'C floor: memfd known to the peer',
   memcpy: 'one memcpy, one process',
+  'c-first': 'C baseline: new memfd each time (fd travels)',
 }
 
 /** A power of ten of nanoseconds, written plainly: 10 ns, 1 µs, 100 ms, 1 s … */
@@ -60,6 +65,7 @@ export function renderChart(results, placement = 'pinned') {
   const transports = p?.transports ?? {}
   const series = []
   for (const [id, t] of Object.entries(transports)) {
+    if (NOT_CHARTED.has(id)) continue
     const points = Object.entries(t.sizes)
       .filter(([, s]) => typeof s.median === 'number' && s.median > 0)
       .map(([size, s]) => [Number(size), s.median])
@@ -93,7 +99,7 @@ export function renderChart(results, placement = 'pinned') {
   )
   out.push(
     `<text x="${left}" y="40" fill="#57606a">${escape(
-      `${placement === 'pinned' ? 'both processes pinned to CPU 0' : 'unpinned'} · ${machine.cpu_model ?? ''}, ${machine.cores ?? '?'} cores · Linux ${machine.kernel?.split(' ')[1] ?? ''} · Node ${machine.node ?? ''} · ${results.mode ?? ''} run ${results.finished?.slice(0, 10) ?? ''}`,
+      `${{ pinned: 'both processes pinned to CPU 0', split: 'sender on CPU 0, receiver on CPU 1' }[placement] ?? 'unpinned'} · ${machine.cpu_model ?? ''}, ${machine.cores ?? '?'} cores · Linux ${machine.kernel?.split(' ')[1] ?? ''} · Node ${machine.node ?? ''} · ${results.mode ?? ''} run ${results.finished?.slice(0, 10) ?? ''}`,
     )}</text>`,
   )
   // grid and axes

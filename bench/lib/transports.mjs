@@ -12,7 +12,12 @@
 //   finishSize()                  untimed: release what prepare() made
 //   stop()                        end the receiving side
 //   abort(error)                  make a stuck runBlock() fail (watchdog)
+// and optionally:
+//   meta                          fields recorded with the row (strategy, settings, skipped)
+//   sizeExtras()                  fields recorded with the row's summary for this size
+//                                 (further series measured alongside the samples)
 import { spawn, fork } from 'node:child_process'
+import fs from 'node:fs'
 import { createRequire } from 'node:module'
 import net from 'node:net'
 import { createInterface } from 'node:readline'
@@ -21,8 +26,9 @@ import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { Bench } from 'tinybench'
 
-import { ACK_LEN, fullSum, pageSum, readAck } from './data.mjs'
+import { ACK_LEN, ACK_MAGIC, fullSum, pageSum, patternBuffer, readAck } from './data.mjs'
 import { MAX_INLINE } from './plan.mjs'
+import { summarize } from './stats.mjs'
 
 const require = createRequire(import.meta.url)
 const shmlink = require('../../index.js')
@@ -58,6 +64,34 @@ function checkPages(what, pages, count, want) {
 const nodeArgs = ['--expose-gc']
 
 // ---------------------------------------------------------------------------------------
+// Placement: where the receiving processes run.
+
+/**
+ * Set once by the driver. In the split placement the driver itself runs under
+ * `taskset -c 0` and every receiving process is started on CPU 1: Node children and peers
+ * through `taskset -c 1`, the C programs' forked children with `--child-cpu 1` (they pin
+ * themselves), the worker thread by `taskset -p` on its thread id. In the other
+ * placements the children inherit the driver's affinity.
+ */
+export const placement = { name: 'unpinned', childCpu: undefined }
+
+export function setPlacement(name) {
+  placement.name = name
+  placement.childCpu = name === 'split' ? 1 : undefined
+}
+
+/** [command, args] that run `command args` on the receiving CPU of this placement. */
+export function onChildCpu(command, args) {
+  if (placement.childCpu === undefined) return [command, args]
+  return ['taskset', ['-c', String(placement.childCpu), command, ...args]]
+}
+
+/** The options a C program takes for this placement. */
+export function cArgs() {
+  return placement.childCpu === undefined ? [] : ['--child-cpu', String(placement.childCpu)]
+}
+
+// ---------------------------------------------------------------------------------------
 // shmlink
 
 const HEADER_KEEP = Buffer.from('R\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0') // a known region: keep it mapped
@@ -73,9 +107,10 @@ export class ShmlinkConn {
 
   async start() {
     if (this.endpoint !== undefined) return
-    const { child, endpoint } = spawnWithEndpoint(process.execPath, [...nodeArgs, CHILD('shmlink-child.mjs'), this.mode], {
-      stdio: ['ignore', 'inherit', 'inherit'],
-    })
+    const { child, endpoint } = spawnWithEndpoint(
+      ...onChildCpu(process.execPath, [...nodeArgs, CHILD('shmlink-child.mjs'), this.mode]),
+      { stdio: ['ignore', 'inherit', 'inherit'] },
+    )
     this.child = track(child)
     this.endpoint = endpoint
     this.exited = new Promise((resolve) => child.once('exit', resolve))
@@ -257,10 +292,14 @@ export class ChildProcessTransport {
   }
 
   async start() {
+    // fork() runs `execPath ...execArgv module ...args`; in the split placement execPath
+    // is taskset, which keeps the IPC descriptor and execs Node on the child's CPU.
+    const [execPath, execArgv] = onChildCpu(process.execPath, nodeArgs)
     const child = fork(CHILD('cp-child.mjs'), [this.serialization], {
       serialization: this.serialization,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      execArgv: nodeArgs,
+      execPath,
+      execArgv,
     })
     this.child = track(child)
     this.exited = new Promise((resolve) => child.once('exit', resolve))
@@ -359,7 +398,7 @@ export class NetTransport {
       server.listen(this.socketPath, resolve)
     })
     const accepted = new Promise((resolve) => server.once('connection', resolve))
-    const child = spawn(process.execPath, [...nodeArgs, CHILD('net-child.mjs'), this.socketPath], {
+    const child = spawn(...onChildCpu(process.execPath, [...nodeArgs, CHILD('net-child.mjs'), this.socketPath]), {
       stdio: ['ignore', 'inherit', 'inherit'],
     })
     this.child = track(child)
@@ -492,7 +531,10 @@ export class WorkerTransport {
   async start() {
     const { port1, port2 } = new MessageChannel()
     this.port = port1
-    this.worker = new Worker(CHILD('worker.mjs'), { workerData: { port: port2 }, transferList: [port2] })
+    this.worker = new Worker(CHILD('worker.mjs'), {
+      workerData: { port: port2, cpu: placement.childCpu },
+      transferList: [port2],
+    })
     this.worker.on('error', (error) => {
       this.waiter?.reject(error)
       this.waiter = undefined
@@ -606,15 +648,20 @@ export class MemcpyTransport {
 // ---------------------------------------------------------------------------------------
 // The C programs, driven over stdin/stdout.
 
-/** A line-oriented C helper process: one command line in, one answer line out. */
+/**
+ * A line-oriented C helper process: one command line in, one answer line out. An answer
+ * is "ok <n> <v>..." optionally followed by named series " | <name> <n> <v>...", or
+ * "err <reason>". `args` are its command-line options (cArgs() for the placement).
+ */
 export class CProcess {
-  constructor(binary) {
+  constructor(binary, args = []) {
     this.binary = binary
+    this.args = args
   }
 
   start() {
     if (this.proc !== undefined) return
-    this.proc = track(spawn(this.binary, [], { stdio: ['pipe', 'pipe', 'inherit'] }))
+    this.proc = track(spawn(this.binary, this.args, { stdio: ['pipe', 'pipe', 'inherit'] }))
     this.exited = new Promise((resolve) => this.proc.once('exit', resolve))
     this.lines = createInterface({ input: this.proc.stdout, crlfDelay: Infinity })
     this.queue = []
@@ -631,19 +678,32 @@ export class CProcess {
     })
   }
 
-  /** Sends one command and returns the samples of its answer (ns). */
-  async run(command) {
+  /** Sends one command; returns its answer: { samples, series: { name: Float64Array } } (ns). */
+  async runSeries(command) {
     if (this.dead !== undefined) throw this.dead
     const line = await new Promise((resolve, reject) => {
       this.waiter = { resolve, reject }
       this.proc.stdin.write(`${command}\n`)
     })
-    const parts = line.split(' ')
-    if (parts[0] !== 'ok') throw new Error(`${path.basename(this.binary)} ${command}: ${line}`)
-    const n = Number(parts[1])
-    const samples = new Float64Array(n)
-    for (let i = 0; i < n; i++) samples[i] = Number(parts[i + 2])
-    return samples
+    if (!line.startsWith('ok ')) throw new Error(`${path.basename(this.binary)} ${command}: ${line}`)
+    const parse = (parts) => {
+      const n = Number(parts[0])
+      if (!(parts.length - 1 === n)) throw new Error(`${path.basename(this.binary)} ${command}: malformed answer`)
+      return Float64Array.from(parts.slice(1), Number)
+    }
+    const [head, ...rest] = line.split(' | ')
+    const samples = parse(head.split(' ').slice(1))
+    const series = {}
+    for (const part of rest) {
+      const [name, ...values] = part.split(' ')
+      series[name] = parse(values)
+    }
+    return { samples, series }
+  }
+
+  /** Sends one command and returns the samples of its answer (ns). */
+  async run(command) {
+    return (await this.runSeries(command)).samples
   }
 
   abort(error) {
@@ -701,6 +761,415 @@ export class CPingPongTransport {
 
   stop() {
     return this.proc.stop()
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The C and JavaScript baselines for pools, rings and first-time handoffs (bench/c/first.c,
+// pool.c, spin.c; bench/children/spin-child.mjs). Each program documents exactly what it
+// measures; docs/BENCHMARKS.md summarizes it.
+
+/** The populate strategies of bench/c/first.c, and the one the `c-first` row uses. */
+export const FIRST_PRODUCER = ['none', 'map_populate', 'madv_populate_write']
+export const FIRST_RECEIVER = ['none', 'map_populate', 'madv_populate_read']
+/**
+ * The default: measured on the benchmark machine (docs/BENCHMARKS.md, "First-time handoff
+ * in C"), populating on the receiver made the handoff slower (the populate call walks
+ * every page again after fault-around has mapped them 16 at a time) and populating on the
+ * producer made no difference beyond noise, so the baseline populates nothing. The
+ * `first_strategies` section of each placement re-measures all nine combinations.
+ */
+export const FIRST_DEFAULT = { producer: 'none', receiver: 'none' }
+
+function summaryOf(values) {
+  return values.length > 0 ? summarize(values) : undefined
+}
+
+/** shmlink-first in C: a new sealed memfd per round, its descriptor sent once. */
+export class CFirstTransport {
+  constructor(proc, strategy = FIRST_DEFAULT) {
+    this.proc = proc
+    this.strategy = strategy
+    this.id = 'c-first'
+    this.family = 'floor'
+    this.label = `C first-time handoff: a new sealed memfd each round, its descriptor over SOCK_SEQPACKET; the receiver checks, maps and reads every page (populate: producer ${strategy.producer}, receiver ${strategy.receiver})`
+    this.meta = { strategy }
+  }
+
+  supports(size) {
+    return size % 4096 === 0
+  }
+
+  async start() {
+    this.proc.start()
+    const { series } = await this.proc.runSeries('probe')
+    this.meta.madv_populate_supported = { read: series.supported[0] === 1, write: series.supported[1] === 1 }
+  }
+
+  command(rounds, verify) {
+    return `first ${this.size} ${rounds} ${verify} ${this.strategy.producer} ${this.strategy.receiver}`
+  }
+
+  async prepare(size) {
+    this.size = size
+    this.extra = { fill: [], total: [], recv_minflt: [] }
+    this.warmUp = true // the driver runs one warm-up block after prepare(): not in the extras
+    await this.proc.run(this.command(1, 1)) // the child checksums every byte; the program compares
+  }
+
+  async runBlock(n) {
+    const { samples, series } = await this.proc.runSeries(this.command(n + 1, 0))
+    if (this.warmUp) {
+      this.warmUp = false
+      return samples.subarray(1)
+    }
+    for (const [name, store] of Object.entries(this.extra)) {
+      for (let i = 1; i < series[name].length; i++) store.push(series[name][i])
+    }
+    return samples.subarray(1)
+  }
+
+  sizeExtras() {
+    return {
+      handover: 'the samples: sendmsg of the descriptor until the ack (what shmlink-first times)',
+      fill: summaryOf(this.extra.fill),
+      total: summaryOf(this.extra.total),
+      recv_minflt: summaryOf(this.extra.recv_minflt),
+    }
+  }
+
+  async barrier() {}
+
+  finishSize() {}
+
+  abort(error) {
+    this.proc.abort(error)
+  }
+
+  stop() {
+    return this.proc.stop()
+  }
+}
+
+/** A stream of frames through a fixed pool of regions (bench/c/pool.c). */
+export class CPoolStreamTransport {
+  /** A block of n rounds is n * framesPerRound frames; count regions, at most depth in flight. */
+  constructor(proc, { count = 3, depth = 3, framesPerRound = 50, sizes = [64 * 1024 * 1024] } = {}) {
+    this.proc = proc
+    this.sizes = sizes
+    this.count = count
+    this.depth = depth
+    this.framesPerRound = framesPerRound
+    this.id = 'c-pool-stream'
+    this.family = 'floor'
+    this.label = `C pooled stream: ${count} memfd regions mapped once on both sides; per frame the producer writes one byte per page of a free region and sends its index, the consumer reads one byte per page and hands the index back (at most ${depth} in flight); time per frame`
+    this.meta = { count, depth, frames_per_round: framesPerRound, sample: 'interval between successive hand-backs seen by the producer (the stream period)' }
+  }
+
+  supports(size) {
+    return this.sizes.includes(size)
+  }
+
+  async start() {
+    this.proc.start()
+  }
+
+  async prepare(size) {
+    this.size = size
+    this.extra = { latency: [], minflt_producer: 0, minflt_consumer: 0, frames: 0 }
+    this.warmUp = true // the driver runs one warm-up block after prepare(): not in the extras
+    await this.proc.run(`setup ${size} ${this.count} 1`) // verifies every region in full
+  }
+
+  async runBlock(n) {
+    const frames = Math.max(n * this.framesPerRound, this.depth + 2)
+    const { samples, series } = await this.proc.runSeries(`stream ${frames} ${this.depth}`)
+    if (this.warmUp) {
+      this.warmUp = false
+      return samples
+    }
+    for (const x of series.latency) this.extra.latency.push(x)
+    this.extra.minflt_producer += series.minflt[0]
+    this.extra.minflt_consumer += series.minflt[1]
+    this.extra.frames += series.frames[0]
+    return samples
+  }
+
+  sizeExtras() {
+    const e = this.extra
+    return {
+      latency: summaryOf(e.latency),
+      minflt_per_frame: {
+        producer: e.frames > 0 ? e.minflt_producer / e.frames : null,
+        consumer: e.frames > 0 ? e.minflt_consumer / e.frames : null,
+        frames: e.frames,
+        note: 'ru_minflt of each process over whole measured blocks (not setup, not the warm-up block), divided by their frames',
+      },
+    }
+  }
+
+  async barrier() {}
+
+  async finishSize() {
+    await this.proc.run('teardown')
+  }
+
+  abort(error) {
+    this.proc.abort(error)
+  }
+
+  stop() {
+    return this.proc.stop()
+  }
+}
+
+/** How many round trips one spin sample averages (a clock read costs about as much as a round). */
+export const SPIN_BATCH = 10
+
+/** The C spin floor (bench/c/spin.c): 16-byte round trips through one cache line each way. */
+export class CSpinTransport {
+  /** spinLimit: pause-spins before a sched_yield() (1: yield at once, the right thing on one CPU). */
+  constructor(proc, spinLimit) {
+    this.proc = proc
+    this.spinLimit = spinLimit
+    this.id = 'c-spin'
+    this.family = 'floor'
+    this.label = `C spin floor: 16-byte round trip through shared memory, C11 acquire/release on one cache line per direction, busy-wait (sched_yield after ${spinLimit} spins); each sample averages ${SPIN_BATCH} round trips`
+    this.meta = { spin_limit: spinLimit, batch: SPIN_BATCH }
+  }
+
+  supports(size) {
+    return size === 16
+  }
+
+  async start() {
+    this.proc.start()
+  }
+
+  async prepare() {
+    this.yields = [0, 0]
+    this.rounds = 0
+    this.warmUp = true // the driver runs one warm-up block after prepare(): not in the counts
+    await this.proc.run(`spin 1 1 ${this.spinLimit} 1`) // the child checksums the message; compared in C
+  }
+
+  async runBlock(n) {
+    const { samples, series } = await this.proc.runSeries(`spin ${n + 1} 0 ${this.spinLimit} ${SPIN_BATCH}`)
+    if (this.warmUp) {
+      this.warmUp = false
+      return samples.subarray(1)
+    }
+    this.yields[0] += series.yields[0]
+    this.yields[1] += series.yields[1]
+    this.rounds += (n + 1) * SPIN_BATCH
+    return samples.subarray(1)
+  }
+
+  sizeExtras() {
+    return { yields_per_round: { parent: this.yields[0] / this.rounds, child: this.yields[1] / this.rounds } }
+  }
+
+  async barrier() {}
+
+  finishSize() {}
+
+  abort(error) {
+    this.proc.abort(error)
+  }
+
+  stop() {
+    return this.proc.stop()
+  }
+}
+
+/**
+ * The JavaScript spin floor: two Node processes ping-pong through one word per direction
+ * of a 4 KiB shmlink region with Atomics.load / Atomics.store, busy-waiting
+ * (bench/children/spin-child.mjs has the layout and the ordering argument). The region is
+ * handed to the child once at start; the endpoint then carries only per-block commands.
+ */
+export class JsSpinTransport {
+  /** napAfter: unsuccessful loads before a 50 µs nap (0: never); skip: why not to run here. */
+  constructor({ napAfter = 0, skip } = {}) {
+    this.napAfter = napAfter
+    this.skip = skip
+    this.id = 'js-spin'
+    this.family = 'floor'
+    this.label = `JavaScript spin floor: 16-byte round trip through a shmlink region, Atomics.load/Atomics.store on an Int32Array, busy-wait${napAfter ? ` (a 50 µs nap after ${napAfter} loads)` : ''}; each sample averages ${SPIN_BATCH} round trips`
+    this.meta = skip ? { skipped: skip } : { nap_after: napAfter, batch: SPIN_BATCH }
+    this.next = 1
+  }
+
+  supports(size) {
+    return size === 16 && this.skip === undefined
+  }
+
+  async start() {
+    if (this.skip !== undefined) return
+    const { child, endpoint } = spawnWithEndpoint(
+      ...onChildCpu(process.execPath, [...nodeArgs, CHILD('spin-child.mjs')]),
+      { stdio: ['ignore', 'inherit', 'inherit'] },
+    )
+    this.child = track(child)
+    this.endpoint = endpoint
+    this.exited = new Promise((resolve) => child.once('exit', resolve))
+    this.region = Region.create(4096)
+    const bytes = this.region.bytes
+    this.w = new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2)
+    endpoint.sendSync(Buffer.from('R'), { regions: [this.region] }) // the only time it travels
+    readAck(endpoint.recvSync({ timeoutMs: SYNC_TIMEOUT_MS }).payload)
+    this.napWord = new Int32Array(new SharedArrayBuffer(4))
+    // The message: 16 pattern bytes as four little-endian words; word 1 carries the round.
+    const m = patternBuffer(16)
+    this.msg = [m.readInt32LE(0), m.readInt32LE(4), m.readInt32LE(8), m.readInt32LE(12)]
+    this.page = m[0]
+  }
+
+  command(first, rounds, verify) {
+    const c = Buffer.alloc(17)
+    c[0] = 0x53 // S
+    c.writeInt32LE(first, 4)
+    c.writeUInt32LE(rounds, 8)
+    c[12] = verify ? 1 : 0
+    c.writeUInt32LE(this.napAfter, 13)
+    this.endpoint.sendSync(c)
+    readAck(this.endpoint.recvSync({ timeoutMs: SYNC_TIMEOUT_MS }).payload) // the child is spinning now
+  }
+
+  /**
+   * Throws if the child has died or a round has waited too long: a spinning loop never
+   * returns to the event loop, so neither 'exit' events nor the driver's watchdog can
+   * stop it. Called every few million unsuccessful loads.
+   */
+  checkPeer() {
+    let state
+    try {
+      state = fs.readFileSync(`/proc/${this.child.pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0]
+    } catch {
+      state = 'gone'
+    }
+    if (state === 'Z' || state === 'X' || state === 'gone') throw new Error('js-spin: the child died')
+    const t = Date.now()
+    this.spinSince ??= t
+    if (t - this.spinSince > SYNC_TIMEOUT_MS) throw new Error('js-spin: no reply for too long')
+  }
+
+  /** The end of a block: the child's answer carries its nap count. */
+  done() {
+    return readAck(this.endpoint.recvSync({ timeoutMs: SYNC_TIMEOUT_MS }).payload).page
+  }
+
+  async prepare(size, data, want) {
+    this.naps = [0, 0]
+    this.rounds = 0
+    this.warmUp = true
+    // One untimed round whose reply is the child's checksum of the 16 bytes as sent.
+    const first = this.next++
+    this.command(first, 1, true)
+    const w = this.w
+    w[1] = this.msg[0]
+    w[2] = first
+    w[3] = this.msg[2]
+    w[4] = this.msg[3]
+    Atomics.store(w, 0, first)
+    for (let misses = 1; Atomics.load(w, 16) !== first; misses++) {
+      if ((misses & 0x3fffff) === 0) this.checkPeer()
+    }
+    const got = { magic: w[17] >>> 0, page: w[18], a: w[19] >>> 0, b: w[20] >>> 0 }
+    this.done()
+    const sent = Buffer.alloc(16)
+    for (let k = 0; k < 4; k++) sent.writeInt32LE(w[1 + k], k * 4)
+    const [a, b] = fullSum(sent)
+    if (got.magic !== ACK_MAGIC || got.page !== this.page || got.a !== a || got.b !== b) {
+      throw new Error('js-spin: the child did not read the message that was sent')
+    }
+    if (size !== 16 || want.page !== this.page) throw new Error('js-spin: measures 16-byte messages only')
+  }
+
+  async runBlock(n) {
+    const batches = n + 1
+    const rounds = batches * SPIN_BATCH
+    const first = this.next
+    this.next += rounds
+    this.spinSince = undefined
+    this.command(first, rounds, false)
+    const samples = new Float64Array(batches)
+    const magic = new Int32Array(rounds)
+    const page = new Int32Array(rounds)
+    const echo = new Int32Array(rounds)
+    const w = this.w
+    const [m0, , m2, m3] = this.msg
+    const napAfter = this.napAfter
+    const slowPath = napAfter || 1 << 22
+    const napWord = this.napWord
+    let naps = 0
+    let seq = first
+    for (let s = 0; s < batches; s++) {
+      const t0 = now()
+      for (let k = 0; k < SPIN_BATCH; k++, seq++) {
+        w[1] = m0
+        w[2] = seq
+        w[3] = m2
+        w[4] = m3
+        Atomics.store(w, 0, seq) // publishes the four words above (see spin-child.mjs)
+        let misses = 0
+        while (Atomics.load(w, 16) !== seq) {
+          if (++misses < slowPath) continue
+          // Every slowPath unsuccessful loads: nap if asked to, and see whether the child lives.
+          misses = 0
+          if (napAfter !== 0) {
+            Atomics.wait(napWord, 0, 0, 0.05)
+            naps++
+          }
+          this.checkPeer()
+        }
+        const r = seq - first
+        magic[r] = w[17]
+        page[r] = w[18]
+        echo[r] = w[19]
+      }
+      samples[s] = Number(now() - t0) / SPIN_BATCH
+    }
+    const childNaps = this.done()
+    for (let r = 0; r < rounds; r++) {
+      if (magic[r] >>> 0 !== ACK_MAGIC || page[r] !== this.page || echo[r] !== first + r) {
+        throw new Error(`js-spin: round ${r}: the reply does not match`)
+      }
+    }
+    if (this.warmUp) this.warmUp = false // the driver's warm-up block: not in the counts
+    else {
+      this.naps[0] += naps
+      this.naps[1] += childNaps
+      this.rounds += rounds
+    }
+    return samples.subarray(1)
+  }
+
+  sizeExtras() {
+    return this.napAfter ? { naps_per_round: { parent: this.naps[0] / this.rounds, child: this.naps[1] / this.rounds } } : {}
+  }
+
+  async barrier() {
+    this.endpoint.sendSync(Buffer.from('B'))
+    readAck(this.endpoint.recvSync({ timeoutMs: SYNC_TIMEOUT_MS }).payload)
+  }
+
+  finishSize() {}
+
+  abort(error) {
+    this.abortError = error
+    this.endpoint?.close()
+    this.child?.kill('SIGKILL')
+  }
+
+  async stop() {
+    if (this.endpoint === undefined) return
+    this.endpoint.close()
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 5000)
+    await this.exited
+    clearTimeout(timer)
+    this.region.close()
+    this.endpoint = undefined
   }
 }
 
