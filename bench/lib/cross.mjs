@@ -16,7 +16,7 @@ export const LANGUAGES = [
   { lang: 'node', command: process.execPath, args: [path.join(BENCH_DIR, 'peers', 'node-echo.mjs')], built: process.execPath },
   { lang: 'rust', command: path.join(ROOT, 'target', 'release', 'shmlink-peer'), args: [] },
   { lang: 'go', command: path.join(ROOT, 'peers', 'go', 'build', 'shmlink-peer'), args: [] },
-  { lang: 'python', command: 'python3', args: [path.join(ROOT, 'peers', 'python', 'peer.py')], built: path.join(ROOT, 'peers', 'python', 'peer.py') },
+  { lang: 'python', command: path.join(ROOT, 'peers', 'python', 'build', 'venv', 'bin', 'python'), args: [path.join(ROOT, 'peers', 'python', 'peer.py')] },
   { lang: 'c', command: path.join(ROOT, 'peers', 'c', 'build', 'shmlink-peer'), args: [] },
 ]
 
