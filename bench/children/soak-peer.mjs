@@ -10,6 +10,15 @@ const require = createRequire(import.meta.url)
 const { Endpoint, Region, processStats } = require('../../index.js')
 
 const listenPath = process.argv[2]
+/**
+ * A fault to inject, to show that the soak catches it (docs/RELIABILITY.md): `corrupt`
+ * flips a byte of a shared region, `drop` leaves a request unanswered, `duplicate`
+ * answers one twice, `leak` keeps every new region it is sent; each once the primary
+ * connection has seen 20 000 requests (`leak`: from then on).
+ */
+let fault = process.env.SHMLINK_SOAK_FAULT
+const leaked = []
+const FAULT_AFTER = 20_000
 const totals = { messagesIn: 0, messagesOut: 0, connections: 0, connectRetries: 0, heldRegionsClosed: 0 }
 let stopReconnecting = false
 let connections = 0
@@ -73,9 +82,19 @@ async function serve(endpoint, connection) {
     const what = `connection ${connection} seq ${header.seq} ${OP_NAMES[header.op]}`
     const [region] = message.regions
     const tinyBody = header.seq % 49
+    const faulty = fault !== undefined && connection === 0 && header.seq >= FAULT_AFTER
     switch (header.op) {
       case Op.TINY:
+        if (faulty && fault === 'drop' && header.seq < FAULT_AFTER + 100) {
+          fault = undefined
+          break
+        }
         await answer(Op.TINY, header.seq, { bodyLength: tinyBody })
+        if (faulty && fault === 'duplicate') {
+          fault = undefined
+          state.sendSeq--
+          await answer(Op.TINY, header.seq, { bodyLength: tinyBody })
+        }
         break
       case Op.BIG:
         await answer(Op.BIG, header.seq, { bodyLength: header.flags & Flag.ECHO ? MAX_PAYLOAD - HEADER : tinyBody })
@@ -86,6 +105,10 @@ async function serve(endpoint, connection) {
         if (region === undefined || message.descriptors[0].transferred !== moved) fail(`${what}: wrong attachment`)
         checkRegion(region, header.seed, what)
         fill(region.bytes, answerSeed(header.seed))
+        if (faulty && fault === 'corrupt') {
+          fault = undefined
+          region.bytes[region.size >> 1] ^= 0x01
+        }
         await answer(header.op, header.seq, moved ? { transfer: [region] } : { regions: [region] })
         break
       }
@@ -93,7 +116,8 @@ async function serve(endpoint, connection) {
         const moved = (header.flags & Flag.MOVE) !== 0
         if (region === undefined || !message.descriptors[0].new || message.descriptors[0].transferred !== moved) fail(`${what}: wrong attachment`)
         checkRegion(region, header.seed, what)
-        region.close()
+        if (faulty && fault === 'leak') leaked.push(region)
+        else region.close()
         await answer(Op.FRESH, header.seq)
         break
       }
@@ -141,7 +165,7 @@ async function serve(endpoint, connection) {
       }
       case Op.STATS: {
         await settle()
-        const body = Buffer.from(JSON.stringify({ processStats: processStats(), heapUsed: process.memoryUsage().heapUsed, totals }))
+        const body = Buffer.from(JSON.stringify({ processStats: processStats(), memoryUsage: process.memoryUsage(), totals }))
         await answer(Op.STATS, header.seq, { body })
         break
       }

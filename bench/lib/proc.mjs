@@ -28,6 +28,7 @@ export function sampleProcess(pid) {
   return {
     fds,
     rssKb: kB(status, 'VmRSS'),
+    rssAnonKb: kB(status, 'RssAnon'),
     rssShmemKb: kB(status, 'RssShmem'),
     regionMappings,
     regionMappedBytes,

@@ -50,24 +50,47 @@ export const Flag = Object.freeze({ ECHO: 1, MOVE: 2, KEEP: 4 })
 export const OP_NAMES = Object.fromEntries(Object.entries(Op).map(([name, value]) => [value, name]))
 
 /**
- * Fills `bytes` with the pattern of `seed`: a linear congruential sequence, so two seeds
- * share no run of bytes and an old or misplaced message never passes for a new one.
+ * The pattern of `seed` over n bytes: the seed itself (4 bytes, little-endian), then n - 4
+ * bytes of a fixed random tape starting at an offset the seed picks. Both processes build
+ * the same tape, so filling is one copy and checking one comparison, and the seed stamp
+ * tells every message and region from any other (an old or misplaced one never passes).
  */
+const TAPE_SPAN = 4 << 20
+/** The largest pattern: a region of the pool (1 MiB) with room to spare. */
+export const PATTERN_MAX = 2 << 20
+const TAPE = (() => {
+  const tape = Buffer.allocUnsafeSlow(TAPE_SPAN + PATTERN_MAX)
+  const words = new Uint32Array(tape.buffer, tape.byteOffset, tape.length >>> 2)
+  let state = 0x2545f491
+  for (let k = 0; k < words.length; k++) words[k] = state = (Math.imul(state, 1103515245) + 12345) | 0
+  return tape
+})()
+
+function stamp(seed, k) {
+  return (seed >>> (k * 8)) & 255
+}
+
+/** Fills `bytes[from, to)` with the pattern of `seed`. */
 export function fill(bytes, seed, from = 0, to = bytes.length) {
-  let state = seed | 0
-  for (let k = from; k < to; k++) {
-    state = (Math.imul(state, 1103515245) + 12345) | 0
-    bytes[k] = state >>> 24
-  }
+  const length = to - from
+  if (length > PATTERN_MAX) throw new RangeError(`a pattern of ${length} bytes is longer than ${PATTERN_MAX}`)
+  const head = Math.min(4, length)
+  for (let k = 0; k < head; k++) bytes[from + k] = stamp(seed, k)
+  const at = (seed >>> 0) % TAPE_SPAN
+  bytes.set(TAPE.subarray(at, at + length - head), from + head)
 }
 
 /** The offset of the first byte of `bytes[from, to)` that differs from the pattern of `seed`, or -1. */
 export function mismatch(bytes, seed, from = 0, to = bytes.length) {
-  let state = seed | 0
-  for (let k = from; k < to; k++) {
-    state = (Math.imul(state, 1103515245) + 12345) | 0
-    if (bytes[k] !== state >>> 24) return k
-  }
+  const length = to - from
+  if (length > PATTERN_MAX) return from
+  const head = Math.min(4, length)
+  for (let k = 0; k < head; k++) if (bytes[from + k] !== stamp(seed, k)) return from + k
+  const at = (seed >>> 0) % TAPE_SPAN
+  const actual = bytes.subarray(from + head, to)
+  const expected = TAPE.subarray(at, at + length - head)
+  if (Buffer.compare(actual, expected) === 0) return -1
+  for (let k = 0; k < actual.length; k++) if (actual[k] !== expected[k]) return from + head + k
   return -1
 }
 
