@@ -11,11 +11,43 @@ function kB(text, field) {
 }
 
 /**
- * One sample of process `pid`: open descriptors, resident set (total and its shared-memory
- * part, kB), and the memfd mappings of shmlink regions (count and bytes).
+ * The memory files of shmlink regions process `pid` holds open: how many, and the memory
+ * they occupy (their allocated blocks, which for a memfd are its pages in RAM or swap) by
+ * inode, so that files two processes share are counted once.
+ */
+export function memfdsOf(pid) {
+  const files = new Map()
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    let target
+    try {
+      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`)
+      if (!target.startsWith(`/${REGION_MAPPING}`)) continue
+      const stat = fs.statSync(`/proc/${pid}/fd/${fd}`)
+      files.set(stat.ino, stat.blocks * 512)
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return files
+}
+
+const sumKb = (files) => Math.round([...files.values()].reduce((a, b) => a + b, 0) / 1024)
+
+/** The memory of the memory files the processes `pids` hold, each file counted once (kB). */
+export function memfdKbOf(pids) {
+  const all = new Map()
+  for (const pid of pids) for (const [ino, bytes] of memfdsOf(pid)) all.set(ino, bytes)
+  return sumKb(all)
+}
+
+/**
+ * One sample of process `pid`: open descriptors, resident set (total, anonymous and
+ * shared-memory parts, kB), the memfd mappings of shmlink regions (count and bytes), and
+ * the memory files of regions it holds open (count and kB).
  */
 export function sampleProcess(pid) {
   const fds = fs.readdirSync(`/proc/${pid}/fd`).length
+  const memfds = memfdsOf(pid)
   const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
   let regionMappings = 0
   let regionMappedBytes = 0
@@ -32,6 +64,8 @@ export function sampleProcess(pid) {
     rssShmemKb: kB(status, 'RssShmem'),
     regionMappings,
     regionMappedBytes,
+    memfds: memfds.size,
+    memfdKb: sumKb(memfds),
   }
 }
 
