@@ -591,6 +591,7 @@ async function soak() {
   stopping = true
   if (laterFailure !== undefined) {
     child.kill('SIGKILL')
+    server.close()
     throw laterFailure
   }
   await driving
