@@ -23,6 +23,7 @@ import type {
   LimitsInit,
   NativeEndpoint,
   NativeListener,
+  NativePool,
   NativeRegion,
   PeerFilterInit,
   ReceivedMessage,
@@ -755,6 +756,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     for (const waiter of this.#sends.values()) waiter.reject(error)
     this.#sends.clear()
     if (first) process.nextTick(() => this.emit('close', reason))
+    for (const serve of poolsWaiting) serve()
   }
 
   /** Lets the process exit even while this endpoint waits for messages. */
@@ -882,6 +884,128 @@ export class Server extends EventEmitter<ServerEvents> implements AsyncIterable<
 
   [Symbol.dispose](): void {
     this.close()
+  }
+}
+
+/** Pools with acquires waiting: a connection that ends may let them take a region back. */
+const poolsWaiting = new Set<() => void>()
+
+/** What {@link RegionPool} holds and has done. */
+export type PoolStats = binding.PoolStats
+
+/**
+ * A fixed set of regions of one size, handed out and given back for reuse, so a stream of
+ * frames maps and faults in its memory once instead of per frame: a region the peer has
+ * seen before travels as an id, without a descriptor, a mapping or page faults on either
+ * side (docs/BENCHMARKS.md has the figures).
+ *
+ * ```ts
+ * const pool = new RegionPool({ size: FRAME, capacity: 3 })
+ * endpoint.on('message', ({ regions }) => regions.forEach((r) => pool.release(r)))
+ * for (const frame of frames) {
+ *   const region = await pool.acquire()   // waits while all 3 are with the consumer
+ *   region.write(0, frame)
+ *   await endpoint.send('frame', { transfer: [region] })
+ * }
+ * ```
+ *
+ * A region goes back with {@link RegionPool.release} once it is here again (the peer sent
+ * it back); one transferred over a connection the peer then ended is taken back by the
+ * next acquire, as `reclaim()` would. Closing or freezing a pooled region makes it leave
+ * the pool and frees its place. A reused region holds what was last written to it.
+ */
+export class RegionPool implements Disposable {
+  readonly #native: NativePool
+  /** The pool's Region objects, kept alive so a reused region keeps its view. */
+  readonly #members = new Set<Region>()
+  readonly #waiters: Waiter<Region>[] = []
+  readonly #serve = (): void => this.#serveWaiters()
+
+  /** A pool of at most `capacity` (default 4) regions of `size` bytes each; none is created yet. */
+  constructor(options: { size: number; capacity?: number }) {
+    this.#native = new binding.NativePool(checkInteger(options.size, 'size', 1), checkInteger(options.capacity ?? 4, 'capacity', 1))
+  }
+
+  /** A free or new region, or `undefined` when all are handed out (and none can be taken back). */
+  tryAcquire(): Region | undefined {
+    if (this.#waiters.length > 0) return undefined
+    return this.#take()
+  }
+
+  /** A region, once one is free: waits while all are handed out. `signal` withdraws the wait. */
+  acquire(options: { signal?: AbortSignal } = {}): Promise<Region> {
+    const { signal } = options
+    if (signal?.aborted) return Promise.reject(abortError(signal))
+    try {
+      const region = this.tryAcquire()
+      if (region !== undefined) return Promise.resolve(region)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    poolsWaiting.add(this.#serve)
+    return pending<Region>(
+      signal,
+      (waiter) => this.#waiters.push(waiter),
+      (waiter) => {
+        const removed = remove(this.#waiters, waiter)
+        if (this.#waiters.length === 0) poolsWaiting.delete(this.#serve)
+        return removed
+      },
+    )
+  }
+
+  /**
+   * Gives `region` back for the next acquire. It must be one of this pool's regions and
+   * be here (`ERR_SHMLINK_REGION_TRANSFERRED` while a peer has it). Do not use it after
+   * releasing it: the next acquire hands it out again. A frozen region is closed instead.
+   */
+  release(region: Region): void {
+    if (!(region instanceof Region)) throw invalid('release() takes a Region')
+    this.#native.release(nativeOf(region))
+    if (region.closed) this.#members.delete(region)
+    this.#serveWaiters()
+  }
+
+  /** What the pool holds and has done. */
+  stats(): PoolStats {
+    return this.#native.stats()
+  }
+
+  /** Closes the free regions now and the others when they are released; waiting acquires fail. */
+  close(): void {
+    this.#native.close()
+    poolsWaiting.delete(this.#serve)
+    const error = Object.assign(new Error('the pool was closed'), { code: 'ERR_SHMLINK_REGION_CLOSED' as const })
+    for (const waiter of this.#waiters.splice(0)) waiter.reject(error)
+    for (const region of this.#members) if (region.closed) this.#members.delete(region)
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  #take(): Region | undefined {
+    const native = this.#native.tryAcquire()
+    if (native === null) return undefined
+    for (const region of this.#members) if (region.closed) this.#members.delete(region)
+    const region = arrivedRegion(native.serial, () => native)
+    this.#members.add(region)
+    return region
+  }
+
+  #serveWaiters(): void {
+    while (this.#waiters.length > 0) {
+      let region: Region | undefined
+      try {
+        region = this.#take()
+      } catch (error) {
+        for (const waiter of this.#waiters.splice(0)) waiter.reject(error as Error)
+        break
+      }
+      if (region === undefined) return
+      this.#waiters.shift()!.resolve(region)
+    }
+    poolsWaiting.delete(this.#serve)
   }
 }
 

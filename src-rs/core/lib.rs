@@ -39,6 +39,7 @@ mod endpoint;
 mod error;
 mod limits;
 mod listener;
+mod pool;
 mod region;
 mod session;
 mod socket;
@@ -54,6 +55,7 @@ pub use limits::{
     Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits,
 };
 pub use listener::{ListenOptions, Listener};
+pub use pool::{Pool, PoolStats};
 pub use region::{Lease, Mapping, Realm, Region};
 pub use session::{Attach, Incoming, Message};
 pub use sys::{Credentials, Interest};

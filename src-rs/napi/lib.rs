@@ -23,7 +23,7 @@ use napi::bindgen_prelude::{
 use napi_derive::napi;
 use shmlink::{
     Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter,
-    Realm, Region, Submitted,
+    Pool, Realm, Region, Submitted,
 };
 
 use crate::driver::{Arrived, Driver, EndpointEvent, ReceivedMessage, Target};
@@ -272,6 +272,74 @@ impl NativeRegion {
     #[napi]
     pub fn close(&self) {
         self.region.close();
+    }
+}
+
+/// What a region pool holds and has done.
+#[napi(object)]
+pub struct PoolStats {
+    pub size: f64,
+    pub capacity: f64,
+    pub regions: f64,
+    pub free: f64,
+    pub created: f64,
+    pub reused: f64,
+}
+
+/// A region pool (one JavaScript `RegionPool`); `index.ts` keeps the `Region` objects and
+/// the waiting acquires.
+#[napi]
+pub struct NativePool {
+    pool: Pool,
+}
+
+#[napi]
+impl NativePool {
+    #[napi(constructor)]
+    pub fn new(env: Env, size: f64, capacity: f64) -> napi::Result<Self> {
+        const OP: &str = "RegionPool";
+        let size = to_usize(&env, OP, size, "size")?;
+        let capacity = to_usize(&env, OP, capacity, "capacity")?;
+        Pool::new_in(size, capacity, realm())
+            .map(|pool| NativePool { pool })
+            .map_err(|e| throw(&env, e))
+    }
+
+    /// A free or new region, or `null` when all are handed out.
+    #[napi]
+    pub fn try_acquire(&self, env: Env) -> napi::Result<Option<NativeRegion>> {
+        self.pool
+            .try_acquire()
+            .map(|region| region.map(|region| NativeRegion { region }))
+            .map_err(|e| throw(&env, e))
+    }
+
+    #[napi]
+    pub fn release(&self, env: Env, region: &NativeRegion) -> napi::Result<()> {
+        self.pool.release(&region.region).map_err(|e| throw(&env, e))
+    }
+
+    #[napi]
+    pub fn contains(&self, region: &NativeRegion) -> bool {
+        self.pool.contains(&region.region)
+    }
+
+    #[napi]
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    #[napi]
+    pub fn stats(&self) -> PoolStats {
+        let stats = self.pool.stats();
+        PoolStats {
+            size: stats.size as f64,
+            capacity: stats.capacity as f64,
+            regions: stats.regions as f64,
+            free: stats.free as f64,
+            created: stats.created as f64,
+            reused: stats.reused as f64,
+        }
     }
 }
 
