@@ -113,7 +113,10 @@ def seeds():
     for case in cases:
         name = "hostile-" + case["name"].replace("_", "-")
         data = bytes.fromhex(case["frame"]) + bytes(case.get("pad", 0))
-        frame[name] = data
+        if data:
+            frame[name] = data
+        elif case["hello"] not in ("valid", "none"):
+            frame[name] = bytes.fromhex(case["hello"])  # a HELLO of another magic or version
         count = len(case["fds"])
         flags = fds(count)
         if count > 3 or case["expect"] == "ERR_SHMLINK_FDS_TRUNCATED":
@@ -140,6 +143,12 @@ def main():
     for target, files in seeds().items():
         directory = OUT / target
         directory.mkdir(parents=True, exist_ok=True)
+        for path in sorted(directory.iterdir()):
+            if path.name not in files:
+                if check:
+                    stale.append(str(path.relative_to(ROOT)))
+                else:
+                    path.unlink()
         for name, data in sorted(files.items()):
             path = directory / name
             if path.exists() and path.read_bytes() == data:
