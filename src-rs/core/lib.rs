@@ -64,17 +64,33 @@ pub use watcher::Watcher;
 /// Entry points for coverage-guided fuzzing (`fuzz/`), not part of the API.
 #[doc(hidden)]
 pub mod fuzzing {
+    use std::os::fd::OwnedFd;
+
     use crate::limits::Limits;
-    use crate::region::Realm;
+    use crate::region::{FuzzFile, Realm};
     use crate::session::{Record, Session};
+    use crate::wire::{DESCRIPTOR_LEN, FLAG_FROZEN, FLAG_NEW, HEADER_LEN};
 
     /// Feeds `data` to a fresh session as a sequence of records, as a hostile peer could
-    /// send them: each record is a length byte pair (little-endian u16) followed by that
-    /// many bytes, and a flags byte whose bits say whether the record came truncated
-    /// (data or control) and how many memory files to attach (freshly created, sealed,
-    /// of the sizes the frame claims when it can). The first record is offered as the
-    /// peer's HELLO when `data` starts with a zero byte; otherwise a valid HELLO is
-    /// judged first. Returns when the session has ended or the input is used up.
+    /// send them.
+    ///
+    /// The first byte picks the start: 0 offers the first record as the peer's HELLO;
+    /// any other value has a valid HELLO judged first, and 1 also makes the session
+    /// refuse writable regions (an untrusted peer). Then each record is a length
+    /// (little-endian u16), a flags byte and that many bytes. The flags byte:
+    ///
+    /// | bits | meaning |
+    /// |------|---------|
+    /// | 0    | the record came truncated (`MSG_TRUNC`) |
+    /// | 1    | descriptors were dropped (`MSG_CTRUNC`) |
+    /// | 2–3  | what the files are: 0 memory files sealed as the descriptors say, 1 the files this input sent before, again (duplicates, newest first), 2 memory files whose write seal is the opposite of what the descriptors say, 3 pipes |
+    /// | 4–5  | how many files come with the record (0–3) |
+    ///
+    /// A memory file made for the k-th file of a record takes its size and `FROZEN` flag
+    /// from the k-th descriptor marked `NEW` in the record's bytes (whether or not the
+    /// frame is otherwise well formed), or is 4096 bytes and writable when there is no
+    /// such descriptor; sizes above 1 MiB become 4096 bytes (a size mismatch). Returns
+    /// when the session has ended or the input is used up.
     pub fn session(data: &[u8]) {
         let mut session =
             Session::new(Limits::default(), data.first() != Some(&1), Realm::unique());
@@ -88,15 +104,14 @@ pub mod fuzzing {
                 control_truncated: false,
             });
         }
+        let mut sent: Vec<OwnedFd> = Vec::new();
         while rest.len() >= 3 {
             let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
             let flags = rest[2];
             rest = &rest[3..];
             let bytes = &rest[..len.min(rest.len())];
             rest = &rest[bytes.len()..];
-            let fds = (0..(flags >> 4) & 0x3)
-                .filter_map(|_| crate::region::fuzz_file(bytes))
-                .collect();
+            let fds = files(bytes, flags, &mut sent);
             let outcome = session.handle_record(Record {
                 bytes,
                 fds,
@@ -107,6 +122,49 @@ pub mod fuzzing {
                 return;
             }
         }
+    }
+
+    /// The files that come with one record, as its flags byte says; every memory file
+    /// made is also kept in `sent`, so a later record can send it again.
+    fn files(bytes: &[u8], flags: u8, sent: &mut Vec<OwnedFd>) -> Vec<OwnedFd> {
+        let count = usize::from((flags >> 4) & 0x3);
+        let mut new = bytes
+            .get(HEADER_LEN..)
+            .unwrap_or_default()
+            .chunks_exact(DESCRIPTOR_LEN)
+            .map(|d| {
+                let word = |at: usize| u32::from_le_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+                let size = u64::from(word(8)) | (u64::from(word(12)) << 32);
+                (word(4), size)
+            })
+            .filter(|(flags, _)| flags & FLAG_NEW != 0);
+        (0..count)
+            .filter_map(|k| {
+                let (flags_of_d, size) = new.next().unwrap_or((0, 4096));
+                let size = usize::try_from(size)
+                    .ok()
+                    .filter(|size| (1..=1 << 20).contains(size))
+                    .unwrap_or(4096);
+                let frozen = flags_of_d & FLAG_FROZEN != 0;
+                let kind = match (flags >> 2) & 0x3 {
+                    0 => FuzzFile::Sealed { frozen },
+                    1 => {
+                        let again = sent.len().checked_sub(1 + k).and_then(|i| sent.get(i));
+                        if let Some(file) = again.and_then(|f| f.try_clone().ok()) {
+                            return Some(file);
+                        }
+                        FuzzFile::Sealed { frozen }
+                    }
+                    2 => FuzzFile::Sealed { frozen: !frozen },
+                    _ => FuzzFile::Pipe,
+                };
+                let file = crate::region::fuzz_file(size, kind)?;
+                if let (FuzzFile::Sealed { .. }, Ok(copy)) = (kind, file.try_clone()) {
+                    sent.push(copy);
+                }
+                Some(file)
+            })
+            .collect()
     }
 
     /// Decodes `data` as one record of the wire format.

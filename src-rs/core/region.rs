@@ -904,18 +904,32 @@ impl Region {
     }
 }
 
-/// A sealed memory file for the fuzzing entry points: its size is read from the first
-/// descriptor of `record` when there is one (capped at 1 MiB), so the fuzzer reaches the
-/// paths past the size check.
+/// What [`fuzz_file`] makes.
 #[doc(hidden)]
-pub(crate) fn fuzz_file(record: &[u8]) -> Option<OwnedFd> {
-    let size = record
-        .get(16..24)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-        .filter(|size| (1..=1 << 20).contains(size))
-        .unwrap_or(4096) as usize;
-    let region = Region::create_in(size, Realm::unique()).ok()?;
-    region.file()?.try_clone().ok()
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FuzzFile {
+    /// A memory file sealed against shrinking and growing, and write-sealed when `frozen`.
+    Sealed { frozen: bool },
+    /// The read end of a pipe (not a memory file).
+    Pipe,
+}
+
+/// A file for the fuzzing entry points, as a peer could send one. A memory file is made
+/// with the same calls as [`Region::create`] but is never mapped here, so that each
+/// costs a few system calls.
+#[doc(hidden)]
+pub(crate) fn fuzz_file(size: usize, kind: FuzzFile) -> Option<OwnedFd> {
+    const OP: &str = "fuzz";
+    match kind {
+        FuzzFile::Sealed { frozen } => {
+            let fd = sys::create_memory_file(size, OP).ok()?;
+            if frozen {
+                sys::seal_contents(fd.as_fd(), OP).ok()?;
+            }
+            Some(fd)
+        }
+        FuzzFile::Pipe => std::io::pipe().ok().map(|(reader, _)| reader.into()),
+    }
 }
 
 fn closed_error(op: &'static str) -> Error {
