@@ -178,3 +178,24 @@ for (const lang of LANGS) {
     else test.serial(title, implementation, lang)
   }
 }
+
+test('docs/LANGUAGES.md shows every quick start as it is in examples/languages', (t) => {
+  const doc = readFileSync(join(ROOT, 'docs', 'LANGUAGES.md'), 'utf8')
+  const files = [
+    'node/parent.js',
+    'node/child.js',
+    'node/server.js',
+    'node/client.js',
+    'python/child.py',
+    'python/server.py',
+    'go/child/main.go',
+    'go/server/main.go',
+    'c/child.c',
+    'c/server.c',
+  ].map((file) => join(EXAMPLES, file))
+  files.push(join(ROOT, 'src-rs', 'core', 'examples', 'child.rs'), join(ROOT, 'src-rs', 'core', 'examples', 'server.rs'))
+  for (const file of files) {
+    const source = readFileSync(file, 'utf8').trim()
+    t.true(doc.includes(source), `docs/LANGUAGES.md quotes ${file.slice(ROOT.length + 1)} verbatim`)
+  }
+})
