@@ -35,7 +35,8 @@ echo "peers/build.sh: $step"
 step="Go library and peer (gofmt, go vet, go test, go build in peers/go)"
 need go Go
 echo "peers/build.sh: $step"
-unformatted=$(cd "$here/go" && gofmt -l .)
+# The library, and the Go programs of the quick starts and of the error-code test.
+unformatted=$(gofmt -l "$here/go" "$root/examples/languages/go" "$root/__test__/codes/go")
 [ -z "$unformatted" ] || { echo "peers/build.sh: not gofmt-formatted (run gofmt -w): $unformatted" >&2; exit 1; }
 # -buildvcs=false: the peer needs no VCS stamp, and stamping fails in checkouts that git
 # does not consider safe (another owner, as in some CI containers). go test caches
