@@ -1,5 +1,8 @@
 /**
- * The cross-language comparison matrix of peers/SCENARIO.md.
+ * The interop harness: the cross-language matrix of peers/SCENARIO.md, the hostile frames
+ * with every library as sender and as receiver, and the C peer under valgrind. Its
+ * settings (which languages, timeouts, directories, valgrind) are environment variables
+ * read in `interop/harness.ts` and documented in peers/SCENARIO.md ("The test harness").
  *
  * - `<driver>_to_<responder>`: the scenario between Node (in this process, on the public
  *   API: `__test__/interop/node-peer.ts`) and each peer program, in both directions
@@ -14,231 +17,51 @@
  * - `hostile_<case>__<lang>_to_node`: each peer program plays `hostile` with every case of
  *   peers/hostile-frames.json; Node's first receive must fail with the case's `expect`
  *   code, no descriptor may stay open here, and the peer must see end-of-file.
+ * - `hostile_<case>__rust_to_<lang>`: each library as the receiver (`expect-hostile`) of
+ *   every case, sent by the Rust peer (`listen hostile`); it must refuse with the case's
+ *   code and shut the connection down. `..._wrong_expectation` runs some cases with the
+ *   expected codes swapped: the receiver must then fail, so a peer that accepts any
+ *   refusal cannot pass.
+ * - `valgrind_*`: the C library's unit tests, and the C peer over a reduced scenario
+ *   (regions of at most 1 MiB) and some hostile cases, under valgrind: no memory errors,
+ *   no leaks, no descriptor left open. Skipped, saying why, without valgrind.
  *
- * The harness always listens (`Endpoint.listen`: a path, or an abstract name when a peer
- * drives) and the peer connects. Pairs run one at a time (64 MiB regions). The peers are
- * built by `bash peers/build.sh` (the `pretest` step). Every peer except C must be present;
- * while the C binary is missing its tests are skipped, saying so in their titles.
+ * The harness listens (`Endpoint.listen`: a path, or an abstract name when a peer drives)
+ * and the peer connects, except where two peers meet without Node. Pairs run one at a
+ * time (64 MiB regions). The peers are built by `bash peers/build.sh` (the `pretest`
+ * step); a selected peer that is missing fails its tests, naming the command to build it.
  */
 import test, { type ExecutionContext } from 'ava'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
 
-import { Endpoint, type Server } from '../index'
+import { Endpoint } from '../index'
+import {
+  ChildProgram,
+  HOSTILE,
+  OTHER_LANGS,
+  PEER_PROGRAMS,
+  PEERS_DIR,
+  SCENARIO,
+  acceptFrom,
+  address,
+  firstDifference,
+  notSelected,
+  peerMissing,
+  peerTmpdir,
+  runPair,
+  settings,
+  socketBound,
+  startPeer,
+  valgrindSkip,
+  workDir,
+  type Lang,
+} from './interop/harness'
 import * as nodePeer from './interop/node-peer'
 import type { TranscriptLine } from './interop/node-peer'
 
-const ROOT = join(__dirname, '..')
-const SCENARIO = join(ROOT, 'peers', 'scenario.json')
-const HOSTILE = join(ROOT, 'peers', 'hostile-frames.json')
-const CARGO_TARGET = process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target')
-
-/** A peer process gets this long before it is killed (peers give up after 60 s themselves). */
-const PEER_KILL_MS = 90_000
-/** How long a peer gets to connect after it was started. */
-const CONNECT_MS = 30_000
-
-// -- peers -----------------------------------------------------------------------------
-
-type Lang = 'node' | 'rust' | 'go' | 'python' | 'c'
-const LANGS: Lang[] = ['node', 'rust', 'go', 'python', 'c']
-
-interface PeerProgram {
-  file: string
-  args: string[]
-  /** What must exist for the peer to run, and how to build it. */
-  needs: string
-  build: string
-  /** Missing is a failure, not a skip (only the C peer may still be missing). */
-  required: boolean
-}
-
-const PROGRAMS: Record<Lang, PeerProgram> = {
-  node: {
-    file: process.execPath,
-    args: ['--import', 'tsx', join(__dirname, 'interop', 'node-peer.ts')],
-    needs: join(__dirname, 'interop', 'node-peer.ts'),
-    build: 'npm run build (the package), then run it with tsx',
-    required: true,
-  },
-  rust: {
-    file: join(CARGO_TARGET, 'release', 'shmlink-peer'),
-    args: [],
-    needs: join(CARGO_TARGET, 'release', 'shmlink-peer'),
-    build: 'bash peers/build.sh',
-    required: true,
-  },
-  go: {
-    file: join(ROOT, 'peers', 'go', 'build', 'shmlink-peer'),
-    args: [],
-    needs: join(ROOT, 'peers', 'go', 'build', 'shmlink-peer'),
-    build: 'bash peers/build.sh',
-    required: true,
-  },
-  python: {
-    // The venv peers/build.sh makes, with the shmlink wheel installed: the peer runs on
-    // the installed package, not on the source tree.
-    file: join(ROOT, 'peers', 'python', 'build', 'venv', 'bin', 'python'),
-    args: [join(ROOT, 'peers', 'python', 'peer.py')],
-    needs: join(ROOT, 'peers', 'python', 'build', 'venv', 'bin', 'python'),
-    build: 'bash peers/build.sh (builds the wheel and installs it into peers/python/build/venv)',
-    required: true,
-  },
-  c: {
-    file: join(ROOT, 'peers', 'c', 'build', 'shmlink-peer'),
-    args: [],
-    needs: join(ROOT, 'peers', 'c', 'build', 'shmlink-peer'),
-    build: 'bash peers/build.sh (make -C peers/c)',
-    required: false,
-  },
-}
-
-function missing(lang: Lang): string | undefined {
-  const program = PROGRAMS[lang]
-  return existsSync(program.needs) ? undefined : `no ${lang} peer at ${program.needs}; build it: ${program.build}`
-}
-
-const live = new Set<ChildProgram>()
-
-/** A program started by a test; killed when the test ends, whatever happened. */
-class ChildProgram {
-  readonly child: ChildProcess
-  output = ''
-  /** Resolves once the process exited and its output is closed. */
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-  #killTimer: NodeJS.Timeout
-  #done = false
-
-  constructor(
-    /** Names it in messages, e.g. `go peer (driver)`. */
-    readonly label: string,
-    file: string,
-    args: string[],
-    env: NodeJS.ProcessEnv = {},
-  ) {
-    this.child = spawn(file, args, {
-      cwd: ROOT,
-      env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    live.add(this)
-    this.child.stdout!.on('data', (d: Buffer) => (this.output += d.toString()))
-    this.child.stderr!.on('data', (d: Buffer) => (this.output += d.toString()))
-    this.#killTimer = setTimeout(() => this.kill(), PEER_KILL_MS)
-    this.exited = new Promise((resolve) => {
-      this.child.on('error', (error) => {
-        this.output += `spawn failed: ${error.message}\n`
-        this.#finish()
-        resolve({ code: null, signal: null })
-      })
-      this.child.on('close', (code, signal) => {
-        this.#finish()
-        resolve({ code, signal })
-      })
-    })
-  }
-
-  #finish(): void {
-    this.#done = true
-    clearTimeout(this.#killTimer)
-    live.delete(this)
-  }
-
-  kill(): void {
-    if (!this.#done && this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL')
-  }
-
-  /** Waits for the exit (killing the process after `ms`); describes it for messages. */
-  async finish(ms: number): Promise<{ code: number | null; summary: string }> {
-    const timer = setTimeout(() => this.kill(), ms)
-    const { code, signal } = await this.exited
-    clearTimeout(timer)
-    const how = signal !== null ? `was killed (${signal})` : `exited ${code}`
-    const output = this.output.trim()
-    return { code, summary: `${this.label} ${how}${output ? `: ${output}` : ''}` }
-  }
-}
-
-/** Starts the peer program of `lang` with SCENARIO.md's command line `args`. */
-function startPeer(lang: Lang, args: string[], env: NodeJS.ProcessEnv = {}): ChildProgram {
-  const problem = missing(lang)
-  if (problem !== undefined) throw new Error(problem)
-  const program = PROGRAMS[lang]
-  return new ChildProgram(`${lang} peer (${args[0] === 'listen' ? args[1] : args[0]})`, program.file, [...program.args, ...args], env)
-}
-
-function killAll(): void {
-  for (const peer of live) peer.kill()
-}
-process.on('exit', killAll)
-test.afterEach.always(killAll)
-
-// -- addresses and directories ---------------------------------------------------------
-
-const TMPFS_MAGIC = 0x01021994
-const runId = `${process.pid}-${Date.now().toString(36)}`
-let counter = 0
-
-const workRoot = mkdtempSync(join(tmpdir(), 'shmlink-interop-'))
-/** For the `file` descriptors of hostile cases: a regular file must not be on tmpfs. */
-const peerTmpdir = (() => {
-  if (statfsSync(workRoot).type !== TMPFS_MAGIC) return workRoot
-  const dir = join(CARGO_TARGET, 'tmp', `shmlink-interop-${runId}`)
-  mkdirSync(dir, { recursive: true })
-  return dir
-})()
-process.on('exit', () => {
-  rmSync(workRoot, { recursive: true, force: true })
-  if (peerTmpdir !== workRoot) rmSync(peerTmpdir, { recursive: true, force: true })
-})
-
-function workDir(name: string): string {
-  const dir = join(workRoot, `${counter++}-${name}`)
-  mkdirSync(dir)
-  return dir
-}
-
-/** Where the harness listens and what the peer is told: a path, or `@name` for `\0name`. */
-function address(dir: string, abstract: boolean): { listen: string; arg: string } {
-  if (abstract) {
-    const name = `shmlink-interop-${runId}-${counter++}`
-    return { listen: '\0' + name, arg: '@' + name }
-  }
-  const path = join(dir, 's.sock')
-  return { listen: path, arg: path }
-}
-
-function timeout<T>(ms: number, what: string): Promise<T> {
-  return new Promise((_, reject) => {
-    setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms).unref()
-  })
-}
-
-/** The connection of `peer`, or why it did not come. */
-async function acceptFrom(server: Server, peer: ChildProgram): Promise<Endpoint> {
-  return Promise.race([
-    server.accept(),
-    peer.exited.then(() => {
-      throw new Error(`${peer.label} exited before connecting: ${peer.output.trim()}`)
-    }),
-    timeout<Endpoint>(CONNECT_MS, `${peer.label} did not connect`),
-  ])
-}
-
-/** Waits until `program` has bound the socket file `path`. */
-async function socketBound(path: string, program: ChildProgram): Promise<void> {
-  const deadline = Date.now() + CONNECT_MS
-  while (!existsSync(path)) {
-    if (program.child.exitCode !== null || program.child.signalCode !== null) {
-      throw new Error(`${program.label} exited before binding ${path}: ${program.output.trim()}`)
-    }
-    if (Date.now() > deadline) throw new Error(`${program.label} did not bind ${path}`)
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-}
+const LANGS: Lang[] = ['node', ...OTHER_LANGS]
 
 // -- the wire tap ---------------------------------------------------------------------
 
@@ -264,7 +87,7 @@ interface Wire {
 
 /** A relay that connects to `upstream` and lets the other side connect to `downstream`. */
 function startTap(upstream: string, downstream: string, log: string): ChildProgram {
-  return new ChildProgram('wiretap', PROGRAMS.python.file, [WIRETAP, upstream, downstream, log])
+  return new ChildProgram('wiretap', PEER_PROGRAMS.python.file, [WIRETAP, upstream, downstream, log])
 }
 
 /** Splits a tap log by sender; `driverDir` is the direction of the driver's records. */
@@ -315,7 +138,7 @@ async function rustBaseline(tapped: boolean): Promise<Transcripts & { wire?: Wir
       await socketBound(connectTo, tap)
     }
     programs.push(startPeer('rust', ['driver', connectTo, SCENARIO, driverOut]))
-    const ends = await Promise.all(programs.map((p) => p.finish(PEER_KILL_MS)))
+    const ends = await Promise.all(programs.map((p) => p.finish()))
     if (ends.some((e) => e.code !== 0)) throw new Error(`the Rust baseline failed: ${ends.map((e) => e.summary).join('; ')}`)
     return {
       driver: nodePeer.readTranscript(driverOut),
@@ -342,20 +165,6 @@ let wireBaselinePromise: Promise<Wire> | undefined
 function wireBaseline(): Promise<Wire> {
   wireBaselinePromise ??= rustBaseline(true).then((result) => result.wire!)
   return wireBaselinePromise
-}
-
-/** Where two lists first differ, for a failure message; undefined when they are equal. */
-function firstDifference(actual: readonly unknown[], expected: readonly unknown[]): string | undefined {
-  const n = Math.min(actual.length, expected.length)
-  const lines: number[] = []
-  for (let i = 0; i < n; i++) if (!isDeepStrictEqual(actual[i], expected[i])) lines.push(i)
-  if (lines.length === 0 && actual.length === expected.length) return undefined
-  const parts = [`${lines.length} of ${n} entries differ${lines.length ? ` (${lines.slice(0, 10).join(', ')})` : ''}`]
-  if (actual.length !== expected.length) parts.push(`${actual.length} entries, expected ${expected.length}`)
-  if (lines.length) {
-    parts.push(`entry ${lines[0]}:\n    got      ${JSON.stringify(actual[lines[0]])}\n    expected ${JSON.stringify(expected[lines[0]])}`)
-  }
-  return parts.join('; ')
 }
 
 // -- the scenario ---------------------------------------------------------------------
@@ -402,7 +211,7 @@ async function runScenario(driverLang: Lang, responderLang: Lang, tapped: boolea
       const ends = await Promise.all(programs.map((p) => p.finish(5_000)))
       throw new Error(`the Node ${nodeDrives ? 'driver' : 'responder'} failed: ${(error as Error).message}\n  ${ends.map((e) => e.summary).join('\n  ')}`)
     }
-    const ends = await Promise.all(programs.map((p) => p.finish(PEER_KILL_MS)))
+    const ends = await Promise.all(programs.map((p) => p.finish()))
     if (ends.some((e) => e.code !== 0)) throw new Error(ends.map((e) => e.summary).join('\n  '))
     const theirs = nodePeer.readTranscript(out)
     return {
@@ -418,9 +227,8 @@ async function runScenario(driverLang: Lang, responderLang: Lang, tapped: boolea
   }
 }
 
-
 async function scenarioTest(t: ExecutionContext, driverLang: Lang, responderLang: Lang): Promise<void> {
-  t.timeout(150_000)
+  t.timeout(settings.peerTimeoutMs + 60_000)
   const expected = await baseline()
   const started = Date.now()
   const outcome = await runScenario(driverLang, responderLang, false)
@@ -439,7 +247,7 @@ function releases(records: Wire['driver']): Array<{ after: number; regions: unkn
 }
 
 async function wireTest(t: ExecutionContext, driverLang: Lang, responderLang: Lang): Promise<void> {
-  t.timeout(150_000)
+  t.timeout(settings.peerTimeoutMs + 60_000)
   const expected = await wireBaseline()
   const outcome = await runScenario(driverLang, responderLang, true)
   t.true(releases(expected.driver).length > 0, 'the baseline driver sends RELEASE frames')
@@ -450,23 +258,43 @@ async function wireTest(t: ExecutionContext, driverLang: Lang, responderLang: La
   }
 }
 
+/**
+ * Why a test of the libraries of `langs` is skipped, or undefined when it runs. The Rust
+ * peer also serves every selection as the reference (the baseline, the hostile sender).
+ */
 function skipReason(...langs: Lang[]): string | undefined {
   for (const lang of langs) {
-    const problem = missing(lang)
-    if (problem !== undefined && !PROGRAMS[lang].required) return problem
+    const reason = notSelected(lang)
+    if (reason !== undefined) return reason
   }
   return undefined
 }
+
+/** Registers `title`, or a skipped test saying why in its title. */
+function serial<Args extends unknown[]>(
+  title: string,
+  skip: string | undefined,
+  implementation: (t: ExecutionContext, ...args: Args) => Promise<void>,
+  ...args: Args
+): void {
+  if (skip !== undefined) test.skip(`${title} (skipped: ${skip})`, () => {})
+  else test.serial(title, implementation, ...args)
+}
+
+// A selected peer that is missing fails (startPeer names the build command); this makes
+// the reason visible once, before the matrix runs.
+test.serial('peers_are_built', (t) => {
+  const missing = [...settings.langs].map((lang) => peerMissing(lang)).filter((problem) => problem !== undefined)
+  t.deepEqual(missing, [])
+  t.log(`languages: ${[...settings.langs].join(', ')}; peer timeout ${settings.peerTimeoutMs / 1000} s; SHMLINK_PEER_TMPDIR ${peerTmpdir}`)
+})
 
 const pairs: Array<[Lang, Lang]> = LANGS.flatMap((lang): Array<[Lang, Lang]> =>
   lang === 'node' ? [['node', 'node']] : [['node', lang], [lang, 'node']],
 )
 
 for (const [driverLang, responderLang] of pairs) {
-  const title = `${driverLang}_to_${responderLang}`
-  const skip = skipReason(driverLang, responderLang)
-  if (skip !== undefined) test.skip(`${title} (skipped: ${skip})`, () => {})
-  else test.serial(title, scenarioTest, driverLang, responderLang)
+  serial(`${driverLang}_to_${responderLang}`, skipReason(driverLang, responderLang), scenarioTest, driverLang, responderLang)
 }
 
 test.serial('transcripts_agree_across_all_pairs', async (t) => {
@@ -484,17 +312,23 @@ test.serial('transcripts_agree_across_all_pairs', async (t) => {
   }
 })
 
+test.serial('transcript_comparison_notices_differences', async (t) => {
+  // The comparisons above would pass anything if firstDifference saw no difference.
+  const { driver } = await baseline()
+  t.is(firstDifference(driver, driver), undefined)
+  t.regex(firstDifference(driver.slice(0, 3), driver) ?? '', /3 entries, expected/)
+  const changed = driver.map((line, i) => (i === 5 ? { ...line, payload_len: line.payload_len + 1 } : line))
+  t.regex(firstDifference(changed, driver) ?? '', /1 of \d+ entries differ \(5\)/)
+})
+
 // The same pairs through wiretap.py: every record each side sent (kind, flags,
 // descriptors, payload digest, number of descriptors passed) must be what the Rust peers
 // send each other. Transcripts show what receivers saw; this shows RELEASE frames too.
 for (const [driverLang, responderLang] of pairs) {
-  const title = `wire_${driverLang}_to_${responderLang}`
-  const skip = skipReason(driverLang, responderLang)
-  if (skip !== undefined) test.skip(`${title} (skipped: ${skip})`, () => {})
-  else test.serial(title, wireTest, driverLang, responderLang)
+  serial(`wire_${driverLang}_to_${responderLang}`, skipReason(driverLang, responderLang), wireTest, driverLang, responderLang)
 }
 
-// -- hostile frames -------------------------------------------------------------------
+// -- hostile frames, Node receiving ---------------------------------------------------
 
 const hostileCases = nodePeer.loadHostileCases(HOSTILE)
 
@@ -502,15 +336,15 @@ function openFds(): number {
   return readdirSync('/proc/self/fd').length
 }
 
-async function hostileTest(t: ExecutionContext, lang: Lang, hostile: nodePeer.HostileCase): Promise<void> {
-  t.timeout(100_000)
+async function hostileToNode(t: ExecutionContext, lang: Lang, hostile: nodePeer.HostileCase): Promise<void> {
+  t.timeout(settings.peerTimeoutMs + 10_000)
   const dir = workDir(`hostile-${lang}-${hostile.name}`)
   const addr = address(dir, false)
   const fdsBefore = openFds()
   const server = Endpoint.listen(addr.listen, { acceptWritable: true })
   let peer: ChildProgram | undefined
   try {
-    peer = startPeer(lang, ['hostile', addr.arg, HOSTILE, hostile.name], { SHMLINK_PEER_TMPDIR: peerTmpdir })
+    peer = startPeer(lang, ['hostile', addr.arg, HOSTILE, hostile.name])
     const endpoint = await acceptFrom(server, peer)
     server.close()
     let code: string
@@ -522,7 +356,7 @@ async function hostileTest(t: ExecutionContext, lang: Lang, hostile: nodePeer.Ho
     }
     // The hostile peer exits 0 once it reads end-of-file: Node must have shut the
     // connection down after refusing the frame (PROTOCOL.md §7).
-    const { code: exit, summary } = await peer.finish(70_000)
+    const { code: exit, summary } = await peer.finish()
     t.is(code, hostile.expect, `Node's recv failed with ${code}; ${summary}`)
     t.is(exit, 0, summary)
   } finally {
@@ -540,11 +374,189 @@ async function hostileTest(t: ExecutionContext, lang: Lang, hostile: nodePeer.Ho
   t.true(fds <= fdsBefore, `${fds - fdsBefore} more descriptors open than before the case`)
 }
 
-for (const lang of LANGS.filter((l) => l !== 'node')) {
-  const skip = skipReason(lang)
-  if (skip !== undefined) {
-    test.skip(`hostile_*__${lang}_to_node: ${hostileCases.length} cases (skipped: ${skip})`, () => {})
-    continue
+for (const lang of OTHER_LANGS) {
+  for (const hostile of hostileCases) {
+    serial(`hostile_${hostile.name}__${lang}_to_node`, skipReason(lang), hostileToNode, lang, hostile)
   }
-  for (const hostile of hostileCases) test.serial(`hostile_${hostile.name}__${lang}_to_node`, hostileTest, lang, hostile)
+}
+
+// -- hostile frames, every library receiving ------------------------------------------
+//
+// Node cannot send raw records, so the Rust peer plays `hostile` and binds the socket;
+// the library under test connects with `expect-hostile`. Both must exit 0: the receiver
+// refused with the expected code (and the Python and Go peers count their descriptors),
+// and the sender read end-of-file, so the receiver shut the connection down.
+
+/** Rust `listen hostile` <-> `lang` `expect-hostile`, with the cases of `casesFile`. */
+async function hostilePair(
+  lang: Lang,
+  name: string,
+  casesFile: string,
+  options: { wrapper?: string[]; killAfterMs?: number } = {},
+): Promise<{ sender: { code: number | null; summary: string }; receiver: { code: number | null; summary: string } }> {
+  const dir = workDir(`receive-${lang}-${name}`)
+  const sock = join(dir, 's.sock')
+  try {
+    const [sender, receiver] = await runPair(
+      sock,
+      () => startPeer('rust', ['listen', 'hostile', sock, HOSTILE, name]),
+      () => startPeer(lang, ['expect-hostile', sock, casesFile, name], options),
+    )
+    return { sender, receiver }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+async function hostileFromRust(t: ExecutionContext, lang: Lang, hostile: nodePeer.HostileCase): Promise<void> {
+  t.timeout(settings.peerTimeoutMs + 10_000)
+  const { sender, receiver } = await hostilePair(lang, hostile.name, HOSTILE)
+  t.is(receiver.code, 0, `the ${lang} library did not refuse with ${hostile.expect}: ${receiver.summary}`)
+  t.is(sender.code, 0, `the sender saw no end-of-file: ${sender.summary}`)
+}
+
+/** The cases with every `expect` swapped for a wrong code. */
+const wrongCases = (() => {
+  let path: string | undefined
+  return (): string => {
+    if (path === undefined) {
+      path = join(workDir('wrong-expectations'), 'hostile-frames.json')
+      const cases = hostileCases.map((c) => ({
+        ...c,
+        expect: c.expect === 'ERR_SHMLINK_REGION_SIZE_MISMATCH' ? 'ERR_SHMLINK_PROTOCOL_VIOLATION' : 'ERR_SHMLINK_REGION_SIZE_MISMATCH',
+      }))
+      writeFileSync(path, JSON.stringify({ version: 1, cases }))
+    }
+    return path
+  }
+})()
+
+/** One case of each failure class the receivers tell apart. */
+const NEGATIVE_CONTROLS = [
+  'memfd_without_seals',
+  'pipe_instead_of_memfd',
+  'more_fds_than_receiver_accepts',
+  'wrong_magic',
+  'end_of_file_after_hello',
+  'size_larger_than_file',
+]
+
+async function wrongExpectation(t: ExecutionContext, lang: Lang, name: string): Promise<void> {
+  t.timeout(settings.peerTimeoutMs + 10_000)
+  const { receiver } = await hostilePair(lang, name, wrongCases())
+  t.is(receiver.code, 1, `expect-hostile with a wrong expected code must fail: ${receiver.summary}`)
+  t.regex(receiver.summary, /expected|refused/i, receiver.summary)
+}
+
+for (const lang of OTHER_LANGS) {
+  for (const hostile of hostileCases) {
+    serial(`hostile_${hostile.name}__rust_to_${lang}`, skipReason(lang), hostileFromRust, lang, hostile)
+  }
+  for (const name of NEGATIVE_CONTROLS) {
+    serial(`hostile_${name}__rust_to_${lang}_wrong_expectation`, skipReason(lang), wrongExpectation, lang, name)
+  }
+}
+
+// -- the C library and peer under valgrind --------------------------------------------
+
+const VALGRIND = ['valgrind', '-q', '--leak-check=full', '--error-exitcode=1']
+/** Valgrind slows the programs down; each may run this much longer than a plain peer. */
+const VALGRIND_SLOWDOWN = 4
+
+/** Descriptors valgrind reported open at exit that the program did not inherit. */
+function leakedFds(log: string): string[] {
+  const lines = readFileSync(log, 'utf8').split('\n')
+  return lines.filter(
+    (line, i) =>
+      /Open (file descriptor|AF_UNIX socket) /.test(line) &&
+      !lines.slice(i + 1, i + 3).some((later) => later.includes('<inherited from parent>')),
+  )
+}
+
+function valgrindWrapper(log: string): string[] {
+  return [...VALGRIND, '--track-fds=yes', `--log-file=${log}`]
+}
+
+/** The scenario without the steps that send regions over 1 MiB (valgrind hides SHA-NI). */
+function reducedScenario(): nodePeer.Scenario {
+  const dropped = new Set<string>()
+  const steps = scenario.steps.filter((step) => {
+    if (step.op === 'send' && step.regions.some((r) => r.size > 1 << 20)) {
+      for (const r of step.regions) dropped.add(r.name)
+      return false
+    }
+    return !(step.op === 'release' && dropped.has(step.name))
+  })
+  return { version: scenario.version, steps }
+}
+
+async function valgrindScenario(t: ExecutionContext, role: 'driver' | 'responder'): Promise<void> {
+  const killAfterMs = settings.peerTimeoutMs * VALGRIND_SLOWDOWN
+  t.timeout(killAfterMs + 10_000)
+  const dir = workDir(`valgrind-${role}`)
+  const small = reducedScenario()
+  const smallFile = join(dir, 'scenario.json')
+  writeFileSync(smallFile, JSON.stringify(small))
+  const log = join(dir, 'valgrind.log')
+  const addr = address(dir, false)
+  const server = Endpoint.listen(addr.listen, { acceptWritable: true })
+  let peer: ChildProgram | undefined
+  try {
+    const args = role === 'driver' ? ['driver', addr.arg, smallFile, join(dir, 'out.jsonl')] : ['responder', addr.arg, join(dir, 'out.jsonl')]
+    peer = startPeer('c', args, { wrapper: valgrindWrapper(log), killAfterMs })
+    const endpoint = await acceptFrom(server, peer)
+    server.close()
+    const mine = role === 'driver' ? await nodePeer.responder(endpoint) : await nodePeer.driver(endpoint, small)
+    const { code, summary } = await peer.finish(killAfterMs)
+    t.is(code, 0, `${summary}\n${readFileSync(log, 'utf8')}`)
+    t.true(mine.length > 0, 'messages went both ways')
+    t.deepEqual(leakedFds(log), [], 'descriptors the C peer left open at exit')
+  } finally {
+    server.close()
+    peer?.kill()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+const VALGRIND_CASES = [
+  'more_fds_than_receiver_accepts',
+  'fewer_fds_than_new_descriptors',
+  'pipe_instead_of_memfd',
+  'size_smaller_than_file',
+  'write_seal_without_frozen_flag',
+  'wrong_magic',
+]
+
+async function valgrindHostile(t: ExecutionContext, name: string): Promise<void> {
+  const killAfterMs = settings.peerTimeoutMs * VALGRIND_SLOWDOWN
+  t.timeout(killAfterMs + 10_000)
+  const dir = workDir(`valgrind-${name}`)
+  const log = join(dir, 'valgrind.log')
+  try {
+    const { sender, receiver } = await hostilePair('c', name, HOSTILE, { wrapper: valgrindWrapper(log), killAfterMs })
+    t.is(receiver.code, 0, `${receiver.summary}\n${readFileSync(log, 'utf8')}`)
+    t.is(sender.code, 0, sender.summary)
+    t.deepEqual(leakedFds(log), [], 'descriptors the C peer left open at exit')
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+async function valgrindUnitTests(t: ExecutionContext): Promise<void> {
+  const killAfterMs = settings.peerTimeoutMs * VALGRIND_SLOWDOWN
+  t.timeout(killAfterMs + 10_000)
+  const unitTests = join(PEERS_DIR, 'c', 'build', 'test_shmlink')
+  const program = new ChildProgram('test_shmlink under valgrind', VALGRIND[0], [...VALGRIND.slice(1), unitTests], { killAfterMs })
+  const { code, summary } = await program.finish(killAfterMs)
+  t.is(code, 0, summary)
+  t.regex(program.output, /\d+ checks, 0 failed/)
+}
+
+{
+  let skip = skipReason('c')
+  if (skip === undefined) skip = valgrindSkip()
+  serial('valgrind_c_unit_tests', skip, valgrindUnitTests)
+  serial('valgrind_c_to_node', skip, valgrindScenario, 'driver')
+  serial('valgrind_node_to_c', skip, valgrindScenario, 'responder')
+  for (const name of VALGRIND_CASES) serial(`valgrind_hostile_${name}__rust_to_c`, skip, valgrindHostile, name)
 }

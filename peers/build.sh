@@ -3,8 +3,8 @@
 # matrix (__test__/interop.spec.ts). Run by `npm test` (pretest) and by CI.
 #
 #   Rust    cargo build --release -p shmlink-peer   -> $CARGO_TARGET_DIR/release/shmlink-peer
-#   Go      go vet, go test, go build (golang.org/x/sys comes from the Go module proxy on a
-#           clean machine)                           -> peers/go/build/shmlink-peer
+#   Go      gofmt -l, go vet, go test, go build (golang.org/x/sys comes from the Go module
+#           proxy on a clean machine)                -> peers/go/build/shmlink-peer
 #   C       make -C peers/c all check (libshmlink, unit tests, install into a temporary
 #           prefix and build against it with pkg-config) -> peers/c/build/shmlink-peer
 #   Python  wheel of peers/python, installed into a fresh venv with pytest; runs the
@@ -12,8 +12,7 @@
 #
 # Each tool skips work that is up to date, so a second run takes a few seconds. Any
 # build error stops the script with a non-zero exit and names the peer that failed.
-# A peer whose sources are not in the checkout at all is reported and skipped; only the C
-# peer may be missing (the matrix skips its tests then), the others are required.
+# The harness that pairs the peers, and its settings, are described in peers/SCENARIO.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,24 +32,23 @@ need cargo Rust
 echo "peers/build.sh: $step"
 (cd "$root" && cargo build --release -p shmlink-peer)
 
-step="Go library and peer (go vet, go test, go build in peers/go)"
+step="Go library and peer (gofmt, go vet, go test, go build in peers/go)"
 need go Go
 echo "peers/build.sh: $step"
+# The library, and the Go programs of the quick starts and of the error-code test.
+unformatted=$(gofmt -l "$here/go" "$root/examples/languages/go" "$root/__test__/codes/go")
+[ -z "$unformatted" ] || { echo "peers/build.sh: not gofmt-formatted (run gofmt -w): $unformatted" >&2; exit 1; }
 # -buildvcs=false: the peer needs no VCS stamp, and stamping fails in checkouts that git
 # does not consider safe (another owner, as in some CI containers). go test caches
 # results whose sources, files and environment did not change.
 (cd "$here/go" && go vet -buildvcs=false ./... && go test -buildvcs=false ./... &&
     go build -buildvcs=false -o build/shmlink-peer ./cmd/shmlink-peer)
 
-if [ -f "$here/c/Makefile" ]; then
-    step="C library and peer (make -C peers/c all check: unit tests, install + pkg-config test)"
-    need make C
-    need pkg-config "C library's install"
-    echo "peers/build.sh: $step"
-    make -C "$here/c" --no-print-directory all check
-else
-    echo "peers/build.sh: no peers/c/Makefile: C peer skipped (its interop tests will be skipped)"
-fi
+step="C library and peer (make -C peers/c all check: unit tests, install + pkg-config test)"
+need make C
+need pkg-config "C library's install"
+echo "peers/build.sh: $step"
+make -C "$here/c" --no-print-directory all check
 
 step="Python library (wheel of peers/python, installed into a fresh venv)"
 python=${PYTHON:-python3}

@@ -27,8 +27,11 @@ echo "  pkg-config --cflags --libs shmlink: $(pkg-config --cflags --libs shmlink
 # Shared: what `cc prog.c $(pkg-config --cflags --libs shmlink)` gives.
 # shellcheck disable=SC2046
 ${CC:-cc} -std=c11 -Wall -Wextra -Werror "$here/examples/roundtrip.c" $(pkg-config --cflags --libs shmlink) -o "$work/roundtrip"
-LD_LIBRARY_PATH=$prefix/lib ldd "$work/roundtrip" | grep -q "libshmlink.so.0 => $prefix/lib/libshmlink.so.0" ||
-    { echo "install-test.sh: the program is not linked to the installed libshmlink.so.0" >&2; LD_LIBRARY_PATH=$prefix/lib ldd "$work/roundtrip" >&2; exit 1; }
+# ldd's output is read whole before grep looks at it: `ldd | grep -q` under pipefail fails
+# whenever grep exits before ldd has written its last line (SIGPIPE).
+linked=$(LD_LIBRARY_PATH=$prefix/lib ldd "$work/roundtrip")
+grep -q "libshmlink.so.0 => $prefix/lib/libshmlink.so.0" <<<"$linked" ||
+    { echo "install-test.sh: the program is not linked to the installed libshmlink.so.0" >&2; echo "$linked" >&2; exit 1; }
 LD_LIBRARY_PATH=$prefix/lib "$work/roundtrip"
 
 # Static: the archive, with what --static adds.
@@ -36,7 +39,7 @@ LD_LIBRARY_PATH=$prefix/lib "$work/roundtrip"
 ${CC:-cc} -std=c11 -Wall -Wextra -Werror "$here/examples/roundtrip.c" $(pkg-config --cflags shmlink) \
     -Wl,-Bstatic $(pkg-config --static --libs-only-l shmlink) -Wl,-Bdynamic \
     $(pkg-config --static --libs-only-L --libs-only-other shmlink) -o "$work/roundtrip-static"
-if ldd "$work/roundtrip-static" | grep -q libshmlink; then
+if grep -q libshmlink <<<"$(ldd "$work/roundtrip-static")"; then
     echo "install-test.sh: the static build still needs libshmlink.so" >&2
     exit 1
 fi
