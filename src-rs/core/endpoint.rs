@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::Limits;
+use crate::payload::{KEEP_BUFFER_AT, Payload, Spares};
 use crate::region::{Binder, Realm, Region};
 use crate::session::{Attach, Control, Inbound, Message, Record, Session};
 use crate::socket::Socket;
@@ -178,6 +179,12 @@ impl<'a, const N: usize> From<&'a [u8; N]> for Bytes<'a> {
     }
 }
 
+impl<'a> From<&'a crate::payload::Payload> for Bytes<'a> {
+    fn from(payload: &'a crate::payload::Payload) -> Bytes<'a> {
+        Bytes::from(&payload[..])
+    }
+}
+
 impl<'a> From<&'a Vec<u8>> for Bytes<'a> {
     fn from(vec: &'a Vec<u8>) -> Self {
         Bytes::from(vec.as_slice())
@@ -288,8 +295,18 @@ impl Queued {
 #[derive(Debug)]
 struct Scratch {
     frame: Vec<u8>,
+    /// The receive buffer; a large payload keeps it and `spares` gives the next one.
     record: Vec<u8>,
+    spares: Spares,
     control: Vec<u64>,
+}
+
+/// What one record brought, as the endpoint files it.
+enum Arrival {
+    Handshake,
+    Released,
+    Message(Message),
+    EndOfFile,
 }
 
 #[derive(Debug)]
@@ -497,10 +514,14 @@ impl Endpoint {
                     reported_through: 0,
                     blocking_failure: None,
                     stats: Stats::default(),
-                    scratch: Scratch {
-                        frame: Vec::new(),
-                        record: vec![0; limits.announced().max_frame_len() + 1],
-                        control: sys::control_buffer(max_fds),
+                    scratch: {
+                        let spares = Spares::new(limits.announced().max_frame_len() + 1);
+                        Scratch {
+                            frame: Vec::new(),
+                            record: spares.take(),
+                            spares,
+                            control: sys::control_buffer(max_fds),
+                        }
                     },
                     binder,
                     socket: Socket::new(fd),
@@ -701,7 +722,7 @@ impl Endpoint {
     /// stop until the application asks again.
     pub fn unreceive(&self, message: Message) {
         let mut conn = self.conn();
-        conn.inbox_bytes += message.payload.len();
+        conn.inbox_bytes += message.payload.footprint();
         conn.inbox.push_front(message);
         conn.demand = 0;
     }
@@ -1140,7 +1161,7 @@ impl Conn {
     /// can never take a message from the application.
     fn read_for_handshake(&mut self, op: &'static str) -> Result<()> {
         match self.read_record(op)? {
-            None | Some(Inbound::Handshake) => Ok(()),
+            None | Some(Arrival::Handshake) => Ok(()),
             Some(other) => {
                 self.accept_inbound(other);
                 Ok(())
@@ -1150,7 +1171,7 @@ impl Conn {
 
     /// Reads and judges one record; `None` when the socket is empty. A failure ends the
     /// connection and is returned.
-    fn read_record(&mut self, op: &'static str) -> Result<Option<Inbound>> {
+    fn read_record(&mut self, op: &'static str) -> Result<Option<Arrival>> {
         let max_fds = usize::from(self.session.limits().max_regions);
         let mut fds = Vec::new();
         let fd = self.socket(op)?;
@@ -1170,7 +1191,7 @@ impl Conn {
                 self.readable = false;
                 return Ok(None);
             }
-            Ok(Io::Disconnected) => return Ok(Some(Inbound::EndOfFile)),
+            Ok(Io::Disconnected) => return Ok(Some(Arrival::EndOfFile)),
             Err(e) => {
                 let e = e.during(op);
                 self.end(e.clone());
@@ -1190,9 +1211,14 @@ impl Conn {
                     self.notices.push_back(Event::Handshake);
                 }
                 self.flush();
-                Ok(Some(Inbound::Handshake))
+                Ok(Some(Arrival::Handshake))
             }
-            Ok(inbound) => Ok(Some(inbound)),
+            Ok(Inbound::Message { regions, payload }) => Ok(Some(Arrival::Message(Message {
+                payload: self.take_payload(payload),
+                regions,
+            }))),
+            Ok(Inbound::Released) => Ok(Some(Arrival::Released)),
+            Ok(Inbound::EndOfFile) => Ok(Some(Arrival::EndOfFile)),
             Err(e) => {
                 let e = e.during(op);
                 self.end(e.clone());
@@ -1201,17 +1227,27 @@ impl Conn {
         }
     }
 
+    /// The payload at `range` of the record just received: copied out when small; when
+    /// large, the receive buffer itself, replaced by a spare one for the next record.
+    fn take_payload(&mut self, range: std::ops::Range<usize>) -> Payload {
+        if range.len() < KEEP_BUFFER_AT {
+            return Payload::from(self.scratch.record[range].to_vec());
+        }
+        let buffer = std::mem::replace(&mut self.scratch.record, self.scratch.spares.take());
+        Payload::within(buffer, range, self.scratch.spares.clone())
+    }
+
     /// Files what a record brought: a message into the inbox, end-of-file as the end.
-    fn accept_inbound(&mut self, inbound: Inbound) {
-        match inbound {
-            Inbound::Message(message) => {
+    fn accept_inbound(&mut self, arrival: Arrival) {
+        match arrival {
+            Arrival::Message(message) => {
                 self.stats.messages_in += 1;
                 self.stats.bytes_in += message.payload.len() as u64;
-                self.inbox_bytes += message.payload.len();
+                self.inbox_bytes += message.payload.footprint();
                 self.inbox.push_back(message);
             }
-            Inbound::EndOfFile => self.end(Error::peer_closed("recv")),
-            Inbound::Handshake | Inbound::Released => {}
+            Arrival::EndOfFile => self.end(Error::peer_closed("recv")),
+            Arrival::Handshake | Arrival::Released => {}
         }
     }
 
@@ -1219,7 +1255,7 @@ impl Conn {
     fn take_message(&mut self, op: &'static str) -> Result<Message> {
         loop {
             if let Some(message) = self.inbox.pop_front() {
-                self.inbox_bytes -= message.payload.len();
+                self.inbox_bytes -= message.payload.footprint();
                 return Ok(message);
             }
             if let Status::Ended(_) = self.status {
@@ -1247,7 +1283,7 @@ impl Conn {
             if self.wants_message()
                 && let Some(message) = self.inbox.pop_front()
             {
-                self.inbox_bytes -= message.payload.len();
+                self.inbox_bytes -= message.payload.footprint();
                 self.delivered_this_turn = true;
                 self.demand = self.demand.saturating_sub(1);
                 return Some(Event::Message(message));

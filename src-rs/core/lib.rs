@@ -39,6 +39,7 @@ mod endpoint;
 mod error;
 mod limits;
 mod listener;
+mod payload;
 mod pool;
 mod region;
 mod session;
@@ -55,6 +56,7 @@ pub use limits::{
     Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits,
 };
 pub use listener::{ListenOptions, Listener};
+pub use payload::Payload;
 pub use pool::{Pool, PoolStats};
 pub use region::{Lease, Mapping, Realm, Region};
 pub use session::{Attach, Incoming, Message};

@@ -111,7 +111,10 @@ impl Pool {
         if size == 0 || isize::try_from(size).is_err() {
             return Err(Error::invalid(
                 OP,
-                format!("size must be between 1 and {} bytes, not {size}", isize::MAX),
+                format!(
+                    "size must be between 1 and {} bytes, not {size}",
+                    isize::MAX
+                ),
             ));
         }
         if capacity == 0 {
@@ -147,8 +150,8 @@ impl Pool {
             return Ok(Some(region));
         }
         if state.members.len() < self.inner.capacity {
-            let region = Region::create_in(self.inner.size, self.inner.realm)
-                .map_err(|e| e.during(OP))?;
+            let region =
+                Region::create_in(self.inner.size, self.inner.realm).map_err(|e| e.during(OP))?;
             state.members.insert(region.serial(), region.clone());
             state.created += 1;
             return Ok(Some(region));
@@ -316,7 +319,10 @@ mod tests {
         again.read(0, &mut head).unwrap();
         assert_eq!(&head, b"kept");
         let stats = pool.stats();
-        assert_eq!((stats.created, stats.reused, stats.regions, stats.free), (2, 1, 2, 0));
+        assert_eq!(
+            (stats.created, stats.reused, stats.regions, stats.free),
+            (2, 1, 2, 0)
+        );
     }
 
     #[test]

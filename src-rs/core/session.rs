@@ -4,11 +4,13 @@
 //! decides — the handshake, what a record means and whether it is allowed, which ids
 //! are bound, the limits — is decided here, once, and unit-tested without sockets.
 
+use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Weak};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Charge, Limits, exceeded};
+use crate::payload::Payload;
 use crate::region::{Binder, Fate, Realm, Region, WeakRegion};
 use crate::table::{PeerBinding, RegionTable};
 use crate::wire::{self, Announced, Descriptor, Refusal};
@@ -59,7 +61,7 @@ pub struct Incoming {
 #[derive(Debug)]
 pub struct Message {
     /// The inline payload.
-    pub payload: Vec<u8>,
+    pub payload: Payload,
     /// The regions, in the order the sender attached them.
     pub regions: Vec<Incoming>,
 }
@@ -82,8 +84,11 @@ pub(crate) enum Inbound {
     Handshake,
     /// A RELEASE, applied.
     Released,
-    /// A message for the application.
-    Message(Message),
+    /// A message for the application; its payload is at `payload` in the record.
+    Message {
+        regions: Vec<Incoming>,
+        payload: Range<usize>,
+    },
     /// End-of-file: the peer closed the connection.
     EndOfFile,
 }
@@ -515,10 +520,10 @@ impl Session {
                         self.transferred_in.push(incoming.region.downgrade());
                     }
                 }
-                Ok(Inbound::Message(Message {
-                    payload: frame.payload.to_vec(),
+                Ok(Inbound::Message {
                     regions,
-                }))
+                    payload: bytes.len() - frame.payload.len()..bytes.len(),
+                })
             }
         }
     }
@@ -803,25 +808,31 @@ mod tests {
             flags: FLAG_NEW,
             size: 4096,
         };
-        let Inbound::Message(m) = s
-            .handle_record(record(&message(&[d], b"one"), vec![foreign(4096)]))
+        let bytes = message(&[d], b"one");
+        let Inbound::Message {
+            regions: first,
+            payload,
+        } = s
+            .handle_record(record(&bytes, vec![foreign(4096)]))
             .unwrap()
         else {
             panic!("not a message")
         };
         assert_eq!(
-            (m.payload.as_slice(), m.regions[0].id, m.regions[0].new),
+            (&bytes[payload], first[0].id, first[0].new),
             (&b"one"[..], 5, true)
         );
         assert_eq!(s.peer_held(), (1, 4096));
         let again = Descriptor { flags: 0, ..d };
-        let Inbound::Message(m2) = s
+        let Inbound::Message {
+            regions: second, ..
+        } = s
             .handle_record(record(&message(&[again], b""), vec![]))
             .unwrap()
         else {
             panic!("not a message")
         };
-        assert!(m2.regions[0].region.same_as(&m.regions[0].region));
+        assert!(second[0].region.same_as(&first[0].region));
         let mut release = Vec::new();
         wire::put_header(&mut release, wire::KIND_RELEASE, 1, 0);
         wire::put_descriptor(&mut release, again);
@@ -890,7 +901,7 @@ mod tests {
         let fd = frozen.file().unwrap().try_clone().unwrap();
         assert!(matches!(
             s.handle_record(record(&message(&[d], b""), vec![fd])),
-            Ok(Inbound::Message(_))
+            Ok(Inbound::Message { .. })
         ));
         let d = Descriptor {
             id: 2,

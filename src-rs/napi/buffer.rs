@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 
 use napi::sys;
-use shmlink::{Bytes, ErrorKind, Lease, Mapping, Region};
+use shmlink::{Bytes, ErrorKind, Lease, Mapping, Payload, Region};
 
 use crate::error::{check, fail};
 
@@ -309,6 +309,83 @@ pub fn external_buffers_allowed(env: sys::napi_env) -> bool {
 unsafe extern "C" fn free_probe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
     // SAFETY: `data` is the byte boxed in `external_buffers_allowed`, finalized once.
     drop(unsafe { Box::from_raw(data.cast::<u8>()) });
+}
+
+/// Payloads at least this long become JavaScript Buffers without a copy: below it, a copy
+/// costs less than an external buffer does (a backing store and a finalizer).
+const LEND_PAYLOAD_AT: usize = 32 * 1024;
+
+/// A received payload as a JavaScript `Buffer`. A large payload lends its own memory (the receive buffer it arrived in; the
+/// Buffer's finalizer drops it, which recycles the receive buffer), so the kernel's copy
+/// out of the socket is the only one. A small payload, or one the runtime refuses to lend
+/// (Electron's memory cage), is copied into memory the runtime allocates. Either way the
+/// bytes belong to this process alone: no peer can change them under a decoder.
+/// On failure the payload comes back with the error, so nothing is lost.
+pub fn payload_buffer(
+    env: sys::napi_env,
+    payload: Payload,
+) -> Result<sys::napi_value, Box<(shmlink::Error, Payload)>> {
+    const OP: &str = "recv";
+    let len = payload.len();
+    if len >= LEND_PAYLOAD_AT {
+        let data = payload.as_ptr();
+        let owner = Box::into_raw(Box::new(payload));
+        let mut value = ptr::null_mut();
+        // SAFETY: `data..data + len` is the payload's heap memory, owned by `owner`, which
+        // does not move or change it and is dropped only by `free_payload`, once, when the
+        // runtime lets the Buffer go.
+        let status = unsafe {
+            sys::napi_create_external_buffer(
+                env,
+                len,
+                data.cast_mut().cast(),
+                Some(free_payload),
+                owner.cast(),
+                &mut value,
+            )
+        };
+        if status == sys::Status::napi_ok {
+            return Ok(value);
+        }
+        clear_exception(env);
+        // SAFETY: the runtime refused the buffer before taking the finalizer, so `owner`
+        // is still ours.
+        let payload = *unsafe { Box::from_raw(owner) };
+        return copied_payload(env, payload, OP);
+    }
+    copied_payload(env, payload, OP)
+}
+
+fn copied_payload(
+    env: sys::napi_env,
+    payload: Payload,
+    op: &'static str,
+) -> Result<sys::napi_value, Box<(shmlink::Error, Payload)>> {
+    let mut data = ptr::null_mut();
+    let mut value = ptr::null_mut();
+    // SAFETY: `payload` is live; napi_create_buffer_copy copies it into a new Buffer.
+    let status = unsafe {
+        sys::napi_create_buffer_copy(
+            env,
+            payload.len(),
+            payload.as_ptr().cast(),
+            &mut data,
+            &mut value,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        clear_exception(env);
+        return Err(Box::new((
+            fail(op, "napi_create_buffer_copy", status),
+            payload,
+        )));
+    }
+    Ok(value)
+}
+
+unsafe extern "C" fn free_payload(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
+    // SAFETY: `hint` is the `Box<Payload>` leaked in `payload_buffer`, finalized once.
+    drop(unsafe { Box::from_raw(hint.cast::<Payload>()) });
 }
 
 /// A Buffer the runtime allocated, not yet handed to JavaScript.

@@ -16,10 +16,10 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BufferSlice, ToNapiValue};
+use napi::bindgen_prelude::{BufferSlice, FromNapiValue, ToNapiValue};
 use napi::{Env, sys};
 use napi_derive::napi;
-use shmlink::{Endpoint, Event, Interest, Listener, Message, Region};
+use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region};
 
 use crate::error::{ErrorInfo, after_teardown, check};
 
@@ -62,13 +62,21 @@ pub struct ReceivedMessage<'env> {
 }
 
 /// `message` as JavaScript receives it; the region handles go to `arrived`, for
-/// `takeRegion`, until the next message.
+/// `takeRegion`, until the next message. The payload moves into the JavaScript Buffer;
+/// `message` keeps the rest.
 pub fn received<'env>(
     env: &'env Env,
-    message: &Message,
+    message: &mut Message,
     arrived: &Arrived,
 ) -> napi::Result<ReceivedMessage<'env>> {
-    let payload = BufferSlice::copy_from(env, &message.payload)?;
+    let payload = std::mem::take(&mut message.payload);
+    let value = crate::buffer::payload_buffer(env.raw(), payload).map_err(|refused| {
+        let (e, payload) = *refused;
+        message.payload = payload;
+        crate::error::throw(env, e)
+    })?;
+    // SAFETY: `value` is the Buffer just created in `env`, in the current scope.
+    let payload = unsafe { <BufferSlice as FromNapiValue>::from_napi_value(env.raw(), value) }?;
     if message.regions.is_empty() {
         return Ok(ReceivedMessage {
             payload,
@@ -352,7 +360,7 @@ impl Core {
         {
             match event {
                 Event::Message(message) => {
-                    if !self.deliver(&message) {
+                    if let Some(message) = self.deliver(message) {
                         endpoint.unreceive(message);
                     }
                 }
@@ -387,13 +395,19 @@ impl Core {
         }
     }
 
-    /// Calls `onMessage`; whether JavaScript took the message.
-    fn deliver(&self, message: &Message) -> bool {
+    /// Calls `onMessage`; gives the message back when JavaScript did not take it.
+    fn deliver(&self, mut message: Message) -> Option<Message> {
         let env = Env::from_raw(self.env);
-        let value = received(&env, message, &self.arrived)
+        let mut payload_bytes: &[u8] = &[];
+        let value = received(&env, &mut message, &self.arrived).and_then(|m| {
+            // SAFETY: the Buffer's memory stays valid while its value lives, which is
+            // until this scope ends; it is read below only within it.
+            payload_bytes =
+                unsafe { std::slice::from_raw_parts(m.payload.as_ptr(), m.payload.len()) };
             // SAFETY: converting a value of `env` in the current scope.
-            .and_then(|m| unsafe { ReceivedMessage::to_napi_value(self.env, m) });
-        match value {
+            unsafe { ReceivedMessage::to_napi_value(self.env, m) }
+        });
+        let taken = match value {
             Ok(value) => self
                 .call(ON_MESSAGE, &[value])
                 .is_some_and(|taken| self.boolean(taken)),
@@ -401,7 +415,14 @@ impl Core {
                 self.throw(error);
                 false
             }
+        };
+        if taken {
+            return None;
         }
+        if message.payload.is_empty() && !payload_bytes.is_empty() {
+            message.payload = Payload::from(payload_bytes.to_vec());
+        }
+        Some(message)
     }
 
     fn boolean(&self, value: sys::napi_value) -> bool {

@@ -22,8 +22,8 @@ use napi::bindgen_prelude::{
 };
 use napi_derive::napi;
 use shmlink::{
-    Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter,
-    Pool, Realm, Region, Submitted,
+    Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Pool,
+    Realm, Region, Submitted,
 };
 
 use crate::driver::{Arrived, Driver, EndpointEvent, ReceivedMessage, Target};
@@ -316,7 +316,9 @@ impl NativePool {
 
     #[napi]
     pub fn release(&self, env: Env, region: &NativeRegion) -> napi::Result<()> {
-        self.pool.release(&region.region).map_err(|e| throw(&env, e))
+        self.pool
+            .release(&region.region)
+            .map_err(|e| throw(&env, e))
     }
 
     #[napi]
@@ -442,9 +444,9 @@ impl NativeEndpoint {
     fn received<'env>(
         &self,
         env: &'env Env,
-        message: &shmlink::Message,
+        mut message: shmlink::Message,
     ) -> napi::Result<ReceivedMessage<'env>> {
-        driver::received(env, message, &self.arrived)
+        driver::received(env, &mut message, &self.arrived)
     }
 }
 
@@ -651,7 +653,7 @@ impl NativeEndpoint {
         let received = self.endpoint.recv_or_want();
         self.settle();
         match received.map_err(|e| throw(env, e))? {
-            Some(message) => self.received(env, &message).map(Some),
+            Some(message) => self.received(env, message).map(Some),
             None => Ok(None),
         }
     }
@@ -683,7 +685,7 @@ impl NativeEndpoint {
         let received = self.endpoint.recv_interruptible(timeout, &mut stop);
         self.settle();
         let message = received.map_err(|e| throw(env, e))?;
-        self.received(env, &message)
+        self.received(env, message)
     }
 
     /// A handle to region `index` of the message last received.
