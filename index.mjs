@@ -10,5 +10,5 @@ import { createRequire } from 'node:module'
 
 const shmlink = createRequire(import.meta.url)('./index.js')
 
-export const { Endpoint, Region, Server, isShmlinkError, processStats, setProcessLimits, spawnWithEndpoint, wakeupBackend, zeroCopy } = shmlink
+export const { Endpoint, Region, RegionPool, Server, isShmlinkError, processStats, setProcessLimits, spawnWithEndpoint, wakeupBackend, zeroCopy } = shmlink
 export default shmlink

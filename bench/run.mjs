@@ -51,6 +51,8 @@ const SPLIT_QUICK = [
   'c-seqpacket-shared',
   'c-first',
   'c-pool-stream',
+  'shmlink-pool-stream',
+  'shmlink-pool-stream-transfer',
   'c-spin',
   'js-spin',
 ]

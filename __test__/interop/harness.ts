@@ -181,6 +181,9 @@ export class ChildProgram {
   #killTimer: NodeJS.Timeout
   #done = false
 
+  /** How long it may run before it is killed (longer under valgrind). */
+  readonly lifetimeMs: number
+
   constructor(
     /** Names it in messages, e.g. `go peer (driver)`. */
     readonly label: string,
@@ -196,7 +199,8 @@ export class ChildProgram {
     live.add(this)
     this.child.stdout!.on('data', (d: Buffer) => (this.output += d.toString()))
     this.child.stderr!.on('data', (d: Buffer) => (this.output += d.toString()))
-    this.#killTimer = setTimeout(() => this.kill(), options.killAfterMs ?? settings.peerTimeoutMs)
+    this.lifetimeMs = options.killAfterMs ?? settings.peerTimeoutMs
+    this.#killTimer = setTimeout(() => this.kill(), this.lifetimeMs)
     this.exited = new Promise((resolve) => {
       this.child.on('error', (error) => {
         this.output += `spawn failed: ${error.message}\n`
@@ -259,6 +263,11 @@ export function timeout<T>(ms: number, what: string): Promise<T> {
   })
 }
 
+/** How long to wait for `program` to connect or bind: longer for a program given longer to run (valgrind). */
+function connectWait(program: ChildProgram): number {
+  return Math.max(CONNECT_MS, Math.min(program.lifetimeMs, CONNECT_MS * (program.lifetimeMs / settings.peerTimeoutMs)))
+}
+
 /** The connection of `program`, or why it did not come. */
 export async function acceptFrom(server: Server, program: ChildProgram): Promise<Endpoint> {
   return Promise.race([
@@ -266,13 +275,13 @@ export async function acceptFrom(server: Server, program: ChildProgram): Promise
     program.exited.then(() => {
       throw new Error(`${program.label} exited before connecting: ${program.output.trim()}`)
     }),
-    timeout<Endpoint>(CONNECT_MS, `${program.label} did not connect`),
+    timeout<Endpoint>(connectWait(program), `${program.label} did not connect`),
   ])
 }
 
 /** Waits until `program` has bound the socket file `path`. */
 export async function socketBound(path: string, program: ChildProgram): Promise<void> {
-  const deadline = Date.now() + CONNECT_MS
+  const deadline = Date.now() + connectWait(program)
   while (!existsSync(path)) {
     if (!program.running) throw new Error(`${program.label} exited before binding ${path}: ${program.output.trim()}`)
     if (Date.now() > deadline) throw new Error(`${program.label} did not bind ${path}`)

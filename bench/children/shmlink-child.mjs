@@ -4,7 +4,9 @@
 //   sync: endpoint.recvSync() / endpoint.sendSync(), never returning to the event loop
 //
 // Each data message is either inline (the payload is the data) or a 16-byte header with a
-// region attached (byte 1 bit 0: close the region after acking: a first-time handoff).
+// region attached (byte 1 bit 0: close the region after acking: a first-time handoff;
+// bit 1: copy mode, as Electron's memory cage imposes: copy the region out with
+// readInto() into a buffer reused across messages, and touch that copy).
 // The child touches one byte per 4 KiB page of the data, then acks with 16 bytes
 // (bench/lib/data.mjs). Payloads shorter than 16 bytes without regions are commands:
 // V (checksum the next data message in full), B (barrier: collect garbage, ack),
@@ -19,6 +21,7 @@ const mode = process.argv[2]
 const endpoint = Endpoint.inherited()
 const held = new Set()
 let verifyNext = false
+let copyTarget = Buffer.alloc(0)
 const NO_SUM = [0, 0]
 
 /** Handles one message; returns the ack to send and what to do after sending it. */
@@ -39,7 +42,13 @@ function handle(message) {
   let close
   if (message.regions.length > 0) {
     const region = message.regions[0]
-    data = region.bytes
+    if ((payload[1] & 2) !== 0) {
+      if (copyTarget.length !== region.size) copyTarget = Buffer.allocUnsafeSlow(region.size)
+      region.readInto(0, copyTarget)
+      data = copyTarget
+    } else {
+      data = region.bytes
+    }
     if ((payload[1] & 1) !== 0) close = region
     else held.add(region)
   }

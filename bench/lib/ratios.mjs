@@ -11,6 +11,11 @@ export const TARGETS = [
   ['speedup_handoff64m_vs_cp_advanced', '>=', 1000],
   ['overhead_handoff64m_vs_rtt16', '<=', 1.2],
   ['overhead_region_create_vs_c', '<=', 1.5],
+  ['overhead_first64m_vs_c_first', '<=', 1.3],
+  ['overhead_known64m_vs_c_known', '<=', 1.5],
+  ['overhead_inline64k_vs_c', '<=', 2.0],
+  ['overhead_pool_stream64m_vs_c', '<=', 1.5],
+  ['pool_stream64m_minor_faults_per_frame', '<=', 1],
   ...CROSS_LANGUAGES.map((lang) => [`overhead_rtt16_node_${lang}_vs_node_node`, '<=', 1.2]),
 ]
 
@@ -22,6 +27,16 @@ export const DEFINITIONS = {
   speedup_handoff64m_vs_cp_advanced: 'child_process-advanced 64 MiB ÷ shmlink-known 64 MiB',
   overhead_handoff64m_vs_rtt16: 'shmlink-known 64 MiB ÷ shmlink-inline 16 B',
   overhead_region_create_vs_c: 'shmlink-region-create 1 MiB ÷ c-region-create 1 MiB',
+  overhead_known64m_vs_c_known: 'shmlink-known 64 MiB ÷ c-seqpacket-shared 64 MiB: a region the peer knows, handed over and read, against the same in C',
+  overhead_inline64k_vs_c: 'shmlink-inline 64 KiB ÷ c-seqpacket-inline 64 KiB: the largest inline payload, round trip',
+  overhead_pool_stream64m_vs_c: 'shmlink-pool-stream 64 MiB ÷ c-pool-stream 64 MiB: time per frame of a pooled stream (regions sent without transfer and sent back, as c-pool-stream hands back indices) against the same in C',
+  pool_stream64m_minor_faults_per_frame: 'minor page faults per frame of shmlink-pool-stream 64 MiB, the larger of producer and consumer',
+  overhead_pool_stream64m_transfer_vs_c: 'shmlink-pool-stream-transfer 64 MiB ÷ c-pool-stream 64 MiB: the pooled stream with each frame transferred each way (views detached and re-created: V8 collects garbage about once per 64 MiB view)',
+  overhead_copy64m_vs_memcpy: 'shmlink-copy 64 MiB ÷ memcpy 64 MiB: copy mode (Electron) costs two copies, one on each side, plus a hand-over',
+  speedup_copy64m_vs_cp_advanced: 'child_process-advanced 64 MiB ÷ shmlink-copy 64 MiB: copy mode against Node\'s own IPC with structured clone',
+  pool_stream64m_vs_memcpy: 'shmlink-pool-stream 64 MiB (time per frame) ÷ memcpy 64 MiB',
+  pool_stream64m_transfer_vs_memcpy: 'shmlink-pool-stream-transfer 64 MiB (time per frame) ÷ memcpy 64 MiB',
+  pool_stream64m_transfer_minor_faults_per_frame: 'minor page faults per frame of shmlink-pool-stream-transfer 64 MiB, the larger of producer and consumer',
   ...Object.fromEntries(
     CROSS_LANGUAGES.map((lang) => [
       `overhead_rtt16_node_${lang}_vs_node_node`,
@@ -56,6 +71,13 @@ function median(table, id, size) {
   return typeof row?.median === 'number' ? row.median : undefined
 }
 
+/** The larger of producer's and consumer's minor faults per frame of a pooled-stream row. */
+function faultsPerFrame(table, id, size) {
+  const faults = table?.[id]?.sizes?.[size]?.minflt_per_frame
+  if (typeof faults?.producer !== 'number' || typeof faults?.consumer !== 'number') return null
+  return Math.round(Math.max(faults.producer, faults.consumer) * 1000) / 1000
+}
+
 function quotient(a, b) {
   if (a === undefined || b === undefined || b === 0) return null
   return Math.round((a / b) * 1000) / 1000
@@ -75,6 +97,11 @@ export function computeRatios(p) {
     speedup_handoff64m_vs_cp_advanced: quotient(median(t, 'child_process-advanced', M64), median(t, 'shmlink-known', M64)),
     overhead_handoff64m_vs_rtt16: quotient(median(t, 'shmlink-known', M64), median(t, 'shmlink-inline', 16)),
     overhead_region_create_vs_c: quotient(median(r, 'shmlink-region-create', MiB), median(r, 'c-region-create', MiB)),
+    overhead_first64m_vs_c_first: quotient(median(t, 'shmlink-first', M64), median(t, 'c-first', M64)),
+    overhead_known64m_vs_c_known: quotient(median(t, 'shmlink-known', M64), median(t, 'c-seqpacket-shared', M64)),
+    overhead_inline64k_vs_c: quotient(median(t, 'shmlink-inline', 64 * 1024), median(t, 'c-seqpacket-inline', 64 * 1024)),
+    overhead_pool_stream64m_vs_c: quotient(median(t, 'shmlink-pool-stream', M64), median(t, 'c-pool-stream', M64)),
+    pool_stream64m_minor_faults_per_frame: faultsPerFrame(t, 'shmlink-pool-stream', M64),
   }
   const extra = {
     c_floor_handoff64m_vs_rtt16: quotient(median(t, 'c-seqpacket-shared', M64), median(t, 'c-seqpacket-inline', 16)),
@@ -89,7 +116,12 @@ export function computeRatios(p) {
       median(r, 'shmlink-region-create-no-view', MiB),
       median(r, 'c-region-create', MiB),
     ),
-    overhead_first64m_vs_c_first: quotient(median(t, 'shmlink-first', M64), median(t, 'c-first', M64)),
+    overhead_pool_stream64m_transfer_vs_c: quotient(median(t, 'shmlink-pool-stream-transfer', M64), median(t, 'c-pool-stream', M64)),
+    overhead_copy64m_vs_memcpy: quotient(median(t, 'shmlink-copy', M64), median(t, 'memcpy', M64)),
+    speedup_copy64m_vs_cp_advanced: quotient(median(t, 'child_process-advanced', M64), median(t, 'shmlink-copy', M64)),
+    pool_stream64m_vs_memcpy: quotient(median(t, 'shmlink-pool-stream', M64), median(t, 'memcpy', M64)),
+    pool_stream64m_transfer_vs_memcpy: quotient(median(t, 'shmlink-pool-stream-transfer', M64), median(t, 'memcpy', M64)),
+    pool_stream64m_transfer_minor_faults_per_frame: faultsPerFrame(t, 'shmlink-pool-stream-transfer', M64),
     c_first64m_vs_c_known64m: quotient(median(t, 'c-first', M64), median(t, 'c-seqpacket-shared', M64)),
     c_pool_stream64m_vs_memcpy: quotient(median(t, 'c-pool-stream', M64), median(t, 'memcpy', M64)),
     c_spin_vs_c_seqpacket_rtt16: quotient(median(t, 'c-spin', 16), median(t, 'c-seqpacket-inline', 16)),

@@ -8,6 +8,7 @@ const STYLE = {
   'shmlink-known': { color: '#0b8a3e', width: 3 },
   'shmlink-known-sync': { color: '#0b8a3e', width: 2, dash: '6 3' },
   'shmlink-first': { color: '#7a3fbf', width: 2.5 },
+  'shmlink-copy': { color: '#b35900', width: 2, dash: '2 3' },
   'child_process-json': { color: '#d1242f', width: 2 },
   'child_process-advanced': { color: '#e36209', width: 2 },
   'net-unix': { color: '#9a6700', width: 2 },
@@ -19,7 +20,7 @@ const STYLE = {
 }
 
 /** Rows that are not a round trip per size (a stream period, single-size spin floors): not drawn. */
-const NOT_CHARTED = new Set(['c-pool-stream', 'c-spin', 'js-spin'])
+const NOT_CHARTED = new Set(['c-pool-stream', 'shmlink-pool-stream', 'shmlink-pool-stream-transfer', 'c-spin', 'js-spin'])
 
 /** Legend text (the JSON has the long labels). */
 const SHORT = {
@@ -28,6 +29,7 @@ const SHORT = {
   'shmlink-known': 'region already known, await recv()',
   'shmlink-known-sync': 'region already known, recvSync()',
   'shmlink-first': 'new region each time (the fd travels)',
+  'shmlink-copy': 'copy mode (Electron): write() in, readInto() out',
   'child_process-json': "fork() IPC, 'json' (data as base64)",
   'child_process-advanced': "fork() IPC, 'advanced'",
   'net-unix': 'net stream over a UNIX socket',

@@ -26,13 +26,13 @@ import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import { Bench } from 'tinybench'
 
-import { ACK_LEN, ACK_MAGIC, fullSum, pageSum, patternBuffer, readAck } from './data.mjs'
+import { ACK_LEN, ACK_MAGIC, PAGE, fullSum, pageSum, patternBuffer, readAck } from './data.mjs'
 import { MAX_INLINE } from './plan.mjs'
 import { summarize } from './stats.mjs'
 
 const require = createRequire(import.meta.url)
 const shmlink = require('../../index.js')
-const { Region, spawnWithEndpoint } = shmlink
+const { Region, RegionPool, spawnWithEndpoint } = shmlink
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 export const BENCH_DIR = path.resolve(here, '..')
@@ -96,6 +96,7 @@ export function cArgs() {
 
 const HEADER_KEEP = Buffer.from('R\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0') // a known region: keep it mapped
 const HEADER_CLOSE = Buffer.from('R\x01\0\0\0\0\0\0\0\0\0\0\0\0\0\0') // first-time: unmap after the ack
+const HEADER_COPY = Buffer.from('R\x02\0\0\0\0\0\0\0\0\0\0\0\0\0\0') // copy mode: the receiver copies out with readInto
 const COMMAND = (letter) => Buffer.from(`${letter}\0\0\0`)
 
 /** One child process (bench/children/shmlink-child.mjs) in one receive mode. */
@@ -148,7 +149,11 @@ export class ShmlinkConn {
 }
 
 export class ShmlinkTransport {
-  /** kind: 'inline' (the payload is the data), 'first' (a new region each round), 'known'. */
+  /**
+   * kind: 'inline' (the payload is the data), 'first' (a new region each round), 'known',
+   * 'copy' (a known region in copy mode, as in Electron: the sender copies the data in with
+   * region.write() each round, the receiver copies it out with readInto()).
+   */
   constructor(conn, kind) {
     this.conn = conn
     this.kind = kind
@@ -159,6 +164,7 @@ export class ShmlinkTransport {
       inline: 'shmlink, inline payload',
       first: 'shmlink, region sent the first time',
       known: 'shmlink, region already known to the peer',
+      copy: 'shmlink copy mode (Electron): region.write() in, readInto() out, region known to the peer',
     }[kind] + (sync ? ' (recvSync)' : ' (await recv)')
   }
 
@@ -181,8 +187,9 @@ export class ShmlinkTransport {
     } else {
       const region = Region.create(size)
       region.bytes.set(data)
-      reply = await this.conn.exchange(this.kind === 'known' ? HEADER_KEEP : HEADER_CLOSE, { regions: [region] })
-      if (this.kind === 'known') this.region = region
+      const header = { known: HEADER_KEEP, copy: HEADER_COPY, first: HEADER_CLOSE }[this.kind]
+      reply = await this.conn.exchange(header, { regions: [region] })
+      if (this.kind !== 'first') this.region = region
       else {
         region.close()
         await this.conn.command('N')
@@ -223,6 +230,16 @@ export class ShmlinkTransport {
       for (let i = 0; i <= n; i++) {
         const t0 = now()
         await ep.send(data)
+        const m = await ep.recv()
+        samples[i] = Number(now() - t0)
+        pages[i] = m.payload.readUInt32LE(4)
+      }
+    } else if (this.kind === 'copy') {
+      const { region, data } = this
+      for (let i = 0; i <= n; i++) {
+        const t0 = now()
+        region.write(0, data)
+        await ep.send(HEADER_COPY, { regions: [region] })
         const m = await ep.recv()
         samples[i] = Number(now() - t0)
         pages[i] = m.payload.readUInt32LE(4)
@@ -272,6 +289,166 @@ export class ShmlinkTransport {
 
   stop() {
     return this.conn.stop()
+  }
+}
+
+/** Writes `value` at offset 0, 4096, ... of `bytes` (the producer's part of a pooled frame). */
+function stampPages(bytes, value) {
+  for (let k = 0; k < bytes.length; k += PAGE) bytes[k] = value
+}
+
+/**
+ * shmlink's pooled stream, measured as bench/c/pool.c measures c-pool-stream: a
+ * RegionPool of `count` regions; per frame the producer acquires a region, writes one byte
+ * per page (frame * 7 + 1 mod 256) and sends it; the consumer (children/pool-child.mjs)
+ * reads one byte per page and hands it back; at most `depth` frames in flight. A sample is
+ * the interval between successive hand-backs the producer sees; the first `depth` of a
+ * block (the pipeline filling) are dropped. `handBack` is 'transfer' (the region is
+ * transferred each way: neither side can touch it while the other has it) or 'shared'
+ * (sent without transfer; the pool's acquire/release is the only discipline).
+ */
+export class ShmlinkPoolStreamTransport {
+  constructor(handBack, { count = 3, depth = 3, framesPerRound = 50, sizes = [64 * 1024 * 1024] } = {}) {
+    this.handBack = handBack
+    this.count = count
+    this.depth = depth
+    this.framesPerRound = framesPerRound
+    this.sizes = sizes
+    this.id = handBack === 'transfer' ? 'shmlink-pool-stream-transfer' : 'shmlink-pool-stream'
+    this.family = 'shmlink'
+    this.label = `shmlink pooled stream (RegionPool of ${count}, ${handBack === 'transfer' ? 'each frame transferred to the consumer and back' : 'frames sent without transfer and sent back'}); per frame one byte per page written and read, at most ${depth} in flight; time per frame`
+    this.meta = { count, depth, frames_per_round: framesPerRound, hand_back: handBack, sample: 'interval between successive hand-backs seen by the producer (the stream period)' }
+  }
+
+  supports(size) {
+    return this.sizes.includes(size)
+  }
+
+  async start() {
+    const { child, endpoint } = spawnWithEndpoint(...onChildCpu(process.execPath, [...nodeArgs, CHILD('pool-child.mjs'), this.handBack]), {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    })
+    this.child = track(child)
+    this.endpoint = endpoint
+    this.exited = new Promise((resolve) => child.once('exit', resolve))
+  }
+
+  async prepare(size, data, want) {
+    this.size = size
+    this.pool = new RegionPool({ size, capacity: this.count })
+    this.pages = Math.ceil(size / PAGE)
+    this.frame = 0
+    this.extra = { latency: [], minflt_producer: 0, minflt_consumer: 0, frames: 0 }
+    this.warmUp = true
+    // Every region of the pool made, mapped and checked on both sides once (as c/pool.c's setup).
+    const regions = []
+    for (let i = 0; i < this.count; i++) {
+      const region = this.pool.tryAcquire()
+      region.bytes.set(data.subarray(0, size))
+      regions.push(region)
+    }
+    for (const region of regions) {
+      const back = await this.exchange(region)
+      check(`${this.id} ${size} B setup`, { page: back.readUInt32LE(4) }, want)
+      this.pool.release(region)
+    }
+  }
+
+  /** Sends one region and waits for it to come back; the hand-back record. */
+  async exchange(region) {
+    const header = Buffer.alloc(16)
+    await this.endpoint.send(header, this.handBack === 'transfer' ? { transfer: [region] } : { regions: [region] })
+    return (await this.endpoint.recv()).payload
+  }
+
+  async command(letter) {
+    await this.endpoint.send(letter)
+    return (await this.endpoint.recv()).payload.readUInt32LE(0)
+  }
+
+  async runBlock(n) {
+    const frames = Math.max(n * this.framesPerRound, this.depth + 2)
+    const ep = this.endpoint
+    const pool = this.pool
+    const transfer = this.handBack === 'transfer'
+    const samples = new Float64Array(frames)
+    const latency = new Float64Array(frames)
+    const started = new Float64Array(frames)
+    const header = Buffer.alloc(16)
+    await this.command('S')
+    const faults0 = process.resourceUsage().minorPageFault
+    let sent = 0
+    let back = 0
+    let last = now()
+    while (back < frames) {
+      while (sent < frames && sent - back < this.depth) {
+        const region = pool.tryAcquire()
+        if (region === undefined) break
+        const frame = this.frame + sent
+        started[sent] = Number(now())
+        stampPages(region.bytes, (frame * 7 + 1) & 0xff)
+        header.writeUInt32LE(frame, 0)
+        await ep.send(header, transfer ? { transfer: [region] } : { regions: [region] })
+        sent++
+      }
+      const { payload, regions } = await ep.recv()
+      const t = now()
+      const frame = payload.readUInt32LE(0)
+      const want = (((frame * 7 + 1) & 0xff) * this.pages) >>> 0
+      if (payload.readUInt32LE(4) !== want) throw new Error(`${this.id}: frame ${frame} page sum ${payload.readUInt32LE(4)} != ${want}`)
+      pool.release(regions[0])
+      samples[back] = Number(t - last)
+      latency[back] = Number(t) - started[frame - this.frame]
+      last = t
+      back++
+    }
+    const producerFaults = process.resourceUsage().minorPageFault - faults0
+    const consumerFaults = await this.command('E')
+    this.frame += frames
+    if (this.warmUp) {
+      this.warmUp = false
+      return samples.subarray(this.depth)
+    }
+    for (const x of latency.subarray(this.depth)) this.extra.latency.push(x)
+    this.extra.minflt_producer += producerFaults
+    this.extra.minflt_consumer += consumerFaults
+    this.extra.frames += frames
+    return samples.subarray(this.depth)
+  }
+
+  sizeExtras() {
+    const e = this.extra
+    return {
+      latency: summaryOf(e.latency),
+      minflt_per_frame: {
+        producer: e.frames > 0 ? e.minflt_producer / e.frames : null,
+        consumer: e.frames > 0 ? e.minflt_consumer / e.frames : null,
+        frames: e.frames,
+        note: 'minor page faults of each process (process.resourceUsage) over whole measured blocks (not setup, not the warm-up block), divided by their frames',
+      },
+    }
+  }
+
+  async barrier() {}
+
+  async finishSize() {
+    this.pool?.close()
+    this.pool = undefined
+  }
+
+  abort(error) {
+    this.endpoint?.close()
+    this.child?.kill('SIGKILL')
+    this.abortError = error
+  }
+
+  async stop() {
+    if (this.endpoint === undefined) return
+    this.endpoint.close()
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 5000)
+    await this.exited
+    clearTimeout(timer)
+    this.endpoint = undefined
   }
 }
 
