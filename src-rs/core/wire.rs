@@ -8,7 +8,7 @@
 //! ```
 //!
 //! This module only encodes and decodes; the rules that need connection state (known
-//! ids, limits, descriptors) are checked by [`crate::endpoint`].
+//! ids, limits, descriptors) are checked by the receiving [`Endpoint`](crate::Endpoint).
 
 /// The first eight bytes of every HELLO payload.
 pub const MAGIC: [u8; 8] = *b"SHMLINK\0";
