@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+mod bytes;
 mod endpoint;
 mod error;
 mod limits;
@@ -50,7 +51,8 @@ mod table;
 mod watcher;
 pub mod wire;
 
-pub use endpoint::{Bytes, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
+pub use bytes::Bytes;
+pub use endpoint::{Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
 pub use error::{Error, ErrorKind, Result};
 pub use limits::{
     Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits,

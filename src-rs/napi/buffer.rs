@@ -116,7 +116,7 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
             // (ERR_BUFFER_TOO_LARGE on Node 20); that exception is replaced by the coded
             // error.
             other => {
-                if crate::driver::take_exception(env).is_some() {
+                if crate::error::take_exception(env).is_some() {
                     return Err(too_large_error(len));
                 }
                 return Err(fail(OP, "napi_create_external_arraybuffer", other));
@@ -204,7 +204,7 @@ fn too_large_error(len: usize) -> shmlink::Error {
 /// Clears the exception a refused allocation left pending: the caller reports a coded
 /// error instead.
 fn clear_exception(env: sys::napi_env) {
-    let _replaced_by_coded_error = crate::driver::take_exception(env);
+    let _replaced_by_coded_error = crate::error::take_exception(env);
 }
 
 /// The bytes of a JavaScript `ArrayBufferView` (a `Buffer`, any `TypedArray`, a

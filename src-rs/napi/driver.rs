@@ -585,7 +585,7 @@ impl Core {
 /// `uncaughtException` machinery, as an exception thrown by any other event-loop callback
 /// would be.
 fn report_exception(env: sys::napi_env) {
-    if let Some(error) = take_exception(env) {
+    if let Some(error) = crate::error::take_exception(env) {
         // SAFETY: `error` is the exception just taken, a value of `env`; handing it to the
         // runtime's uncaught-exception handling cannot itself be reported further.
         after_teardown(unsafe { sys::napi_fatal_exception(env, error) });
@@ -629,18 +629,4 @@ pub fn runs_javascript(env: sys::napi_env, function: sys::napi_value) -> bool {
     let status =
         unsafe { sys::napi_call_function(env, receiver, function, 0, ptr::null(), &mut result) };
     status == sys::Status::napi_ok
-}
-
-/// The pending exception of `env`, cleared; `None` when none is pending.
-pub fn take_exception(env: sys::napi_env) -> Option<sys::napi_value> {
-    let mut pending = false;
-    // SAFETY: `env` is live (we are on its thread); the out pointer is valid.
-    let status = unsafe { sys::napi_is_exception_pending(env, &mut pending) };
-    if status != sys::Status::napi_ok || !pending {
-        return None;
-    }
-    let mut error = ptr::null_mut();
-    // SAFETY: an exception is pending; taking it clears it.
-    let status = unsafe { sys::napi_get_and_clear_last_exception(env, &mut error) };
-    (status == sys::Status::napi_ok).then_some(error)
 }

@@ -86,3 +86,17 @@ pub fn check(
         Err(fail(op, call, status))
     }
 }
+
+/// The pending exception of `env`, cleared; `None` when none is pending.
+pub fn take_exception(env: sys::napi_env) -> Option<sys::napi_value> {
+    let mut pending = false;
+    // SAFETY: `env` is live (we are on its thread); the out pointer is valid.
+    let status = unsafe { sys::napi_is_exception_pending(env, &mut pending) };
+    if status != sys::Status::napi_ok || !pending {
+        return None;
+    }
+    let mut error = std::ptr::null_mut();
+    // SAFETY: an exception is pending; taking it clears it.
+    let status = unsafe { sys::napi_get_and_clear_last_exception(env, &mut error) };
+    (status == sys::Status::napi_ok).then_some(error)
+}

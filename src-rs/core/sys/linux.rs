@@ -25,7 +25,7 @@ use nix::sys::stat::{Mode, SFlag, fchmod, fstat};
 use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
 
 use super::{Credentials, FileInfo, Interest, Io, MapKind, Received, Seals};
-use crate::endpoint::Bytes;
+use crate::bytes::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 
 /// `MFD_NOEXEC_SEAL` (Linux 6.3): the file can never be made executable. Not in `libc` yet.

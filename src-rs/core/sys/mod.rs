@@ -127,7 +127,7 @@ mod tests {
     //! The backend contract, as one suite.
     use std::os::fd::{AsFd, OwnedFd};
 
-    use crate::endpoint::Bytes;
+    use crate::bytes::Bytes;
     use std::time::Duration;
 
     use super::*;

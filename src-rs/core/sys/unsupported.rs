@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use super::{Credentials, FileInfo, Interest, Io, MapKind, Received, Seals};
-use crate::endpoint::Bytes;
+use crate::bytes::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 
 fn unsupported<T>(op: &'static str) -> Result<T> {
