@@ -1,5 +1,6 @@
 import test from 'ava'
 import { statSync } from 'node:fs'
+import { join } from 'node:path'
 
 import { Endpoint, Region, type Message } from '../index'
 import { runNode, socketPath, fixture } from './helpers'
@@ -316,7 +317,41 @@ test('NODE_DEBUG=shmlink logs traffic through util.debuglog', async (t) => {
 })
 
 test('inherited() outside spawnWithEndpoint explains itself', (t) => {
-  t.throws(() => Endpoint.inherited(), { code: 'ERR_SHMLINK_INVALID_ARG', message: /spawnWithEndpoint/ })
+  t.throws(() => Endpoint.inherited(), { code: 'ERR_SHMLINK_INVALID_ARG', message: /SHMLINK_FD is not set.*spawnWithEndpoint/ })
+})
+
+/** What Endpoint.inherited() throws in a child whose environment has `SHMLINK_FD=value`. */
+async function inheritedError(value: string): Promise<{ code: string; message: string }> {
+  const script = `try { require(${JSON.stringify(join(__dirname, '..', 'index.js'))}).Endpoint.inherited() } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })) }`
+  const { stdout } = await runNode(['-e', script], { SHMLINK_FD: value })
+  return JSON.parse(stdout)
+}
+
+test('inherited() says what is wrong with SHMLINK_FD: not a number, a standard stream, not a socket', async (t) => {
+  for (const value of ['abc', '0', '-3', '3.5']) {
+    const error = await inheritedError(value)
+    t.is(error.code, 'ERR_SHMLINK_INVALID_ARG', value)
+    t.regex(error.message, /SHMLINK_FD is "[^"]*", which is not a descriptor number above 2/, value)
+  }
+  // A descriptor that is open but is not the socket: what a wrapper program leaves behind.
+  const notSocket = await inheritedError('1')
+  t.regex(notSocket.message, /not a descriptor number above 2/)
+  const closed = await inheritedError('57')
+  t.is(closed.code, 'ERR_SHMLINK_INVALID_ARG')
+  t.regex(closed.message, /SHMLINK_FD=57 does not name the socket the parent passed down: .*wrapper program .*process\.execPath/)
+})
+
+test('stats() counts messages, bytes and regions both ways, with the limits they count against', async (t) => {
+  const [a, b] = Endpoint.pair()
+  const region = Region.create(8192)
+  await a.send('four', { regions: [region] })
+  await b.recv()
+  t.like(a.stats(), { messagesOut: 1, bytesOut: 4, ownRegions: 1 })
+  t.like(b.stats(), { messagesIn: 1, bytesIn: 4, peerRegions: 1, peerMappedBytes: 8192 })
+  t.is(b.stats().limits.maxBoundRegions, 1024)
+  a.close()
+  b.close()
+  region.close()
 })
 
 test('messages nobody asked for yet are kept in order; past the high-water mark the sender waits', async (t) => {
