@@ -374,8 +374,12 @@ function peerFilter(filter: PeerFilter | undefined): PeerFilterInit | undefined 
   throw invalid("a peer filter is 'same-user', 'any-user' or { uids: [...] }")
 }
 
-function toMessage(native: NativeEndpoint, received: ReceivedMessage): Message {
-  const incoming: IncomingRegion[] = received.regions ?? []
+/** A message as the binding hands it over: the payload alone when no region came with it. */
+type Received = Buffer | ReceivedMessage
+
+function toMessage(native: NativeEndpoint, received: Received): Message {
+  if (Buffer.isBuffer(received)) return { payload: received, regions: [], descriptors: [] }
+  const incoming: IncomingRegion[] = received.regions
   return {
     payload: received.payload,
     regions: incoming.map((d, i) => arrivedRegion(d.serial, () => native.takeRegion(i))),
@@ -568,7 +572,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     return this.#native
   }
 
-  readonly #onMessage = (received: ReceivedMessage): boolean => {
+  readonly #onMessage = (received: Received): boolean => {
     const message = toMessage(this.#native!, received)
     if (debugging) this.#logRecv(message)
     const waiter = this.#waiters.shift()
@@ -663,7 +667,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   /** Resolves with the next message. */
   recv(options: RecvOptions = {}): Promise<Message> {
     const { signal } = options
-    let received: ReceivedMessage | null
+    let received: Received | null
     try {
       checkSignal(signal)
       if (signal?.aborted) return Promise.reject(abortError(signal))

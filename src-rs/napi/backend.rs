@@ -80,9 +80,12 @@ pub fn start(env: sys::napi_env, fd: i32, core: &Rc<Core>) -> shmlink::Result<Bo
 /// call must give up and let the thread unwind. Termination cannot reach a thread blocked
 /// in a system call; calling into JavaScript tells, because V8 refuses to run script once
 /// termination is requested.
+///
+/// The probe function is made the first time the check runs: a call that is answered
+/// within the first slice (the common case) costs nothing for it.
 pub fn interrupt_check(env: sys::napi_env) -> impl FnMut() -> bool {
-    let probe = crate::driver::noop_function(env);
-    move || match probe {
+    let mut probe = None;
+    move || match *probe.get_or_insert_with(|| crate::driver::noop_function(env)) {
         Some(function) => !crate::driver::runs_javascript(env, function),
         None => false,
     }

@@ -16,7 +16,7 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BufferSlice, FromNapiValue, ToNapiValue};
+use napi::bindgen_prelude::{BufferSlice, Either, FromNapiValue, ToNapiValue};
 use napi::{Env, sys};
 use napi_derive::napi;
 use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region};
@@ -57,9 +57,13 @@ pub struct IncomingRegion {
 #[napi(object)]
 pub struct ReceivedMessage<'env> {
     pub payload: BufferSlice<'env>,
-    /// The attached regions, in order (absent when none came).
-    pub regions: Option<Vec<IncomingRegion>>,
+    /// The attached regions, in order.
+    pub regions: Vec<IncomingRegion>,
 }
+
+/// A received message as JavaScript gets it: the payload alone when no region came with
+/// it (most messages; no object to build), else the payload and the regions.
+pub type Received<'env> = Either<BufferSlice<'env>, ReceivedMessage<'env>>;
 
 /// `message` as JavaScript receives it; the region handles go to `arrived`, for
 /// `takeRegion`, until the next message. The payload moves into the JavaScript Buffer;
@@ -68,7 +72,7 @@ pub fn received<'env>(
     env: &'env Env,
     message: &mut Message,
     arrived: &Arrived,
-) -> napi::Result<ReceivedMessage<'env>> {
+) -> napi::Result<Received<'env>> {
     let payload = std::mem::take(&mut message.payload);
     let value = crate::buffer::payload_buffer(env.raw(), payload).map_err(|refused| {
         let (e, payload) = *refused;
@@ -78,10 +82,7 @@ pub fn received<'env>(
     // SAFETY: `value` is the Buffer just created in `env`, in the current scope.
     let payload = unsafe { <BufferSlice as FromNapiValue>::from_napi_value(env.raw(), value) }?;
     if message.regions.is_empty() {
-        return Ok(ReceivedMessage {
-            payload,
-            regions: None,
-        });
+        return Ok(Either::A(payload));
     }
     let mut regions = arrived.borrow_mut();
     regions.clear();
@@ -99,10 +100,10 @@ pub fn received<'env>(
             }
         })
         .collect();
-    Ok(ReceivedMessage {
+    Ok(Either::B(ReceivedMessage {
         payload,
-        regions: Some(descriptions),
-    })
+        regions: descriptions,
+    }))
 }
 
 /// What happened on a connection, besides messages.
@@ -400,12 +401,14 @@ impl Core {
         let env = Env::from_raw(self.env);
         let mut payload_bytes: &[u8] = &[];
         let value = received(&env, &mut message, &self.arrived).and_then(|m| {
+            let payload = match &m {
+                Either::A(payload) | Either::B(ReceivedMessage { payload, .. }) => payload,
+            };
             // SAFETY: the Buffer's memory stays valid while its value lives, which is
             // until this scope ends; it is read below only within it.
-            payload_bytes =
-                unsafe { std::slice::from_raw_parts(m.payload.as_ptr(), m.payload.len()) };
+            payload_bytes = unsafe { std::slice::from_raw_parts(payload.as_ptr(), payload.len()) };
             // SAFETY: converting a value of `env` in the current scope.
-            unsafe { ReceivedMessage::to_napi_value(self.env, m) }
+            unsafe { Received::to_napi_value(self.env, m) }
         });
         let taken = match value {
             Ok(value) => self

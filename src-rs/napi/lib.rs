@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use napi::Env;
 use napi::bindgen_prelude::{
-    BufferSlice, ClassInstance, FnArgs, Function, JsValue, Object, Uint8ArraySlice,
+    BufferSlice, ClassInstance, Either, FnArgs, Function, JsValue, Object, Uint8ArraySlice,
 };
 use napi_derive::napi;
 use shmlink::{
@@ -26,7 +26,7 @@ use shmlink::{
     Realm, Region, Submitted,
 };
 
-use crate::driver::{Arrived, Driver, EndpointEvent, ReceivedMessage, Target};
+use crate::driver::{Arrived, Driver, EndpointEvent, Received, ReceivedMessage, Target};
 use crate::error::throw;
 
 thread_local! {
@@ -445,7 +445,7 @@ impl NativeEndpoint {
         &self,
         env: &'env Env,
         mut message: shmlink::Message,
-    ) -> napi::Result<ReceivedMessage<'env>> {
+    ) -> napi::Result<Received<'env>> {
         driver::received(env, &mut message, &self.arrived)
     }
 }
@@ -649,7 +649,10 @@ impl NativeEndpoint {
     /// A message if one is there; otherwise `null`, and the next one is delivered to
     /// `onMessage` (once per such call, until `unwant`).
     #[napi]
-    pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<Option<ReceivedMessage<'env>>> {
+    pub fn recv<'env>(
+        &self,
+        env: &'env Env,
+    ) -> napi::Result<Option<Either<BufferSlice<'env>, ReceivedMessage<'env>>>> {
         let received = self.endpoint.recv_or_want();
         self.settle();
         match received.map_err(|e| throw(env, e))? {
@@ -679,7 +682,7 @@ impl NativeEndpoint {
         &self,
         env: &'env Env,
         timeout_ms: f64,
-    ) -> napi::Result<ReceivedMessage<'env>> {
+    ) -> napi::Result<Either<BufferSlice<'env>, ReceivedMessage<'env>>> {
         let timeout = to_timeout(env, "recvSync", timeout_ms)?;
         let mut stop = backend::interrupt_check(env.raw());
         let received = self.endpoint.recv_interruptible(timeout, &mut stop);
@@ -713,7 +716,7 @@ impl NativeEndpoint {
     pub fn watch(
         &self,
         env: Env,
-        on_message: Function<FnArgs<(ReceivedMessage,)>, bool>,
+        on_message: Function<FnArgs<(Either<BufferSlice, ReceivedMessage>,)>, bool>,
         on_event: Function<EndpointEvent, ()>,
     ) -> napi::Result<()> {
         if self.driver.borrow().is_some() {
