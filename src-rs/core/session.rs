@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Charge, Limits, exceeded};
 use crate::region::{Binder, Fate, Realm, Region, WeakRegion};
 use crate::table::{PeerBinding, RegionTable};
-use crate::wire::{self, Announced, Descriptor, Refusal};
+use crate::wire::{self, Announced, Descriptor, Hello, Refusal};
 
 /// A region attached to an outgoing message.
 #[derive(Debug, Clone, Copy)]
@@ -111,7 +111,9 @@ pub(crate) struct Session {
     /// Whether the peer may send regions it can still write (not frozen).
     accept_writable: bool,
     realm: Realm,
-    peer: Option<Announced>,
+    /// The `wire::CAP_*` bits this side offers in its HELLO.
+    capabilities: u32,
+    peer: Option<Hello>,
     hello_sent: bool,
     ended: bool,
     table: RegionTable,
@@ -135,6 +137,7 @@ impl Session {
             limits,
             accept_writable,
             realm,
+            capabilities: 0,
             peer: None,
             hello_sent: false,
             ended: false,
@@ -151,7 +154,7 @@ impl Session {
 
     /// The limits the peer announced, once its HELLO has arrived.
     pub(crate) fn peer_limits(&self) -> Option<Announced> {
-        self.peer
+        self.peer.map(|hello| hello.limits)
     }
 
     pub(crate) fn is_established(&self) -> bool {
@@ -190,10 +193,16 @@ impl Session {
             return None;
         }
         if !self.hello_sent {
-            wire::put_hello(frame, self.limits.announced());
+            wire::put_hello(
+                frame,
+                Hello {
+                    limits: self.limits.announced(),
+                    capabilities: self.capabilities,
+                },
+            );
             return Some(Control::Hello);
         }
-        let peer = self.peer?;
+        let peer = self.peer?.limits;
         if self.releases.is_empty() {
             return None;
         }
@@ -224,7 +233,7 @@ impl Session {
         payload_len: usize,
         attachments: &[Attach<'_>],
     ) -> Result<()> {
-        let bounds = self.peer.unwrap_or(Announced {
+        let bounds = self.peer_limits().unwrap_or(Announced {
             max_regions: wire::MAX_REGIONS_CEILING,
             max_payload: wire::MAX_PAYLOAD_CEILING,
         });
@@ -278,7 +287,7 @@ impl Session {
         attachments: &[Attach<'_>],
         frame: &mut Vec<u8>,
     ) -> Result<Plan> {
-        let peer = self.peer.ok_or_else(|| Error::would_block(op))?;
+        let peer = self.peer_limits().ok_or_else(|| Error::would_block(op))?;
         if payload_len > peer.max_payload as usize
             || attachments.len() > usize::from(peer.max_regions)
         {
@@ -469,6 +478,9 @@ impl Session {
         }
         match frame.header.kind {
             wire::KIND_HELLO => Err(violation("a second HELLO")),
+            wire::KIND_RING | wire::KIND_WAKE => Err(violation(
+                "a RING or WAKE frame, but the HELLOs did not agree on rings",
+            )),
             wire::KIND_RELEASE => {
                 for d in frame.descriptors() {
                     let size = self
