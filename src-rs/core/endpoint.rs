@@ -25,6 +25,8 @@ use crate::sync::{AtomicU64, Ordering, fence};
 use crate::sys::{self, Credentials, Interest, Io};
 use crate::wire::Announced;
 
+mod rings;
+
 /// Received messages an endpoint holds for its application before it stops reading
 /// (the peer's sends then wait for room in the socket).
 const INBOX_MESSAGES: usize = 256;
@@ -32,6 +34,10 @@ const INBOX_MESSAGES: usize = 256;
 const INBOX_BYTES: usize = 4 << 20;
 /// How long a blocking call waits between checks that its caller still wants it.
 const INTERRUPT_SLICE: Duration = Duration::from_millis(25);
+/// The busy-poll window of an endpoint with a ring, unless its options say otherwise:
+/// long enough for a peer's reply over the ring to come back while spinning (a few
+/// microseconds here), short enough that one wait costs little CPU.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -93,6 +99,14 @@ pub struct Options {
     pub yield_every: u32,
     /// The realm received regions resolve in (see [`Realm`]).
     pub realm: Realm,
+    /// Offer a shared-memory ring per direction in HELLO (`docs/PROTOCOL.md` §9): when the
+    /// peer offers one too, small messages travel without a system call. Off by default:
+    /// it pays only with [`Options::busy_poll`], which costs CPU time while waiting.
+    pub ring: bool,
+    /// With a ring: how long a waiting receive spins (adaptively, up to this) before it
+    /// sleeps, and how long an event loop keeps polling the ring after delivering
+    /// messages before it goes back to sleep. `Duration::ZERO` never spins.
+    pub busy_poll: Duration,
 }
 
 impl Options {
@@ -103,6 +117,8 @@ impl Options {
             accept_writable: true,
             yield_every: 0,
             realm: Realm::default(),
+            ring: false,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 
@@ -156,7 +172,7 @@ impl<'a> Bytes<'a> {
         self.ptr
     }
 
-    fn to_vec(self) -> Vec<u8> {
+    pub(crate) fn to_vec(self) -> Vec<u8> {
         let mut copy = vec![0u8; self.len];
         // SAFETY: `ptr` is valid for `len` reads (the constructor's contract) and `copy`
         // is a separate allocation of `len` bytes.
@@ -245,6 +261,10 @@ pub struct Stats {
     pub queued: u64,
     /// Received messages waiting for the application.
     pub inbox: u64,
+    /// Messages sent through this side's ring (the others went over the socket).
+    pub ring_messages_out: u64,
+    /// Messages received through the peer's ring.
+    pub ring_messages_in: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +341,7 @@ struct Conn {
     scratch: Scratch,
     binder: Weak<dyn Binder>,
     socket: Socket,
+    rings: rings::Rings,
 }
 
 #[derive(Debug)]
@@ -478,7 +499,8 @@ impl Endpoint {
             Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 conn: Mutex::new(Conn {
-                    session: Session::new(limits, options.accept_writable, options.realm),
+                    session: Session::new(limits, options.accept_writable, options.realm)
+                        .offering_ring(options.ring),
                     status: Status::Open,
                     outbox: VecDeque::new(),
                     inbox: VecDeque::new(),
@@ -504,6 +526,7 @@ impl Endpoint {
                     },
                     binder,
                     socket: Socket::new(fd),
+                    rings: rings::Rings::new(options.busy_poll),
                 }),
             }
         });
@@ -723,7 +746,7 @@ impl Endpoint {
         let mut wait_first = self.conn().last_receive_waited;
         loop {
             if wait_first {
-                self.wait(Interest::READABLE, deadline, OP, interrupted)?;
+                self.wait_inbound(deadline, OP, interrupted)?;
             }
             let mut conn = self.conn();
             conn.readable = true;
@@ -830,7 +853,9 @@ impl Endpoint {
 
     /// What the driving event loop should wait for now.
     pub fn interest(&self) -> Interest {
-        self.conn().interest()
+        let mut conn = self.conn();
+        conn.arm_loop();
+        conn.interest()
     }
 
     /// The socket is ready: the event loop has turned. Writable readiness sends what is
@@ -840,6 +865,7 @@ impl Endpoint {
         conn.driven = true;
         conn.sends_this_turn = 0;
         conn.delivered_this_turn = false;
+        conn.turn_begins();
         if ready.readable {
             conn.readable = true;
         }
@@ -921,7 +947,8 @@ impl Conn {
         let established = self.session.is_established();
         Interest {
             readable: !established || self.inbox_has_room(),
-            writable: established && (!self.outbox.is_empty() || self.session.has_control()),
+            writable: established
+                && (!self.outbox.is_empty() || self.session.has_control() || self.rings.kick()),
         }
     }
 
@@ -993,7 +1020,7 @@ impl Conn {
     fn send_control(&mut self) -> Result<Io<()>> {
         let fd = self.socket("send")?;
         while let Some(control) = self.session.poll_control(&mut self.scratch.frame) {
-            match sys::send_record(fd, &[Bytes::from(self.scratch.frame.as_slice())], &[])? {
+            match self.put_control(fd, control)? {
                 Io::Done(_) => self.session.control_sent(control),
                 // A peer already gone is reported by the first receive, after whatever it
                 // sent before leaving (PROTOCOL.md §3 rule 4).
@@ -1025,7 +1052,18 @@ impl Conn {
         // SYNC POINT: release (MEMORY-MODEL.md §3). Every write this thread made to the
         // attached regions happens-before the peer's reads after its receive.
         fence(Ordering::Release);
-        match sys::send_record(self.socket(op)?, &parts, &files)? {
+        let ring_out = self.session.ring_out_active();
+        let sent = if files.is_empty() && self.rings.push(ring_out, &parts, &self.socket)? {
+            self.stats.ring_messages_out += 1;
+            Io::Done(expected)
+        } else {
+            let sent = sys::send_record(self.socket(op)?, &parts, &files)?;
+            if let Io::Done(_) = sent {
+                self.rings.sent_on_socket(ring_out);
+            }
+            sent
+        };
+        match sent {
             Io::Done(n) if n == expected => {}
             Io::Done(n) => {
                 return Err(Error::new(
@@ -1189,6 +1227,7 @@ impl Conn {
                 if self.driven {
                     self.notices.push_back(Event::Handshake);
                 }
+                self.rings_after_handshake();
                 self.flush();
                 Ok(Some(Inbound::Handshake))
             }
@@ -1211,7 +1250,8 @@ impl Conn {
                 self.inbox.push_back(message);
             }
             Inbound::EndOfFile => self.end(Error::peer_closed("recv")),
-            Inbound::Handshake | Inbound::Released => {}
+            Inbound::Ring(consumer) => self.rings.arrived(consumer),
+            Inbound::Handshake | Inbound::Released | Inbound::Wake => {}
         }
     }
 
@@ -1228,10 +1268,10 @@ impl Conn {
                     .err()
                     .unwrap_or_else(|| Error::closed(op)));
             }
-            if !self.readable {
+            if !self.readable && !self.ring_pending() {
                 return Err(Error::would_block(op));
             }
-            match self.read_record(op)? {
+            match self.read_next(op)? {
                 None => return Err(Error::would_block(op)),
                 Some(inbound) => self.accept_inbound(inbound),
             }
@@ -1262,14 +1302,14 @@ impl Conn {
                 });
             }
             let may_read = self.is_open()
-                && self.readable
+                && (self.readable || self.ring_pending())
                 && (!self.session.is_established()
                     || (self.inbox_has_room()
                         && (self.wants_message() || !self.delivered_this_turn)));
             if !may_read {
                 return None;
             }
-            match self.read_record("recv") {
+            match self.read_next("recv") {
                 Ok(None) => return None,
                 Ok(Some(inbound)) => self.accept_inbound(inbound),
                 // The failure ended the connection and queued a Closed event.
@@ -1287,6 +1327,7 @@ impl Conn {
         if let Some(fd) = self.socket.borrow() {
             sys::shutdown_both(fd);
         }
+        self.rings.end();
         self.session.end(reason.kind() == ErrorKind::PeerClosed);
         self.status = Status::Ended(reason.clone());
         for queued in std::mem::take(&mut self.outbox) {

@@ -40,6 +40,7 @@ mod error;
 mod limits;
 mod listener;
 mod region;
+mod ring;
 mod session;
 mod socket;
 mod sync;
@@ -48,7 +49,9 @@ mod table;
 mod watcher;
 pub mod wire;
 
-pub use endpoint::{Bytes, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
+pub use endpoint::{
+    Bytes, DEFAULT_BUSY_POLL, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use limits::{
     Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits,
