@@ -181,10 +181,9 @@ impl<M: Memory> Producer<M> {
         self.socket_before = self.socket_before.saturating_add(1);
     }
 
-    /// After a publication (an entry, or a frame on the socket): takes the consumer's
-    /// `waiting` bits, wakes a thread parked on the futex, and says whether an event loop
-    /// was waiting (then, after an entry, the caller rings it with WAKE; a socket frame
-    /// wakes it by itself).
+    /// After publishing an entry: takes the consumer's `waiting` bits, wakes a thread
+    /// parked on the futex, and says whether an event loop was waiting (the caller then
+    /// rings it with WAKE).
     pub(crate) fn wake(&self) -> bool {
         // SYNC POINT: acquire-release (MEMORY-MODEL.md §10.3). An RMW on `waiting`: either
         // it sees the consumer's announcement, or the consumer's announcing RMW reads this
@@ -194,6 +193,21 @@ impl<M: Memory> Producer<M> {
             self.memory.unpark();
         }
         waiting & LOOP != 0
+    }
+
+    /// After sending a frame on the socket: wakes a thread parked on the futex, which then
+    /// looks at the socket. An event loop's announcement stays: the record wakes the loop
+    /// by itself, but by the time this runs the loop may have taken the record and
+    /// announced itself again, and that announcement is for the next entry (taking it here
+    /// lost that entry's wake-up; `model::a_socket_frame_then_an_entry_ring_the_loop`).
+    pub(crate) fn wake_parked(&self) {
+        // SYNC POINT: acquire-release (MEMORY-MODEL.md §10.4), as in `wake`.
+        let waiting = self
+            .memory
+            .fetch_and(Word::Waiting, !PARKED, Ordering::AcqRel);
+        if waiting & PARKED != 0 {
+            self.memory.unpark();
+        }
     }
 }
 
@@ -959,12 +973,61 @@ mod model {
                     let mut producer = Producer::new(memory, CAPACITY);
                     socket.send();
                     producer.sent_on_socket();
-                    producer.wake();
+                    producer.wake_parked();
                 })
             };
             let consumer = Consumer::new(memory, CAPACITY, 64);
             while !socket.has(0) {
                 consumer.waiter().park(Duration::MAX, &mut || socket.has(0));
+            }
+            producer.join().unwrap();
+        });
+    }
+
+    /// An event loop takes a socket frame (a message with a new region), announces itself
+    /// again, and must be rung for the entry the producer publishes next, however late the
+    /// producer gets round to its wake-up for the socket frame.
+    #[test]
+    fn a_socket_frame_then_an_entry_ring_the_loop() {
+        builder().check(|| {
+            let memory = Model::new(CAPACITY as usize);
+            let socket = Arc::new(Socket {
+                records: Mutex::new(0),
+                readable: Condvar::new(),
+            });
+            let producer = {
+                let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
+                thread::spawn(move || {
+                    let mut producer = Producer::new(memory, CAPACITY);
+                    socket.send();
+                    producer.sent_on_socket();
+                    producer.wake_parked();
+                    assert!(producer.push(&[Bytes::from(&frame(1))]).unwrap());
+                    if producer.wake() {
+                        socket.send();
+                    }
+                })
+            };
+            let mut consumer = Consumer::new(memory, CAPACITY, 64);
+            let (mut out, mut seen, mut entry) = (Vec::new(), 0u32, false);
+            loop {
+                if consumer.peek(&mut out).unwrap().is_some() {
+                    consumer.take();
+                    entry = true;
+                }
+                // The socket frame (and any WAKE) is taken as soon as it is there.
+                while socket.has(seen) {
+                    seen += 1;
+                }
+                if entry && seen >= 1 {
+                    break;
+                }
+                let waiter = consumer.waiter();
+                if waiter.announce(LOOP) {
+                    waiter.withdraw(LOOP);
+                    continue;
+                }
+                socket.wait(seen);
             }
             producer.join().unwrap();
         });

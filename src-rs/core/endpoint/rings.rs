@@ -116,7 +116,7 @@ impl Rings {
     pub(super) fn sent_on_socket(&mut self, active: bool) {
         if let Some(producer) = self.out.as_mut().filter(|_| active) {
             producer.sent_on_socket();
-            producer.wake();
+            producer.wake_parked();
         }
     }
 
