@@ -514,10 +514,11 @@ pub(crate) fn valid_capacity(capacity: u32) -> bool {
 
 /// How long a waiting consumer spins before it parks, adapted to what spinning earned
 /// lately (an idea from adaptive mutexes and Aeron's idle strategies): a wait that ended
-/// while spinning keeps the budget at twice its length; a spin that found nothing halves
-/// it, down to none, after which one wait in [`Spin::PROBE_EVERY`] spins a little to find
-/// out whether the peer has become fast again. Where this thread can run on one CPU only,
-/// the peer cannot run while it spins, so it never spins.
+/// while spinning restores the whole window; a spin that found nothing halves it, down to
+/// none, after which one wait in [`Spin::PROBE_EVERY`] spins the whole window again to find
+/// out whether the peer has become fast again. When both processes share one CPU, the
+/// peer cannot run while this one spins, so spins stop paying and the budget falls to
+/// nothing within a few waits. On a machine with one CPU online it never spins at all.
 #[derive(Debug, Clone)]
 pub(crate) struct Spin {
     budget: Duration,
@@ -547,15 +548,15 @@ impl Spin {
         }
         self.waits = self.waits.wrapping_add(1);
         if self.budget.is_zero() && self.waits.is_multiple_of(Self::PROBE_EVERY) {
-            return (self.max / 8).max(Self::FLOOR);
+            return self.max;
         }
         self.budget
     }
 
     /// What the last spin earned: data after `spun`, or nothing within it.
-    pub(crate) fn record(&mut self, spun: Duration, found: bool) {
+    pub(crate) fn record(&mut self, found: bool) {
         if found {
-            self.budget = self.budget.max((spun * 2).max(Self::FLOOR)).min(self.max);
+            self.budget = self.max;
         } else {
             self.budget /= 2;
             if self.budget < Self::FLOOR {
@@ -565,22 +566,21 @@ impl Spin {
     }
 }
 
-/// Spins until `ready` or `budget` passes; how long it spun and whether it was ready.
-pub(crate) fn spin_until(budget: Duration, ready: &mut dyn FnMut() -> bool) -> (Duration, bool) {
+/// Spins until `ready` or `budget` passes; whether it was ready.
+pub(crate) fn spin_until(budget: Duration, ready: &mut dyn FnMut() -> bool) -> bool {
     if budget.is_zero() {
-        return (Duration::ZERO, ready());
+        return ready();
     }
     let started = Instant::now();
     loop {
         for _ in 0..64 {
             if ready() {
-                return (started.elapsed(), true);
+                return true;
             }
             std::hint::spin_loop();
         }
-        let spun = started.elapsed();
-        if spun >= budget {
-            return (spun, false);
+        if started.elapsed() >= budget {
+            return false;
         }
     }
 }
@@ -756,13 +756,17 @@ mod tests {
         spin.single_cpu = false;
         assert_eq!(spin.budget(), Duration::from_micros(64));
         for _ in 0..10 {
-            spin.record(Duration::from_micros(64), false);
+            spin.record(false);
         }
         assert_eq!(spin.budget, Duration::ZERO, "misses halve it to nothing");
         let probes = (0..64).filter(|_| !spin.budget().is_zero()).count();
         assert_eq!(probes, 2, "one wait in 32 probes");
-        spin.record(Duration::from_micros(3), true);
-        assert_eq!(spin.budget(), Duration::from_micros(6));
+        spin.record(true);
+        assert_eq!(
+            spin.budget(),
+            Duration::from_micros(64),
+            "a success restores the window"
+        );
         spin.single_cpu = true;
         assert_eq!(spin.budget(), Duration::ZERO);
     }

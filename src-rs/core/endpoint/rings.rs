@@ -421,9 +421,9 @@ impl Endpoint {
         if budget.is_zero() {
             return false;
         }
-        let (spun, found) = ring::spin_until(budget, &mut || waiter.has_data());
+        let found = ring::spin_until(budget, &mut || waiter.has_data());
         let mut conn = self.conn();
-        conn.rings.spin.record(spun, found);
+        conn.rings.spin.record(found);
         if found {
             conn.delivered_this_turn = false;
         }
@@ -455,8 +455,8 @@ impl Endpoint {
                 }
             }
         };
-        let (spun, found) = ring::spin_until(budget, &mut || waiter.has_data());
-        self.conn().rings.spin.record(spun, found);
+        let found = ring::spin_until(budget, &mut || waiter.has_data());
+        self.conn().rings.spin.record(found);
         if found {
             return Ok(());
         }

@@ -876,17 +876,12 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
 
-/// Whether this thread may run on one CPU only (an affinity mask of one, or one CPU
-/// online): then a peer it waits for can run only when it stops, so spinning is useless.
+/// Whether the machine has one CPU online: then a peer this thread waits for can run only
+/// when it stops, so spinning can never pay. (A process pinned to one CPU may still have
+/// its peer on another, so the affinity mask says nothing here; the spin budget adapts.)
 pub(crate) fn single_cpu() -> bool {
-    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => {
-            (0..nix::sched::CpuSet::count())
-                .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
-                .take(2)
-                .count()
-                < 2
-        }
-        Err(_) => false,
-    }
+    matches!(
+        nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN),
+        Ok(Some(1))
+    )
 }
