@@ -336,7 +336,29 @@ export type Limits = LimitsInit
 /** Which peers to accept: `'same-user'` (this user or root), `'any-user'`, or a list of uids. */
 export type PeerFilter = 'same-user' | 'any-user' | { uids: readonly number[] }
 
-export interface ConnectOptions extends RecvOptions {
+/**
+ * The low-latency path (docs/PROTOCOL.md §9, docs/ARCHITECTURE.md "Rings"): a shared-memory
+ * ring per direction, used when both sides offer it. Off by default: it pays only with
+ * busy-polling, which spends CPU time while waiting.
+ */
+export interface RingOptions {
+  /** Offer a ring in the handshake; small messages then skip the socket. Default false. */
+  ring?: boolean
+  /**
+   * With a ring: how long (µs) a waiting receive spins before it sleeps, and how long the
+   * event loop keeps polling the ring after delivering messages. Adaptive up to this; 0
+   * never spins. Default 50, except in an Electron main process (0: it runs the UI).
+   */
+  busyPollUs?: number
+}
+
+/** `options`' ring settings, with the default busy-poll window of this process type. */
+function ringOptions(options: RingOptions): RingOptions {
+  const electronMain = (process as { type?: string }).type === 'browser'
+  return { ring: options.ring, busyPollUs: options.busyPollUs ?? (electronMain ? 0 : undefined) }
+}
+
+export interface ConnectOptions extends RecvOptions, RingOptions {
   /** Who must be serving (checked with `SO_PEERCRED` before anything is sent); default `'same-user'`. */
   server?: PeerFilter
   /** Accept regions the server can still write; default false (frozen regions only). */
@@ -344,7 +366,7 @@ export interface ConnectOptions extends RecvOptions {
   limits?: Limits
 }
 
-export interface ListenOptions {
+export interface ListenOptions extends RingOptions {
   /** Who may connect (checked before anything is read); default `'same-user'`. */
   allow?: PeerFilter
   /** Accept regions clients can still write; default false (frozen regions only). */
@@ -354,7 +376,7 @@ export interface ListenOptions {
   maxPending?: number
 }
 
-export interface EndpointOptionsInit {
+export interface EndpointOptionsInit extends RingOptions {
   /** Accept regions the peer can still write; default true for peers this process starts. */
   acceptWritable?: boolean
   limits?: Limits
@@ -478,7 +500,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
 
   /** A connected pair of endpoints, for worker threads or a process you spawn yourself. */
   static pair(options: EndpointOptionsInit = {}): [Endpoint, Endpoint] {
-    const [a, b] = binding.NativeEndpoint.pair(options)
+    const [a, b] = binding.NativeEndpoint.pair({ ...options, ...ringOptions(options) })
     return [new Endpoint(a), new Endpoint(b)]
   }
 
@@ -495,6 +517,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       server: peerFilter(options.server),
       acceptWritable: options.acceptWritable,
       limits: options.limits,
+      ...ringOptions(options),
     })
     const endpoint = new Endpoint(native)
     try {
@@ -511,7 +534,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
    * endpoint), such as one a parent process passed down.
    */
   static fromFd(fd: number, options: EndpointOptionsInit = {}): Endpoint {
-    return new Endpoint(binding.NativeEndpoint.fromFd(checkInteger(fd, 'fd', 0), options))
+    return new Endpoint(binding.NativeEndpoint.fromFd(checkInteger(fd, 'fd', 0), { ...options, ...ringOptions(options) }))
   }
 
   /**
@@ -519,7 +542,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
    * `SHMLINK_FD`, docs/LANGUAGES.md): the endpoint its parent passed down.
    */
   static inherited(options: EndpointOptionsInit = {}): Endpoint {
-    const endpoint = new Endpoint(binding.NativeEndpoint.inherited(options))
+    const endpoint = new Endpoint(binding.NativeEndpoint.inherited({ ...options, ...ringOptions(options) }))
     delete process.env.SHMLINK_FD
     return endpoint
   }
@@ -533,6 +556,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
         acceptWritable: options.acceptWritable,
         limits: options.limits,
         maxPending: options.maxPending,
+        ...ringOptions(options),
       }),
     )
   }
@@ -1035,8 +1059,8 @@ export function spawnWithEndpoint(
   args: readonly string[] = [],
   options: SpawnOptions & EndpointOptionsInit = {},
 ): { child: ChildProcess; endpoint: Endpoint } {
-  const { acceptWritable, limits, ...spawnOptions } = options
-  const [mine, theirs] = binding.NativeEndpoint.pairForChild({ acceptWritable, limits })
+  const { acceptWritable, limits, ring, busyPollUs, ...spawnOptions } = options
+  const [mine, theirs] = binding.NativeEndpoint.pairForChild({ acceptWritable, limits, ...ringOptions({ ring, busyPollUs }) })
   const base: StdioOptions = spawnOptions.stdio ?? 'inherit'
   const stdio = typeof base === 'string' ? [base, base, base] : [...base]
   const index = stdio.length

@@ -179,17 +179,18 @@ interface Outcome extends Transcripts {
  * connects, Node plays its role here (with Node on both sides the responder is a child
  * process). With `tapped`, `wiretap.py` connects instead and relays to the peer.
  */
-async function runScenario(driverLang: Lang, responderLang: Lang, tapped: boolean): Promise<Outcome> {
-  const dir = workDir(`${driverLang}_to_${responderLang}`)
+async function runScenario(driverLang: Lang, responderLang: Lang, tapped: boolean, ring = false): Promise<Outcome> {
+  const dir = workDir(`${ring ? 'ring_' : ''}${driverLang}_to_${responderLang}`)
   // Abstract names when a peer drives directly, paths otherwise, so both forms are covered.
   const addr = address(dir, driverLang !== 'node' && !tapped)
   const nodeDrives = driverLang === 'node'
   const out = join(dir, nodeDrives ? 'responder.jsonl' : 'driver.jsonl')
-  const server = Endpoint.listen(addr.listen, { acceptWritable: true })
+  const server = Endpoint.listen(addr.listen, { acceptWritable: true, ring })
   const programs: ChildProgram[] = []
+  const env = { SHMLINK_PEER_RING: ring ? '1' : '0' }
   try {
     const peerArgs = (sock: string) =>
-      nodeDrives ? startPeer(responderLang, ['responder', sock, out]) : startPeer(driverLang, ['driver', sock, SCENARIO, out])
+      nodeDrives ? startPeer(responderLang, ['responder', sock, out], { env }) : startPeer(driverLang, ['driver', sock, SCENARIO, out], { env })
     let endpoint: Endpoint
     if (tapped) {
       const downstream = join(dir, 't.sock')
@@ -295,6 +296,41 @@ const pairs: Array<[Lang, Lang]> = LANGS.flatMap((lang): Array<[Lang, Lang]> =>
 
 for (const [driverLang, responderLang] of pairs) {
   serial(`${driverLang}_to_${responderLang}`, skipReason(driverLang, responderLang), scenarioTest, driverLang, responderLang)
+}
+
+/**
+ * The languages whose library implements rings (docs/PROTOCOL.md §9); the others offer
+ * none (peers/SCENARIO.md), and a ring-offering Node side must fall back to the socket.
+ */
+const RING_LANGS: readonly Lang[] = ['node', 'rust']
+
+/**
+ * `ring_<driver>_to_<responder>`: the same scenario with every side asked to offer rings
+ * (`SHMLINK_PEER_RING=1`; Node with `ring: true`). The transcripts must still equal the
+ * ring-less Rust baseline, and Node's counters must show the path taken: rings when both
+ * languages implement them, the socket alone otherwise.
+ */
+async function ringScenarioTest(t: ExecutionContext, driverLang: Lang, responderLang: Lang): Promise<void> {
+  t.timeout(150_000)
+  const expected = await baseline()
+  nodePeer.ringUse.out = nodePeer.ringUse.in = 0
+  const outcome = await runScenario(driverLang, responderLang, false, true)
+  t.is(firstDifference(outcome.driver, expected.driver), undefined, 'driver transcript')
+  t.is(firstDifference(outcome.responder, expected.responder), undefined, 'responder transcript')
+  const peer = driverLang === 'node' ? responderLang : driverLang
+  const use = `Node sent ${nodePeer.ringUse.out} and received ${nodePeer.ringUse.in} messages through rings`
+  if (RING_LANGS.includes(peer)) {
+    t.true(nodePeer.ringUse.out > 0 && nodePeer.ringUse.in > 0, `both offer rings: ${use}`)
+  } else {
+    t.true(nodePeer.ringUse.out === 0 && nodePeer.ringUse.in === 0, `${peer} offers none: ${use}`)
+  }
+}
+
+for (const [driverLang, responderLang] of pairs) {
+  const title = `ring_${driverLang}_to_${responderLang}`
+  const skip = skipReason(driverLang, responderLang)
+  if (skip !== undefined) test.skip(`${title} (skipped: ${skip})`, () => {})
+  else test.serial(title, ringScenarioTest, driverLang, responderLang)
 }
 
 test.serial('transcripts_agree_across_all_pairs', async (t) => {

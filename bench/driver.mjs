@@ -176,9 +176,13 @@ async function measureTransports(results) {
   const cPingPong = new CProcess(path.join(BUILD, 'pingpong'), cArgs())
   const loop = new ShmlinkConn('loop')
   const sync = new ShmlinkConn('sync')
+  const ringLoop = new ShmlinkConn('loop', true)
+  const ringSync = new ShmlinkConn('sync', true)
   let transports = [
     new ShmlinkTransport(loop, 'inline'),
     new ShmlinkTransport(sync, 'inline'),
+    new ShmlinkTransport(ringLoop, 'inline'),
+    new ShmlinkTransport(ringSync, 'inline'),
     new ShmlinkTransport(loop, 'first'),
     new ShmlinkTransport(loop, 'known'),
     new ShmlinkTransport(sync, 'known'),

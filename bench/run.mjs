@@ -55,6 +55,8 @@ const SPLIT_QUICK = [
   'shmlink-pool-stream-transfer',
   'c-spin',
   'js-spin',
+  'shmlink-ring-inline',
+  'shmlink-ring-inline-sync',
 ]
 /** Placements that run the driver under taskset -c 0. */
 const ON_CPU0 = new Set(['pinned', 'split'])
@@ -191,7 +193,7 @@ buildC()
 if (flag('build-peers')) buildPeers()
 
 const { machineInfo } = await import('./lib/machine.mjs')
-const { baselinesSummary, computeRatios, judgeTargets } = await import('./lib/ratios.mjs')
+const { baselinesSummary, computeRatios, judgeTargets, ringRatios, RING_TARGETS } = await import('./lib/ratios.mjs')
 const { renderChart } = await import('./lib/svg.mjs')
 const { resultsSection, ratiosTable, latencyTable } = await import('./lib/report.mjs')
 
@@ -263,6 +265,9 @@ if (results.placements.split?.transports) {
 }
 results.baselines = baselinesSummary(results.placements)
 results.targets = judgeTargets(ratios)
+// The ring ratios compare placements with each other (docs/BENCHMARKS.md, issue 14).
+results.ratios_ring = ringRatios(results.placements)
+results.targets_ring = judgeTargets(results.ratios_ring, RING_TARGETS)
 results.cross_language_skipped = Object.fromEntries(
   Object.entries(results.placements[primary]?.cross_language?.skipped ?? {}),
 )

@@ -20,7 +20,8 @@ import time
 
 KIND_HELLO, KIND_MESSAGE, KIND_RELEASE = 1, 2, 3
 NEW, FROZEN, TRANSFER = 1, 2, 4
-HELLO = struct.pack("<BBHI", KIND_HELLO, 0, 0, 16) + b"SHMLINK\0" + struct.pack("<HHI", 1, 32, 65536)
+# A version-2 HELLO (PROTOCOL.md §3): 32 regions, 65536 payload bytes, no capabilities.
+HELLO = struct.pack("<BBHI", KIND_HELLO, 0, 0, 20) + b"SHMLINK\0" + struct.pack("<HHII", 2, 32, 65536, 0)
 
 
 def address(name: str) -> str:

@@ -240,13 +240,13 @@ export class ChildProgram {
 }
 
 /** Starts `lang`'s peer with SCENARIO.md's command line `args` (`listen` first to bind). */
-export function startPeer(lang: Lang, args: string[], options: { wrapper?: string[]; killAfterMs?: number } = {}): ChildProgram {
+export function startPeer(lang: Lang, args: string[], options: { wrapper?: string[]; killAfterMs?: number; env?: NodeJS.ProcessEnv } = {}): ChildProgram {
   const problem = peerMissing(lang)
   if (problem !== undefined) throw new Error(problem)
   const program = PEER_PROGRAMS[lang]
   const role = args[0] === 'listen' ? `listen ${args[1]}` : args[0]
   const [file, ...rest] = [...(options.wrapper ?? []), program.file, ...program.args, ...args]
-  return new ChildProgram(`${lang} peer (${role})`, file, rest, { killAfterMs: options.killAfterMs })
+  return new ChildProgram(`${lang} peer (${role})`, file, rest, { killAfterMs: options.killAfterMs, env: options.env })
 }
 
 function killAll(): void {

@@ -176,6 +176,21 @@ export function loadScenario(path: string): Scenario {
  * Throws `step N: why` when a check fails; the transcript so far is on the error as
  * `transcript`.
  */
+/** Messages the last role sent and received through rings (docs/PROTOCOL.md §9). */
+export const ringUse = { out: 0, in: 0 }
+
+/** Records the endpoint's ring counters before it closes. */
+function noteRingUse(endpoint: Endpoint): void {
+  // After the peer's end-of-file the endpoint still answers; after a failure it may not.
+  try {
+    const stats = endpoint.stats()
+    ringUse.out = stats.ringMessagesOut
+    ringUse.in = stats.ringMessagesIn
+  } catch {
+    ringUse.out = ringUse.in = -1
+  }
+}
+
 export async function driver(endpoint: Endpoint, scenario: Scenario): Promise<TranscriptLine[]> {
   const named = new Map<string, Region>()
   const transcript: TranscriptLine[] = []
@@ -198,6 +213,7 @@ export async function driver(endpoint: Endpoint, scenario: Scenario): Promise<Tr
       }
     }
   } finally {
+    noteRingUse(endpoint)
     // The connection ends first, so that closing the regions sends no RELEASE.
     endpoint.close()
     for (const region of named.values()) region.close()
@@ -287,6 +303,7 @@ export async function responder(endpoint: Endpoint): Promise<TranscriptLine[]> {
       transcript,
     })
   } finally {
+    noteRingUse(endpoint)
     endpoint.close()
     for (const region of held) region.close()
   }
@@ -374,7 +391,9 @@ async function main(args: string[]): Promise<void> {
   if (socket === undefined || want[role] !== rest.length) {
     throw new Error('usage: node-peer driver|responder|echo|expect-hostile <socket> ... (peers/SCENARIO.md)')
   }
-  const endpoint = await Endpoint.connect(socketAddress(socket), { signal: AbortSignal.timeout(WAIT_MS), acceptWritable: true })
+  // SCENARIO.md: SHMLINK_PEER_RING=1 offers rings.
+  const ring = process.env.SHMLINK_PEER_RING === '1'
+  const endpoint = await Endpoint.connect(socketAddress(socket), { signal: AbortSignal.timeout(WAIT_MS), acceptWritable: true, ring })
   switch (role) {
     case 'driver': {
       const scenario = loadScenario(rest[0])

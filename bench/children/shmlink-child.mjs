@@ -1,5 +1,5 @@
 // The receiving end of the shmlink transports (started by bench/driver.mjs with
-// spawnWithEndpoint). argv[2] is the receive mode:
+// spawnWithEndpoint). argv[2] is the receive mode (argv[3] 'ring': offer a ring):
 //   loop: the event-loop API (await endpoint.recv() / await endpoint.send())
 //   sync: endpoint.recvSync() / endpoint.sendSync(), never returning to the event loop
 //
@@ -18,7 +18,7 @@ const require = createRequire(import.meta.url)
 const { Endpoint } = require('../../index.js')
 
 const mode = process.argv[2]
-const endpoint = Endpoint.inherited()
+const endpoint = Endpoint.inherited({ ring: process.argv[3] === 'ring' })
 const held = new Set()
 let verifyNext = false
 let copyTarget = Buffer.alloc(0)

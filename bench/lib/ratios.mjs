@@ -19,6 +19,32 @@ export const TARGETS = [
   ...CROSS_LANGUAGES.map((lang) => [`overhead_rtt16_node_${lang}_vs_node_node`, '<=', 1.2]),
 ]
 
+/** Ring targets (issue 14), across placements: [key, comparison, bound]. */
+export const RING_TARGETS = [
+  ['overhead_ring_rtt16_sync_split_vs_js_spin', '<=', 4],
+  ['speedup_ring_rtt16_loop_split_vs_c_socket_pinned', '>=', 2],
+  ['overhead_ring_rtt16_pinned_vs_socket_pinned', '<=', 1.25],
+]
+
+export const RING_DEFINITIONS = {
+  overhead_ring_rtt16_sync_split_vs_js_spin: 'shmlink-ring-inline-sync 16 B ÷ js-spin 16 B, both in the split placement',
+  overhead_ring_rtt16_sync_split_vs_c_spin: 'shmlink-ring-inline-sync 16 B ÷ c-spin 16 B, both in the split placement',
+  speedup_ring_rtt16_loop_split_vs_c_socket_pinned: 'c-seqpacket-inline 16 B in the pinned placement ÷ shmlink-ring-inline 16 B in the split placement',
+  overhead_ring_rtt16_pinned_vs_socket_pinned: 'shmlink-ring-inline 16 B ÷ shmlink-inline 16 B, both in the pinned placement',
+}
+
+/** The ring ratios of a run's placements; null where a row did not run. */
+export function ringRatios(placements) {
+  const split = placements?.split?.transports
+  const pinned = placements?.pinned?.transports
+  return {
+    overhead_ring_rtt16_sync_split_vs_js_spin: quotient(median(split, 'shmlink-ring-inline-sync', 16), median(split, 'js-spin', 16)),
+    overhead_ring_rtt16_sync_split_vs_c_spin: quotient(median(split, 'shmlink-ring-inline-sync', 16), median(split, 'c-spin', 16)),
+    speedup_ring_rtt16_loop_split_vs_c_socket_pinned: quotient(median(pinned, 'c-seqpacket-inline', 16), median(split, 'shmlink-ring-inline', 16)),
+    overhead_ring_rtt16_pinned_vs_socket_pinned: quotient(median(pinned, 'shmlink-ring-inline', 16), median(pinned, 'shmlink-inline', 16)),
+  }
+}
+
 /** What each ratio divides, for the JSON and the docs. */
 export const DEFINITIONS = {
   overhead_rtt16_vs_c_floor: 'shmlink-inline 16 B ÷ c-seqpacket-inline 16 B (median round trip)',
@@ -137,9 +163,9 @@ export function computeRatios(p) {
   return { ratios, extra }
 }
 
-export function judgeTargets(ratios) {
+export function judgeTargets(ratios, targets = TARGETS) {
   const out = {}
-  for (const [key, op, bound] of TARGETS) {
+  for (const [key, op, bound] of targets) {
     const value = ratios[key]
     out[key] = {
       target: `${op} ${bound}`,

@@ -101,16 +101,18 @@ const COMMAND = (letter) => Buffer.from(`${letter}\0\0\0`)
 
 /** One child process (bench/children/shmlink-child.mjs) in one receive mode. */
 export class ShmlinkConn {
-  constructor(mode) {
+  /** ring: both ends offer a ring (docs/PROTOCOL.md §9), with the default busy-poll window. */
+  constructor(mode, ring = false) {
     this.mode = mode // 'loop' | 'sync'
+    this.ring = ring
     this.users = 0
   }
 
   async start() {
     if (this.endpoint !== undefined) return
     const { child, endpoint } = spawnWithEndpoint(
-      ...onChildCpu(process.execPath, [...nodeArgs, CHILD('shmlink-child.mjs'), this.mode]),
-      { stdio: ['ignore', 'inherit', 'inherit'] },
+      ...onChildCpu(process.execPath, [...nodeArgs, CHILD('shmlink-child.mjs'), this.mode, this.ring ? 'ring' : 'socket']),
+      { stdio: ['ignore', 'inherit', 'inherit'], ring: this.ring },
     )
     this.child = track(child)
     this.endpoint = endpoint
@@ -158,14 +160,17 @@ export class ShmlinkTransport {
     this.conn = conn
     this.kind = kind
     const sync = conn.mode === 'sync'
-    this.id = `shmlink-${kind}${sync ? '-sync' : ''}`
+    this.id = `shmlink${conn.ring ? '-ring' : ''}-${kind}${sync ? '-sync' : ''}`
     this.family = 'shmlink'
-    this.label = {
-      inline: 'shmlink, inline payload',
-      first: 'shmlink, region sent the first time',
-      known: 'shmlink, region already known to the peer',
-      copy: 'shmlink copy mode (Electron): region.write() in, readInto() out, region known to the peer',
-    }[kind] + (sync ? ' (recvSync)' : ' (await recv)')
+    this.label =
+      {
+        inline: 'shmlink, inline payload',
+        first: 'shmlink, region sent the first time',
+        known: 'shmlink, region already known to the peer',
+        copy: 'shmlink copy mode (Electron): region.write() in, readInto() out, region known to the peer',
+      }[kind] +
+      (conn.ring ? ', through the ring (busy-poll 50 µs)' : '') +
+      (sync ? ' (recvSync)' : ' (await recv)')
   }
 
   supports(size) {

@@ -454,7 +454,8 @@ static shmlink_code parse_frame(const uint8_t *b, size_t len, frame *f, shmlink_
     case SHMLINK_KIND_HELLO:
         if (f->count == 0 && f->payload_len == SHMLINK_HELLO_PAYLOAD_LEN)
             return SHMLINK_OK;
-        return violation(err, "a HELLO frame must carry 16 payload bytes and no regions");
+        return violation(err, "a HELLO frame must carry %u payload bytes and no regions",
+                         SHMLINK_HELLO_PAYLOAD_LEN);
     default:
         return violation(err, "unknown frame kind %u", f->kind);
     }
@@ -473,9 +474,11 @@ static shmlink_code parse_hello(session *s, const uint8_t *b, size_t len, size_t
         const unsigned version = shmlink_get_le16(p + SHMLINK_HELLO_OFF_VERSION);
         if (version != SHMLINK_VERSION)
             return set_error(err, SHMLINK_ERR_PEER_INCOMPATIBLE, OP_RECV,
-                             "the peer speaks shmlink protocol version %u; this side speaks %u; "
-                             "the connection was closed",
-                             version, SHMLINK_VERSION);
+                             "the peer speaks shmlink protocol version %u; this side speaks %u "
+                             "and versions do not mix: upgrade %s shmlink library; the "
+                             "connection was closed",
+                             version, SHMLINK_VERSION,
+                             version < SHMLINK_VERSION ? "the peer's" : "this side's");
     }
     frame f;
     const shmlink_code code = parse_frame(b, len, &f, err);

@@ -54,7 +54,9 @@ extern "C" {
 enum shmlink_kind {
     SHMLINK_KIND_HELLO = 1,
     SHMLINK_KIND_MESSAGE = 2,
-    SHMLINK_KIND_RELEASE = 3
+    SHMLINK_KIND_RELEASE = 3,
+    SHMLINK_KIND_RING = 4, /* section 9: the sender's ring, one memory file attached */
+    SHMLINK_KIND_WAKE = 5  /* section 9: the doorbell */
 };
 
 /* Frame header: 8 bytes. */
@@ -76,17 +78,19 @@ enum shmlink_kind {
 #define SHMLINK_DESC_TRANSFER 0x4u /* the sender gives up access until it comes back */
 #define SHMLINK_DESC_KNOWN_FLAGS (SHMLINK_DESC_NEW | SHMLINK_DESC_FROZEN | SHMLINK_DESC_TRANSFER)
 
-/* HELLO payload (section 3): 16 bytes. */
-#define SHMLINK_HELLO_PAYLOAD_LEN 16u
-#define SHMLINK_HELLO_OFF_MAGIC 0u        /* 8 bytes: "SHMLINK\0" */
-#define SHMLINK_HELLO_OFF_VERSION 8u      /* u16 */
-#define SHMLINK_HELLO_OFF_MAX_REGIONS 10u /* u16 */
-#define SHMLINK_HELLO_OFF_MAX_PAYLOAD 12u /* u32 */
+/* HELLO payload (section 3): 20 bytes. */
+#define SHMLINK_HELLO_PAYLOAD_LEN 20u
+#define SHMLINK_HELLO_OFF_MAGIC 0u         /* 8 bytes: "SHMLINK\0" */
+#define SHMLINK_HELLO_OFF_VERSION 8u       /* u16 */
+#define SHMLINK_HELLO_OFF_MAX_REGIONS 10u  /* u16 */
+#define SHMLINK_HELLO_OFF_MAX_PAYLOAD 12u  /* u32 */
+#define SHMLINK_HELLO_OFF_CAPABILITIES 16u /* u32: SHMLINK_CAP_* bits; unknown bits ignored */
+#define SHMLINK_CAP_RING 0x1u              /* section 9: a ring per direction */
 #define SHMLINK_HELLO_FRAME_SIZE (SHMLINK_HEADER_SIZE + SHMLINK_HELLO_PAYLOAD_LEN)
 
 #define SHMLINK_MAGIC "SHMLINK" /* sizeof() == 8: the string's NUL is the magic's 0 byte */
 #define SHMLINK_MAGIC_LEN 8u
-#define SHMLINK_VERSION 1u
+#define SHMLINK_VERSION 2u
 
 /* Ranges a HELLO may announce (section 3 rule 2). */
 #define SHMLINK_MAX_REGIONS_MIN 1u

@@ -720,6 +720,30 @@ static void test_refusals(void)
                         SHMLINK_DEFAULT_MAX_REGIONS, SHMLINK_DEFAULT_MAX_PAYLOAD);
     run_and_free(h);
 
+    /* A version-1 peer's HELLO, byte for byte (16 payload bytes, PROTOCOL.md section 3). */
+    static const uint8_t v1_hello[] = { 0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00,
+                                        'S',  'H',  'M',  'L',  'I',  'N',  'K',  0x00,
+                                        0x01, 0x00, 0x20, 0x00, 0x00, 0x00, 0x01, 0x00 };
+    h = new_case("version-1 peer", SHMLINK_ERR_PEER_INCOMPATIBLE);
+    h->no_hello = true;
+    memcpy(h->frame, v1_hello, sizeof v1_hello);
+    h->len = sizeof v1_hello;
+    run_and_free(h);
+    {
+        /* The message names the peer's version and says to upgrade it. */
+        pair p = open_pair(NULL);
+        raw_send(p.raw, v1_hello, sizeof v1_hello, NULL, 0);
+        shmlink_message msg = SHMLINK_MESSAGE_INIT;
+        shmlink_error err;
+        CHECK(shmlink_endpoint_recv(p.ep, &msg, TEST_TIMEOUT_MS, &err) ==
+                      SHMLINK_ERR_PEER_INCOMPATIBLE &&
+                  strstr(err.message, "version 1") != NULL &&
+                  strstr(err.message, "upgrade the peer") != NULL,
+              "version-1 peer: %s", err.message);
+        shmlink_endpoint_free(p.ep);
+        REQUIRE(close(p.raw) == 0, "close");
+    }
+
     static const struct {
         const char *name;
         unsigned max_regions;
@@ -963,7 +987,7 @@ static void test_wire_bytes(void)
     raw_send(p.raw, hello, valid_hello(hello), NULL, 0);
 
     uint8_t expect[SHMLINK_MAX_FRAME_SIZE];
-    size_t expect_len = hex_to_bytes("01000000100000005348 4d4c494e4b00 010020000000 0100",
+    size_t expect_len = hex_to_bytes("01000000140000005348 4d4c494e4b00 020020000000 0100 00000000",
                                      expect, sizeof expect);
     uint8_t ours[SHMLINK_HELLO_FRAME_SIZE];
     valid_hello(ours);

@@ -27,6 +27,8 @@ use crate::sync::{AtomicU64, Ordering, fence};
 use crate::sys::{self, Credentials, Interest, Io};
 use crate::wire::Announced;
 
+mod rings;
+
 /// Received messages an endpoint holds for its application before it stops reading
 /// (the peer's sends then wait for room in the socket).
 const INBOX_MESSAGES: usize = 256;
@@ -34,6 +36,10 @@ const INBOX_MESSAGES: usize = 256;
 const INBOX_BYTES: usize = 4 << 20;
 /// How long a blocking call waits between checks that its caller still wants it.
 const INTERRUPT_SLICE: Duration = Duration::from_millis(25);
+/// The busy-poll window of an endpoint with a ring, unless its options say otherwise:
+/// long enough for a peer's reply over the ring to come back while spinning (a few
+/// microseconds here), short enough that one wait costs little CPU.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -95,6 +101,14 @@ pub struct Options {
     pub yield_every: u32,
     /// The realm received regions resolve in (see [`Realm`]).
     pub realm: Realm,
+    /// Offer a shared-memory ring per direction in HELLO (`docs/PROTOCOL.md` §9): when the
+    /// peer offers one too, small messages travel without a system call. Off by default:
+    /// it pays only with [`Options::busy_poll`], which costs CPU time while waiting.
+    pub ring: bool,
+    /// With a ring: how long a waiting receive spins (adaptively, up to this) before it
+    /// sleeps, and how long an event loop keeps polling the ring after delivering
+    /// messages before it goes back to sleep. `Duration::ZERO` never spins.
+    pub busy_poll: Duration,
 }
 
 impl Options {
@@ -105,6 +119,8 @@ impl Options {
             accept_writable: true,
             yield_every: 0,
             realm: Realm::default(),
+            ring: false,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 
@@ -178,6 +194,10 @@ pub struct Stats {
     pub queued: u64,
     /// Received messages waiting for the application.
     pub inbox: u64,
+    /// Messages sent through this side's ring (the others went over the socket).
+    pub ring_messages_out: u64,
+    /// Messages received through the peer's ring.
+    pub ring_messages_in: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +253,18 @@ enum Arrival {
     Released,
     Message(Message),
     EndOfFile,
+    Ring(crate::ring::Consumer<Arc<crate::ring::Mapped>>),
+    Wake,
+}
+
+/// Where a record the session judged lies, for its payload to be taken from.
+enum Source {
+    /// The receive buffer (`Scratch::record`).
+    Receive,
+    /// A socket record read ahead of its turn and kept (`docs/PROTOCOL.md` §9.4).
+    Held(Vec<u8>),
+    /// The ring entry peeked last.
+    Entry,
 }
 
 #[derive(Debug)]
@@ -264,6 +296,7 @@ struct Conn {
     scratch: Scratch,
     binder: Weak<dyn Binder>,
     socket: Socket,
+    rings: rings::Rings,
 }
 
 #[derive(Debug)]
@@ -421,7 +454,8 @@ impl Endpoint {
             Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 conn: Mutex::new(Conn {
-                    session: Session::new(limits, options.accept_writable, options.realm),
+                    session: Session::new(limits, options.accept_writable, options.realm)
+                        .offering_ring(options.ring),
                     status: Status::Open,
                     outbox: VecDeque::new(),
                     inbox: VecDeque::new(),
@@ -451,6 +485,7 @@ impl Endpoint {
                     },
                     binder,
                     socket: Socket::new(fd),
+                    rings: rings::Rings::new(options.busy_poll),
                 }),
             }
         });
@@ -670,7 +705,7 @@ impl Endpoint {
         let mut wait_first = self.conn().last_receive_waited;
         loop {
             if wait_first {
-                self.wait(Interest::READABLE, deadline, OP, interrupted)?;
+                self.wait_inbound(deadline, OP, interrupted)?;
             }
             let mut conn = self.conn();
             conn.readable = true;
@@ -777,7 +812,9 @@ impl Endpoint {
 
     /// What the driving event loop should wait for now.
     pub fn interest(&self) -> Interest {
-        self.conn().interest()
+        let mut conn = self.conn();
+        conn.arm_loop();
+        conn.interest()
     }
 
     /// The socket is ready: the event loop has turned. Writable readiness sends what is
@@ -787,6 +824,7 @@ impl Endpoint {
         conn.driven = true;
         conn.sends_this_turn = 0;
         conn.delivered_this_turn = false;
+        conn.turn_begins();
         if ready.readable {
             conn.readable = true;
         }
@@ -868,7 +906,8 @@ impl Conn {
         let established = self.session.is_established();
         Interest {
             readable: !established || self.inbox_has_room(),
-            writable: established && (!self.outbox.is_empty() || self.session.has_control()),
+            writable: established
+                && (!self.outbox.is_empty() || self.session.has_control() || self.rings.kick()),
         }
     }
 
@@ -940,7 +979,7 @@ impl Conn {
     fn send_control(&mut self) -> Result<Io<()>> {
         let fd = self.socket("send")?;
         while let Some(control) = self.session.poll_control(&mut self.scratch.frame) {
-            match sys::send_record(fd, &[Bytes::from(self.scratch.frame.as_slice())], &[])? {
+            match self.put_control(fd, control)? {
                 Io::Done(_) => self.session.control_sent(control),
                 // A peer already gone is reported by the first receive, after whatever it
                 // sent before leaving (PROTOCOL.md §3 rule 4).
@@ -972,7 +1011,18 @@ impl Conn {
         // SYNC POINT: release (MEMORY-MODEL.md §3). Every write this thread made to the
         // attached regions happens-before the peer's reads after its receive.
         fence(Ordering::Release);
-        match sys::send_record(self.socket(op)?, &parts, &files)? {
+        let ring_out = self.session.ring_out_active();
+        let sent = if files.is_empty() && self.rings.push(ring_out, &parts, &self.socket)? {
+            self.stats.ring_messages_out += 1;
+            Io::Done(expected)
+        } else {
+            let sent = sys::send_record(self.socket(op)?, &parts, &files)?;
+            if let Io::Done(_) = sent {
+                self.rings.sent_on_socket(ring_out);
+            }
+            sent
+        };
+        match sent {
             Io::Done(n) if n == expected => {}
             Io::Done(n) => {
                 return Err(Error::new(
@@ -1131,36 +1181,60 @@ impl Conn {
             data_truncated: received.data_truncated,
             control_truncated: received.control_truncated,
         };
-        match self.session.handle_record(record) {
-            Ok(Inbound::Handshake) => {
-                if self.driven {
-                    self.notices.push_back(Event::Handshake);
-                }
-                self.flush();
-                Ok(Some(Arrival::Handshake))
-            }
-            Ok(Inbound::Message { regions, payload }) => Ok(Some(Arrival::Message(Message {
-                payload: self.take_payload(payload),
-                regions,
-            }))),
-            Ok(Inbound::Released) => Ok(Some(Arrival::Released)),
-            Ok(Inbound::EndOfFile) => Ok(Some(Arrival::EndOfFile)),
+        let judged = self.session.handle_record(record);
+        self.judged(op, judged, Source::Receive)
+    }
+
+    /// What a judged record brings, its payload taken from `source`; a failure ends the
+    /// connection and is returned.
+    fn judged(
+        &mut self,
+        op: &'static str,
+        judged: Result<Inbound>,
+        source: Source,
+    ) -> Result<Option<Arrival>> {
+        let inbound = match judged {
+            Ok(inbound) => inbound,
             Err(e) => {
                 let e = e.during(op);
                 self.end(e.clone());
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        Ok(Some(match inbound {
+            Inbound::Handshake => {
+                if self.driven {
+                    self.notices.push_back(Event::Handshake);
+                }
+                self.rings_after_handshake();
+                self.flush();
+                Arrival::Handshake
+            }
+            Inbound::Message { regions, payload } => Arrival::Message(Message {
+                payload: self.take_payload(payload, source),
+                regions,
+            }),
+            Inbound::Released => Arrival::Released,
+            Inbound::EndOfFile => Arrival::EndOfFile,
+            Inbound::Ring(consumer) => Arrival::Ring(consumer),
+            Inbound::Wake => Arrival::Wake,
+        }))
     }
 
-    /// The payload at `range` of the record just received: copied out when small; when
-    /// large, the receive buffer itself, replaced by a spare one for the next record.
-    fn take_payload(&mut self, range: std::ops::Range<usize>) -> Payload {
-        if range.len() < KEEP_BUFFER_AT {
-            return Payload::from(self.scratch.record[range].to_vec());
+    /// The payload at `range` of the record `source` holds. From the receive buffer: copied
+    /// out when small; when large, the receive buffer itself, replaced by a spare one for
+    /// the next record. A held record's buffer is the payload's; a ring entry's is copied.
+    fn take_payload(&mut self, range: std::ops::Range<usize>, source: Source) -> Payload {
+        match source {
+            Source::Receive if range.len() >= KEEP_BUFFER_AT => {
+                let buffer =
+                    std::mem::replace(&mut self.scratch.record, self.scratch.spares.take());
+                Payload::within(buffer, range, self.scratch.spares.clone())
+            }
+            Source::Receive => Payload::from(self.scratch.record[range].to_vec()),
+            Source::Held(bytes) => Payload::owned(bytes, range),
+            Source::Entry => Payload::from(self.rings.entry_bytes()[range].to_vec()),
         }
-        let buffer = std::mem::replace(&mut self.scratch.record, self.scratch.spares.take());
-        Payload::within(buffer, range, self.scratch.spares.clone())
     }
 
     /// Files what a record brought: a message into the inbox, end-of-file as the end.
@@ -1173,7 +1247,8 @@ impl Conn {
                 self.inbox.push_back(message);
             }
             Arrival::EndOfFile => self.end(Error::peer_closed("recv")),
-            Arrival::Handshake | Arrival::Released => {}
+            Arrival::Ring(consumer) => self.rings.arrived(consumer),
+            Arrival::Handshake | Arrival::Released | Arrival::Wake => {}
         }
     }
 
@@ -1190,10 +1265,10 @@ impl Conn {
                     .err()
                     .unwrap_or_else(|| Error::closed(op)));
             }
-            if !self.readable {
+            if !self.readable && !self.ring_pending() {
                 return Err(Error::would_block(op));
             }
-            match self.read_record(op)? {
+            match self.read_next(op)? {
                 None => return Err(Error::would_block(op)),
                 Some(inbound) => self.accept_inbound(inbound),
             }
@@ -1224,14 +1299,14 @@ impl Conn {
                 });
             }
             let may_read = self.is_open()
-                && self.readable
+                && (self.readable || self.ring_pending())
                 && (!self.session.is_established()
                     || (self.inbox_has_room()
                         && (self.wants_message() || !self.delivered_this_turn)));
             if !may_read {
                 return None;
             }
-            match self.read_record("recv") {
+            match self.read_next("recv") {
                 Ok(None) => return None,
                 Ok(Some(inbound)) => self.accept_inbound(inbound),
                 // The failure ended the connection and queued a Closed event.
@@ -1249,6 +1324,7 @@ impl Conn {
         if let Some(fd) = self.socket.borrow() {
             sys::shutdown_both(fd);
         }
+        self.rings.end();
         self.session.end(reason.kind() == ErrorKind::PeerClosed);
         self.status = Status::Ended(reason.clone());
         for queued in std::mem::take(&mut self.outbox) {

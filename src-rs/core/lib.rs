@@ -43,6 +43,7 @@ mod listener;
 mod payload;
 mod pool;
 mod region;
+mod ring;
 mod session;
 mod socket;
 mod sync;
@@ -52,7 +53,9 @@ mod watcher;
 pub mod wire;
 
 pub use bytes::Bytes;
-pub use endpoint::{Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket};
+pub use endpoint::{
+    DEFAULT_BUSY_POLL, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use limits::{
     Limits, ProcessLimits, ProcessUsage, process_limits, process_usage, set_process_limits,

@@ -81,6 +81,16 @@ impl Payload {
         }
     }
 
+    /// The payload at `range` of `buffer`, which it owns.
+    pub(crate) fn owned(buffer: Vec<u8>, range: Range<usize>) -> Payload {
+        debug_assert!(range.end <= buffer.len());
+        Payload {
+            buffer,
+            range,
+            spares: None,
+        }
+    }
+
     /// The bytes, in a vector of their own (no copy when the payload has one already).
     pub fn into_vec(mut self) -> Vec<u8> {
         let mut buffer = std::mem::take(&mut self.buffer);

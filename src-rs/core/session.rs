@@ -12,8 +12,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::{Charge, Limits, exceeded};
 use crate::payload::Payload;
 use crate::region::{Binder, Fate, Realm, Region, WeakRegion};
+use crate::ring::{self, Consumer, Mapped};
 use crate::table::{PeerBinding, RegionTable};
-use crate::wire::{self, Announced, Descriptor, Refusal};
+use crate::wire::{self, Announced, Descriptor, Hello, Refusal};
 
 /// A region attached to an outgoing message.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +78,27 @@ pub(crate) struct Record<'a> {
     pub(crate) control_truncated: bool,
 }
 
+/// A socket record read ahead of the ring entries that come before it (§9.4), kept
+/// unjudged until its turn.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+    pub(crate) data_truncated: bool,
+    pub(crate) control_truncated: bool,
+}
+
+impl Held {
+    pub(crate) fn record(&mut self) -> Record<'_> {
+        Record {
+            bytes: &self.bytes,
+            fds: std::mem::take(&mut self.fds),
+            data_truncated: self.data_truncated,
+            control_truncated: self.control_truncated,
+        }
+    }
+}
+
 /// What a record meant.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -89,14 +111,22 @@ pub(crate) enum Inbound {
         regions: Vec<Incoming>,
         payload: Range<usize>,
     },
-    /// End-of-file: the peer closed the connection.
+    /// End-of-file: the peer closed the connection. With a ring from the peer, the
+    /// session ends only when the caller has taken what the ring still holds and calls
+    /// [`Session::end_of_file`].
     EndOfFile,
+    /// The peer's RING, checked and mapped: its messages come through it from now on.
+    Ring(Consumer<Arc<Mapped>>),
+    /// A WAKE: the peer published into its ring while this side's event loop waited.
+    Wake,
 }
 
 /// A frame the session itself needs sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
     Hello,
+    /// This side's RING (its memory file travels with it).
+    Ring,
     /// RELEASE of the first `count` queued ids.
     Release {
         count: usize,
@@ -116,7 +146,9 @@ pub(crate) struct Session {
     /// Whether the peer may send regions it can still write (not frozen).
     accept_writable: bool,
     realm: Realm,
-    peer: Option<Announced>,
+    /// The `wire::CAP_*` bits this side offers in its HELLO.
+    capabilities: u32,
+    peer: Option<Hello>,
     hello_sent: bool,
     ended: bool,
     table: RegionTable,
@@ -126,6 +158,16 @@ pub(crate) struct Session {
     /// Regions that came over this connection with a transfer: this side gives them up if
     /// it ends the connection while they are still here (`docs/MEMORY-MODEL.md` §5.1).
     transferred_in: Vec<WeakRegion>,
+    /// This side's ring: its capacity once created, and whether its RING has left (from
+    /// then on its frames are counted, §9.4).
+    ring_out: Option<u32>,
+    ring_out_sent: bool,
+    /// Whether the peer's RING arrived.
+    ring_in: bool,
+    /// The peer's socket frames taken since its last ring entry, and those its entry
+    /// peeked last says still come first (§9.4).
+    since_entry: u32,
+    owed: u32,
 }
 
 const OP_RECV: &str = "recv";
@@ -140,6 +182,7 @@ impl Session {
             limits,
             accept_writable,
             realm,
+            capabilities: 0,
             peer: None,
             hello_sent: false,
             ended: false,
@@ -147,7 +190,117 @@ impl Session {
             releases: Vec::new(),
             fate: Arc::new(Fate::default()),
             transferred_in: Vec::new(),
+            ring_out: None,
+            ring_out_sent: false,
+            ring_in: false,
+            since_entry: 0,
+            owed: 0,
         }
+    }
+
+    /// Offers rings in this side's HELLO when `offer` (before it is sent).
+    pub(crate) fn offering_ring(mut self, offer: bool) -> Session {
+        if offer {
+            self.capabilities |= wire::CAP_RING;
+        }
+        self
+    }
+
+    /// Whether both HELLOs offered rings.
+    pub(crate) fn rings_agreed(&self) -> bool {
+        self.capabilities & wire::CAP_RING != 0
+            && self.peer.is_some_and(|hello| hello.offers(wire::CAP_RING))
+    }
+
+    /// This side created its ring: its RING goes out next.
+    pub(crate) fn ring_created(&mut self, capacity: u32) {
+        if self.rings_agreed() && self.ring_out.is_none() {
+            self.ring_out = Some(capacity);
+        }
+    }
+
+    /// Whether this side's RING has left: frames of this direction may use the ring.
+    pub(crate) fn ring_out_active(&self) -> bool {
+        self.ring_out_sent && !self.ended
+    }
+
+    /// Whether the peer's RING arrived.
+    pub(crate) fn ring_in(&self) -> bool {
+        self.ring_in
+    }
+
+    /// Whether socket frames are due before the ring entry peeked last.
+    pub(crate) fn owes_socket_frames(&self) -> bool {
+        self.owed > 0
+    }
+
+    /// The next ring entry says `socket_before` socket frames come before it: true when it
+    /// may be taken now, false when socket frames are due first (§9.4).
+    pub(crate) fn entry_turn(&mut self, socket_before: u32) -> Result<bool> {
+        if socket_before < self.since_entry {
+            let error = violation(format!(
+                "a ring entry says {socket_before} socket frames come before it, but {} did",
+                self.since_entry
+            ));
+            self.end(false);
+            return Err(error);
+        }
+        self.owed = socket_before - self.since_entry;
+        Ok(self.owed == 0)
+    }
+
+    /// Whether a socket frame read while nothing was due comes now (true) or after the
+    /// next ring entry, `next`, published meanwhile (false: hold it) (§9.4).
+    pub(crate) fn socket_turn(&mut self, next: Option<u32>) -> Result<bool> {
+        match next {
+            Some(before) if before < self.since_entry => self.entry_turn(before),
+            Some(before) => Ok(before > self.since_entry),
+            None => Ok(true),
+        }
+    }
+
+    /// Judges a frame the peer's ring delivered: a MESSAGE without new regions or a
+    /// RELEASE (§9.3), judged as the same record on the socket would be.
+    pub(crate) fn handle_entry(&mut self, frame: &[u8]) -> Result<Inbound> {
+        let kind = frame.first().copied().unwrap_or_default();
+        if kind != wire::KIND_MESSAGE && kind != wire::KIND_RELEASE {
+            self.end(false);
+            return Err(violation(format!("a frame of kind {kind} in the ring")));
+        }
+        let inbound = self.handle_record(Record {
+            bytes: frame,
+            fds: Vec::new(),
+            data_truncated: false,
+            control_truncated: false,
+        })?;
+        self.since_entry = 0;
+        Ok(inbound)
+    }
+
+    /// Judges a socket record of a connection on which the peer's ring arrived: its
+    /// MESSAGE and RELEASE frames count towards the next entry's `socket_before` (§9.4).
+    pub(crate) fn handle_socket_frame(&mut self, record: Record<'_>) -> Result<Inbound> {
+        let inbound = self.handle_record(record)?;
+        if matches!(inbound, Inbound::Message { .. } | Inbound::Released) {
+            self.since_entry = self.since_entry.saturating_add(1);
+            self.owed = self.owed.saturating_sub(1);
+        }
+        Ok(inbound)
+    }
+
+    /// The peer's end-of-file, once its ring has been emptied: frames the ring said come
+    /// first never will.
+    pub(crate) fn end_of_file(&mut self) -> Result<()> {
+        if self.owed > 0 {
+            let error = violation(format!(
+                "the peer closed the connection before the {} socket frames its ring said come first",
+                self.owed
+            ));
+            self.end(false);
+            return Err(error);
+        }
+        self.end(true);
+        Ok(())
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -156,7 +309,7 @@ impl Session {
 
     /// The limits the peer announced, once its HELLO has arrived.
     pub(crate) fn peer_limits(&self) -> Option<Announced> {
-        self.peer
+        self.peer.map(|hello| hello.limits)
     }
 
     pub(crate) fn is_established(&self) -> bool {
@@ -185,7 +338,11 @@ impl Session {
 
     /// Whether the session has a frame of its own to send.
     pub(crate) fn has_control(&self) -> bool {
-        !self.ended && (!self.hello_sent || (self.peer.is_some() && !self.releases.is_empty()))
+        !self.ended
+            && (!self.hello_sent
+                || (self.peer.is_some()
+                    && (!self.releases.is_empty()
+                        || (self.ring_out.is_some() && !self.ring_out_sent))))
     }
 
     /// The next frame the session needs sent, written into `frame`.
@@ -195,10 +352,24 @@ impl Session {
             return None;
         }
         if !self.hello_sent {
-            wire::put_hello(frame, self.limits.announced());
+            wire::put_hello(
+                frame,
+                Hello {
+                    limits: self.limits.announced(),
+                    capabilities: self.capabilities,
+                },
+            );
             return Some(Control::Hello);
         }
-        let peer = self.peer?;
+        let peer = self.peer?.limits;
+        if let Some(capacity) = self.ring_out
+            && !self.ring_out_sent
+        {
+            wire::put_header(frame, wire::KIND_RING, 0, wire::RING_PAYLOAD_LEN as u32);
+            frame.extend_from_slice(&capacity.to_le_bytes());
+            frame.extend_from_slice(&0u32.to_le_bytes());
+            return Some(Control::Ring);
+        }
         if self.releases.is_empty() {
             return None;
         }
@@ -215,6 +386,7 @@ impl Session {
     pub(crate) fn control_sent(&mut self, control: Control) {
         match control {
             Control::Hello => self.hello_sent = true,
+            Control::Ring => self.ring_out_sent = true,
             Control::Release { count } => {
                 self.releases.drain(..count);
             }
@@ -229,7 +401,7 @@ impl Session {
         payload_len: usize,
         attachments: &[Attach<'_>],
     ) -> Result<()> {
-        let bounds = self.peer.unwrap_or(Announced {
+        let bounds = self.peer_limits().unwrap_or(Announced {
             max_regions: wire::MAX_REGIONS_CEILING,
             max_payload: wire::MAX_PAYLOAD_CEILING,
         });
@@ -283,7 +455,7 @@ impl Session {
         attachments: &[Attach<'_>],
         frame: &mut Vec<u8>,
     ) -> Result<Plan> {
-        let peer = self.peer.ok_or_else(|| Error::would_block(op))?;
+        let peer = self.peer_limits().ok_or_else(|| Error::would_block(op))?;
         if payload_len > peer.max_payload as usize
             || attachments.len() > usize::from(peer.max_regions)
         {
@@ -407,7 +579,8 @@ impl Session {
         }
         let outcome = self.judge(record);
         match outcome {
-            Ok(Inbound::EndOfFile) => self.end(true),
+            // With a ring, the caller first takes what the ring still holds.
+            Ok(Inbound::EndOfFile) if !self.ring_in => self.end(true),
             Err(_) => self.end(false),
             Ok(_) => {}
         }
@@ -452,6 +625,11 @@ impl Session {
             return Ok(Inbound::Handshake);
         }
         let frame = wire::parse(bytes).map_err(refusal)?;
+        match frame.header.kind {
+            wire::KIND_RING => return self.judge_ring(frame.payload, fds),
+            wire::KIND_WAKE if self.ring_in && fds.is_empty() => return Ok(Inbound::Wake),
+            _ => {}
+        }
         let new_count = frame.descriptors().filter(Descriptor::is_new).count();
         if new_count != fds.len() {
             return Err(violation(format!(
@@ -474,6 +652,9 @@ impl Session {
         }
         match frame.header.kind {
             wire::KIND_HELLO => Err(violation("a second HELLO")),
+            wire::KIND_WAKE => Err(violation(
+                "a WAKE frame, but the peer has sent no RING (or it carried descriptors)",
+            )),
             wire::KIND_RELEASE => {
                 for d in frame.descriptors() {
                     let size = self
@@ -526,6 +707,45 @@ impl Session {
                 })
             }
         }
+    }
+
+    /// §9.2: the peer's ring, checked like any region (§5.3) and mapped.
+    fn judge_ring(&mut self, payload: &[u8], mut fds: Vec<OwnedFd>) -> Result<Inbound> {
+        if !self.rings_agreed() {
+            return Err(violation(
+                "a RING frame, but the HELLOs did not agree on rings",
+            ));
+        }
+        if self.ring_in {
+            return Err(violation("a second RING frame"));
+        }
+        if fds.len() != 1 {
+            return Err(violation(format!(
+                "a RING frame must carry one file descriptor, not {}",
+                fds.len()
+            )));
+        }
+        let capacity = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+        let flags = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        if !ring::valid_capacity(capacity) || flags != 0 {
+            return Err(violation(format!(
+                "a RING of capacity {capacity} with flags {flags:#x}; the capacity must be a power \
+                 of two from {} to {} and the flags 0",
+                ring::MIN_CAPACITY,
+                ring::MAX_CAPACITY
+            )));
+        }
+        let fd = fds
+            .pop()
+            .ok_or_else(|| violation("a descriptor went missing"))?;
+        let mapped = Mapped::adopt(&fd, capacity)?;
+        self.ring_in = true;
+        let max_frame = self.limits.announced().max_frame_len();
+        Ok(Inbound::Ring(Consumer::new(
+            Arc::new(mapped),
+            capacity,
+            max_frame,
+        )))
     }
 
     /// §5.2 rule 1 and §5.3, with this side's limits and trust policy checked before
@@ -958,6 +1178,101 @@ mod tests {
             ErrorKind::LimitExceeded,
             "a second bound region is over maxBoundRegions"
         );
+    }
+
+    /// A session whose peer's RING arrived (rings agreed in both HELLOs).
+    fn with_peer_ring() -> Session {
+        let mut s = session().offering_ring(true);
+        let mut frame = Vec::new();
+        s.poll_control(&mut frame);
+        s.control_sent(Control::Hello);
+        let mut hello = Vec::new();
+        wire::put_hello(
+            &mut hello,
+            Hello {
+                limits: Announced::default(),
+                capabilities: wire::CAP_RING,
+            },
+        );
+        s.handle_record(record(&hello, vec![])).unwrap();
+        assert!(s.rings_agreed());
+        let mut ring = Vec::new();
+        wire::put_header(&mut ring, wire::KIND_RING, 0, 8);
+        ring.extend_from_slice(&4096u32.to_le_bytes());
+        ring.extend_from_slice(&0u32.to_le_bytes());
+        let fd = foreign(256 + 4096);
+        assert!(matches!(
+            s.handle_record(record(&ring, vec![fd])),
+            Ok(Inbound::Ring(_))
+        ));
+        s
+    }
+
+    #[test]
+    fn socket_frames_and_ring_entries_take_their_turns() {
+        let mut s = with_peer_ring();
+        // A socket frame read while the next entry says nothing came before it: the entry
+        // goes first, the frame is held.
+        assert!(!s.socket_turn(Some(0)).unwrap());
+        // ...and while the next entry says one frame comes first: this is it.
+        assert!(s.socket_turn(Some(1)).unwrap());
+        // With no entry published, a socket frame comes now.
+        assert!(s.socket_turn(None).unwrap());
+        let m = message(&[], b"on the socket");
+        assert!(matches!(
+            s.handle_socket_frame(record(&m, vec![])),
+            Ok(Inbound::Message { .. })
+        ));
+        // One socket frame taken: an entry saying two came first owes one more...
+        assert!(!s.entry_turn(2).unwrap());
+        assert!(s.owes_socket_frames());
+        s.handle_socket_frame(record(&m, vec![])).unwrap();
+        assert!(!s.owes_socket_frames());
+        assert!(s.entry_turn(2).unwrap());
+        s.handle_entry(&message(&[], b"in the ring")).unwrap();
+        // ...and after the entry, the count starts again: an entry saying none came
+        // before it, after one did, is a lie.
+        s.handle_socket_frame(record(&m, vec![])).unwrap();
+        assert_eq!(s.entry_turn(0).unwrap_err().kind(), ErrorKind::Protocol);
+        assert!(!s.is_established());
+    }
+
+    #[test]
+    fn the_end_of_file_cannot_come_before_frames_a_ring_entry_promised() {
+        let mut s = with_peer_ring();
+        assert!(matches!(
+            s.handle_record(record(b"", vec![])),
+            Ok(Inbound::EndOfFile)
+        ));
+        assert!(s.is_established(), "the ring may still hold messages");
+        assert!(!s.entry_turn(1).unwrap());
+        assert_eq!(s.end_of_file().unwrap_err().kind(), ErrorKind::Protocol);
+        let mut s = with_peer_ring();
+        s.end_of_file().unwrap();
+        assert!(!s.is_established());
+    }
+
+    #[test]
+    fn the_ring_carries_messages_without_new_regions_and_releases_only() {
+        let new = Descriptor {
+            id: 1,
+            flags: FLAG_NEW,
+            size: 4096,
+        };
+        let mut hello = wire::hello_frame(Announced::default());
+        hello[0] = wire::KIND_HELLO;
+        for frame in [message(&[new], b""), hello] {
+            let mut s = with_peer_ring();
+            assert_eq!(
+                s.handle_entry(&frame).unwrap_err().kind(),
+                ErrorKind::Protocol
+            );
+        }
+        let mut s = with_peer_ring();
+        assert!(matches!(
+            s.handle_entry(&message(&[], b"x")),
+            Ok(Inbound::Message { .. })
+        ));
     }
 
     #[test]

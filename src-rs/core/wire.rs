@@ -12,19 +12,22 @@
 
 /// The first eight bytes of every HELLO payload.
 pub const MAGIC: [u8; 8] = *b"SHMLINK\0";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate speaks (`docs/PROTOCOL.md` §3).
+pub const VERSION: u16 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
 /// Bytes in a region descriptor.
 pub const DESCRIPTOR_LEN: usize = 16;
 /// Bytes in a HELLO payload.
-pub const HELLO_LEN: usize = 16;
+pub const HELLO_LEN: usize = 20;
 /// Where the fields of a HELLO payload start (`docs/PROTOCOL.md` §3).
 const HELLO_MAGIC_AT: usize = 0;
 const HELLO_VERSION_AT: usize = 8;
 const HELLO_MAX_REGIONS_AT: usize = 10;
 const HELLO_MAX_PAYLOAD_AT: usize = 12;
+const HELLO_CAPABILITIES_AT: usize = 16;
+/// Capability bit: this side can use a shared-memory ring per direction (§9).
+pub const CAP_RING: u32 = 1;
 /// The largest inline payload any peer may announce; larger data belongs in a region.
 pub const MAX_PAYLOAD_CEILING: u32 = 65536;
 /// The most regions any peer may announce per message: Linux passes at most this many
@@ -37,6 +40,12 @@ pub const KIND_HELLO: u8 = 1;
 pub const KIND_MESSAGE: u8 = 2;
 /// RELEASE: the sender forgets the listed ids of its own namespace.
 pub const KIND_RELEASE: u8 = 3;
+/// RING: the sender's ring for its direction (one memory file, no descriptor entries).
+pub const KIND_RING: u8 = 4;
+/// WAKE: the doorbell; the receiver looks at the sender's ring.
+pub const KIND_WAKE: u8 = 5;
+/// Bytes in a RING payload: the capacity of its entry area, then flags (0).
+pub const RING_PAYLOAD_LEN: usize = 8;
 
 /// Descriptor flag: a descriptor for this region travels with the frame (in order).
 pub const FLAG_NEW: u32 = 1;
@@ -111,6 +120,22 @@ impl Announced {
     /// The largest frame a side with these limits can receive.
     pub fn max_frame_len(&self) -> usize {
         HEADER_LEN + usize::from(self.max_regions) * DESCRIPTOR_LEN + self.max_payload as usize
+    }
+}
+
+/// A peer's HELLO: its limits and the capabilities it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hello {
+    /// What it accepts in one message.
+    pub limits: Announced,
+    /// `CAP_*` bits it offers; bits this crate does not know are ignored.
+    pub capabilities: u32,
+}
+
+impl Hello {
+    /// Whether the peer offers `capability`.
+    pub fn offers(&self, capability: u32) -> bool {
+        self.capabilities & capability == capability
     }
 }
 
@@ -228,20 +253,28 @@ pub fn parse(record: &[u8]) -> Result<Frame<'_>, Refusal> {
         KIND_RELEASE => return Err(violation("a RELEASE frame carries a payload")),
         KIND_HELLO if header.region_count == 0 && frame.payload.len() == HELLO_LEN => {}
         KIND_HELLO => {
-            return Err(violation(
-                "a HELLO frame must carry 16 payload bytes and no regions",
-            ));
+            return Err(violation(format!(
+                "a HELLO frame must carry {HELLO_LEN} payload bytes and no regions"
+            )));
         }
+        KIND_RING if header.region_count == 0 && frame.payload.len() == RING_PAYLOAD_LEN => {}
+        KIND_RING => {
+            return Err(violation(format!(
+                "a RING frame must carry {RING_PAYLOAD_LEN} payload bytes and no regions"
+            )));
+        }
+        KIND_WAKE if header.region_count == 0 && header.payload_len == 0 => {}
+        KIND_WAKE => return Err(violation("a WAKE frame carries regions or a payload")),
         other => return Err(violation(format!("unknown frame kind {other}"))),
     }
     Ok(frame)
 }
 
 /// Checks the first record of a connection, which must be a HELLO, and returns the
-/// peer's limits. Magic and version are judged before anything else, so a peer of
-/// another version (whose HELLO may be laid out differently after them) is reported as
-/// incompatible rather than as breaking this version's rules.
-pub fn parse_first(record: &[u8]) -> Result<Announced, Refusal> {
+/// peer's limits and capabilities. Magic and version are judged before anything else, so
+/// a peer of another version (whose HELLO may be laid out differently after them) is
+/// reported as incompatible rather than as breaking this version's rules.
+pub fn parse_first(record: &[u8]) -> Result<Hello, Refusal> {
     let version_end = HEADER_LEN + HELLO_MAX_REGIONS_AT;
     if record.len() >= version_end && record[0] == KIND_HELLO {
         check_magic_and_version(&record[HEADER_LEN..version_end])?;
@@ -261,15 +294,21 @@ fn check_magic_and_version(start: &[u8]) -> Result<(), Refusal> {
     }
     let version = u16_at(start, HELLO_VERSION_AT);
     if version != VERSION {
+        let upgrade = if version < VERSION {
+            "upgrade the peer's shmlink library"
+        } else {
+            "upgrade this side's shmlink library"
+        };
         return Err(Refusal::Incompatible(format!(
-            "the peer speaks shmlink protocol version {version}; this side speaks {VERSION}"
+            "the peer speaks shmlink protocol version {version}; this side speaks {VERSION} \
+             and versions do not mix: {upgrade}"
         )));
     }
     Ok(())
 }
 
 /// Decodes and checks a HELLO payload.
-pub fn parse_hello(payload: &[u8]) -> Result<Announced, Refusal> {
+pub fn parse_hello(payload: &[u8]) -> Result<Hello, Refusal> {
     if payload.len() != HELLO_LEN {
         return Err(violation(format!(
             "a HELLO payload of {} bytes",
@@ -287,7 +326,10 @@ pub fn parse_hello(payload: &[u8]) -> Result<Announced, Refusal> {
             limits.max_regions, limits.max_payload
         )));
     }
-    Ok(limits)
+    Ok(Hello {
+        limits,
+        capabilities: u32_at(payload, HELLO_CAPABILITIES_AT),
+    })
 }
 
 /// Appends a frame header to `out`.
@@ -305,19 +347,26 @@ pub fn put_descriptor(out: &mut Vec<u8>, d: Descriptor) {
     out.extend_from_slice(&d.size.to_le_bytes());
 }
 
-/// Appends a whole HELLO frame announcing `limits` to `out`.
-pub fn put_hello(out: &mut Vec<u8>, limits: Announced) {
+/// Appends a whole HELLO frame to `out`.
+pub fn put_hello(out: &mut Vec<u8>, hello: Hello) {
     put_header(out, KIND_HELLO, 0, HELLO_LEN as u32);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&limits.max_regions.to_le_bytes());
-    out.extend_from_slice(&limits.max_payload.to_le_bytes());
+    out.extend_from_slice(&hello.limits.max_regions.to_le_bytes());
+    out.extend_from_slice(&hello.limits.max_payload.to_le_bytes());
+    out.extend_from_slice(&hello.capabilities.to_le_bytes());
 }
 
-/// A whole HELLO frame announcing `limits`.
+/// A whole HELLO frame announcing `limits` and no capabilities.
 pub fn hello_frame(limits: Announced) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + HELLO_LEN);
-    put_hello(&mut out, limits);
+    put_hello(
+        &mut out,
+        Hello {
+            limits,
+            capabilities: 0,
+        },
+    );
     out
 }
 
@@ -342,29 +391,66 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_matches_the_documented_bytes() {
-        let frame = hello_frame(Announced {
-            max_regions: 32,
-            max_payload: 65536,
-        });
+        let mut frame = Vec::new();
+        put_hello(
+            &mut frame,
+            Hello {
+                limits: Announced {
+                    max_regions: 32,
+                    max_payload: 65536,
+                },
+                capabilities: CAP_RING,
+            },
+        );
         assert_eq!(
             frame,
             [
-                0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
-                0x00, // header: HELLO, 0 regions, 16 bytes
+                0x01, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00,
+                0x00, // header: HELLO, 0 regions, 20 bytes
                 b'S', b'H', b'M', b'L', b'I', b'N', b'K', 0x00, // magic
-                0x01, 0x00, 0x20, 0x00, 0x00, 0x00, 0x01,
-                0x00, // version 1, 32 regions, 65536 bytes
+                0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x01,
+                0x00, // version 2, 32 regions, 65536 bytes
+                0x01, 0x00, 0x00, 0x00, // capabilities: ring
             ]
         );
         let parsed = parse(&frame).unwrap();
         assert_eq!(parsed.header.kind, KIND_HELLO);
+        let hello = parse_hello(parsed.payload).unwrap();
         assert_eq!(
-            parse_hello(parsed.payload).unwrap(),
+            hello.limits,
             Announced {
                 max_regions: 32,
                 max_payload: 65536
             }
         );
+        assert!(hello.offers(CAP_RING));
+    }
+
+    #[test]
+    fn unknown_capability_bits_are_ignored() {
+        let mut frame = hello_frame(Announced::default());
+        frame[HEADER_LEN + HELLO_CAPABILITIES_AT + 3] = 0x80;
+        let hello = parse_first(&frame).unwrap();
+        assert!(!hello.offers(CAP_RING));
+        assert_eq!(hello.limits, Announced::default());
+    }
+
+    #[test]
+    fn ring_and_wake_frames_have_a_fixed_shape() {
+        let mut ring = Vec::new();
+        put_header(&mut ring, KIND_RING, 0, RING_PAYLOAD_LEN as u32);
+        ring.extend_from_slice(&[0; RING_PAYLOAD_LEN]);
+        assert_eq!(parse(&ring).unwrap().header.kind, KIND_RING);
+        ring[4] = 4;
+        ring.truncate(HEADER_LEN + 4);
+        assert!(parse(&ring).is_err());
+        let mut wake = Vec::new();
+        put_header(&mut wake, KIND_WAKE, 0, 0);
+        assert_eq!(parse(&wake).unwrap().header.kind, KIND_WAKE);
+        let mut loaded = Vec::new();
+        put_header(&mut loaded, KIND_WAKE, 0, 1);
+        loaded.push(0);
+        assert!(parse(&loaded).is_err());
     }
 
     #[test]
@@ -487,20 +573,37 @@ mod tests {
             Err(Refusal::Incompatible(_))
         ));
         let mut hello = hello_frame(Announced::default());
-        hello[16] = 2;
+        hello[16] = 3;
         assert!(
-            matches!(parse_hello(&hello[8..]), Err(Refusal::Incompatible(t)) if t.contains("version 2"))
+            matches!(parse_hello(&hello[8..]), Err(Refusal::Incompatible(t)) if t.contains("version 3"))
+        );
+    }
+
+    /// A version-1 HELLO, byte for byte as version-1 peers send it (PROTOCOL.md §3).
+    const V1_HELLO: [u8; 24] = [
+        0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, b'S', b'H', b'M', b'L', b'I', b'N', b'K',
+        0x00, 0x01, 0x00, 0x20, 0x00, 0x00, 0x00, 0x01, 0x00,
+    ];
+
+    #[test]
+    fn a_version_1_peer_is_incompatible_and_told_to_upgrade() {
+        let Err(Refusal::Incompatible(text)) = parse_first(&V1_HELLO) else {
+            panic!("a version-1 HELLO was not refused as incompatible")
+        };
+        assert!(
+            text.contains("version 1") && text.contains("upgrade the peer"),
+            "{text}"
         );
     }
 
     #[test]
     fn a_first_frame_of_another_version_is_incompatible_whatever_its_layout() {
         let mut later = hello_frame(Announced::default());
-        later[16] = 2;
+        later[16] = 3;
         later.extend_from_slice(&[0; 8]);
-        later[4] = 24;
+        later[4] = 28;
         assert!(
-            matches!(parse_first(&later), Err(Refusal::Incompatible(t)) if t.contains("version 2"))
+            matches!(parse_first(&later), Err(Refusal::Incompatible(t)) if t.contains("version 3"))
         );
         let mut garbage = hello_frame(Announced::default());
         garbage[2] = 1;
@@ -521,7 +624,7 @@ mod tests {
             parse_first(&hello[..12]),
             Err(Refusal::Violation(_))
         ));
-        assert_eq!(parse_first(&hello).unwrap(), Announced::default());
+        assert_eq!(parse_first(&hello).unwrap().limits, Announced::default());
     }
 
     #[test]

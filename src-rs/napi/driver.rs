@@ -315,6 +315,10 @@ impl Core {
             Target::Endpoint(endpoint) => {
                 endpoint.on_ready(ready);
                 self.pump_endpoint(endpoint);
+                // With a ring, the core may busy-poll briefly for what comes next.
+                while !self.closing.get() && endpoint.linger() {
+                    self.pump_endpoint(endpoint);
+                }
             }
             Target::Listener(listener) => {
                 match listener.on_ready() {

@@ -100,6 +100,10 @@ pub struct EndpointOptions {
     pub limits: Option<LimitsInit>,
     /// For `connect`: who must be serving.
     pub server: Option<PeerFilterInit>,
+    /// Offer a shared-memory ring (docs/PROTOCOL.md §9).
+    pub ring: Option<bool>,
+    /// With a ring: the busy-poll window in microseconds (0: never spin).
+    pub busy_poll_us: Option<f64>,
 }
 
 /// How a listener admits connections.
@@ -113,6 +117,10 @@ pub struct ListenerOptions {
     /// Accepted connections not yet taken, at most.
     pub max_pending: Option<u32>,
     pub backlog: Option<u32>,
+    /// Offer clients a shared-memory ring (docs/PROTOCOL.md §9).
+    pub ring: Option<bool>,
+    /// With a ring: the busy-poll window in microseconds (0: never spin).
+    pub busy_poll_us: Option<f64>,
 }
 
 fn limits(env: &Env, op: &'static str, init: Option<&LimitsInit>) -> napi::Result<Limits> {
@@ -155,17 +163,39 @@ fn peer_filter(init: Option<&PeerFilterInit>) -> PeerFilter {
 /// Sends that go out at once between two turns of the event loop (`Options::yield_every`).
 const SENDS_PER_TURN: u32 = 64;
 
+/// The ring options: whether to offer one, and the busy-poll window.
+fn ring_options(
+    env: &Env,
+    op: &'static str,
+    ring: Option<bool>,
+    busy_poll_us: Option<f64>,
+) -> napi::Result<(bool, Duration)> {
+    let busy_poll = match busy_poll_us {
+        None => shmlink::DEFAULT_BUSY_POLL,
+        Some(us) => Duration::from_micros(to_count(env, op, us, "busyPollUs")?),
+    };
+    Ok((ring.unwrap_or(false), busy_poll))
+}
+
 fn endpoint_options(
     env: &Env,
     op: &'static str,
     init: Option<&EndpointOptions>,
     trusted: bool,
 ) -> napi::Result<Options> {
+    let (ring, busy_poll) = ring_options(
+        env,
+        op,
+        init.and_then(|o| o.ring),
+        init.and_then(|o| o.busy_poll_us),
+    )?;
     Ok(Options {
         limits: limits(env, op, init.and_then(|o| o.limits.as_ref()))?,
         accept_writable: init.and_then(|o| o.accept_writable).unwrap_or(trusted),
         yield_every: SENDS_PER_TURN,
         realm: realm(),
+        ring,
+        busy_poll,
     })
 }
 
@@ -398,6 +428,9 @@ pub struct EndpointStats {
     pub queued: f64,
     /// Received messages not yet taken.
     pub inbox: f64,
+    /// Messages sent through this side's ring, and received through the peer's.
+    pub ring_messages_out: f64,
+    pub ring_messages_in: f64,
     pub limits: LimitsInit,
 }
 
@@ -579,6 +612,8 @@ impl NativeEndpoint {
             peer_mapped_bytes: stats.peer_mapped_bytes as f64,
             queued: stats.queued as f64,
             inbox: stats.inbox as f64,
+            ring_messages_out: stats.ring_messages_out as f64,
+            ring_messages_in: stats.ring_messages_in as f64,
             limits: limits_object(self.endpoint.limits()),
         }
     }
@@ -803,11 +838,19 @@ impl NativeListener {
     ) -> napi::Result<NativeListener> {
         const OP: &str = "Endpoint.listen";
         let options = options.as_ref();
+        let (ring, busy_poll) = ring_options(
+            &env,
+            OP,
+            options.and_then(|o| o.ring),
+            options.and_then(|o| o.busy_poll_us),
+        )?;
         let endpoint = Options {
             limits: limits(&env, OP, options.and_then(|o| o.limits.as_ref()))?,
             accept_writable: options.and_then(|o| o.accept_writable).unwrap_or(false),
             yield_every: SENDS_PER_TURN,
             realm: realm(),
+            ring,
+            busy_poll,
         };
         let defaults = ListenOptions::default();
         let listen = ListenOptions {

@@ -20,10 +20,10 @@ const (
 
 	headerLen     = 8
 	descriptorLen = 16
-	helloLen      = 16
+	helloLen      = 20
 
 	// ProtocolVersion is the version of docs/PROTOCOL.md this package speaks.
-	ProtocolVersion = 1
+	ProtocolVersion = 2
 	// MaxRegionsCeiling is the most regions per message any side may announce (Linux
 	// passes at most 253 descriptors in one message, SCM_MAX_FD).
 	MaxRegionsCeiling = 253
@@ -132,7 +132,7 @@ func parse(record []byte) (*frame, *refusal) {
 		}
 	case kindHello:
 		if h.regionCount != 0 || len(f.payload) != helloLen {
-			return nil, violationf("a HELLO frame must carry 16 payload bytes and no regions")
+			return nil, violationf("a HELLO frame must carry %d payload bytes and no regions", helloLen)
 		}
 	default:
 		return nil, violationf("unknown frame kind %d", h.kind)
@@ -170,7 +170,11 @@ func checkMagicAndVersion(start []byte) *refusal {
 		return &refusal{incompatible: true, text: "the peer's first frame is not a shmlink HELLO (wrong magic)"}
 	}
 	if v := binary.LittleEndian.Uint16(start[8:]); v != ProtocolVersion {
-		return &refusal{incompatible: true, text: fmt.Sprintf("the peer speaks shmlink protocol version %d; this side speaks %d", v, ProtocolVersion)}
+		upgrade := "upgrade the peer's shmlink library"
+		if v > ProtocolVersion {
+			upgrade = "upgrade this side's shmlink library"
+		}
+		return &refusal{incompatible: true, text: fmt.Sprintf("the peer speaks shmlink protocol version %d; this side speaks %d and versions do not mix: %s", v, ProtocolVersion, upgrade)}
 	}
 	return nil
 }
@@ -187,10 +191,14 @@ func putDescriptor(b []byte, d descriptor) []byte {
 	return binary.LittleEndian.AppendUint64(b, d.size)
 }
 
+// putHello appends this side's HELLO. Its capabilities are 0: this package offers no
+// ring (docs/PROTOCOL.md §9), so its peers keep every message on the socket, and a RING
+// or WAKE frame from a peer is an unknown kind here (a violation).
 func putHello(b []byte, a announced) []byte {
 	b = putHeader(b, kindHello, 0, helloLen)
 	b = append(b, magic[:]...)
 	b = binary.LittleEndian.AppendUint16(b, ProtocolVersion)
 	b = binary.LittleEndian.AppendUint16(b, uint16(a.maxRegions))
-	return binary.LittleEndian.AppendUint32(b, uint32(a.maxPayload))
+	b = binary.LittleEndian.AppendUint32(b, uint32(a.maxPayload))
+	return binary.LittleEndian.AppendUint32(b, 0)
 }

@@ -2,6 +2,7 @@ package shmlink
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
@@ -10,7 +11,7 @@ func TestProtocolExample(t *testing.T) {
 	checkNoFdLeak(t)
 	ep, raw := newRawPair(t, nil)
 	hello, nfds := raw.recv()
-	want := mustHex(t, "01 00 00 00 10 00 00 00 53 48 4d 4c 49 4e 4b 00 01 00 20 00 00 00 01 00")
+	want := mustHex(t, "01 00 00 00 14 00 00 00 53 48 4d 4c 49 4e 4b 00 02 00 20 00 00 00 01 00 00 00 00 00")
 	if !bytes.Equal(hello, want) || nfds != 0 {
 		t.Fatalf("HELLO = % x", hello)
 	}
@@ -69,10 +70,16 @@ func TestParseRefusesMalformedFrames(t *testing.T) {
 	if _, r := parseFirst(bad); r == nil || !r.incompatible {
 		t.Error("wrong magic is incompatible")
 	}
-	v2 := putHello(nil, announced{32, 65536})
-	v2[16] = 2
-	if _, r := parseFirst(append(v2, 0, 0)); r == nil || !r.incompatible {
-		t.Error("a longer HELLO of version 2 is incompatible, not a violation")
+	v3 := putHello(nil, announced{32, 65536})
+	v3[16] = 3
+	if _, r := parseFirst(append(v3, 0, 0)); r == nil || !r.incompatible {
+		t.Error("a longer HELLO of version 3 is incompatible, not a violation")
+	}
+	// A version-1 peer's HELLO, byte for byte (16 payload bytes): incompatible, and the
+	// message names its version and says to upgrade it (docs/PROTOCOL.md §3).
+	v1 := mustHex(t, "01 00 00 00 10 00 00 00 53 48 4d 4c 49 4e 4b 00 01 00 20 00 00 00 01 00")
+	if _, r := parseFirst(v1); r == nil || !r.incompatible || !strings.Contains(r.text, "version 1") || !strings.Contains(r.text, "upgrade the peer") {
+		t.Errorf("a version-1 HELLO: %+v", r)
 	}
 	if _, r := parseFirst(putHello(nil, announced{0, 65536})); r == nil || r.incompatible {
 		t.Error("max_regions 0 is a violation")

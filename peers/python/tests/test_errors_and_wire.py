@@ -59,7 +59,8 @@ def test_errors_carry_syscall_and_errno_and_survive_pickling() -> None:
 
 def test_hello_and_example_frames_are_byte_exact() -> None:
     assert wire.hello_frame() == bytes.fromhex(
-        "01 00 00 00 10 00 00 00 53 48 4d 4c 49 4e 4b 00 01 00 20 00 00 00 01 00")
+        "01 00 00 00 14 00 00 00 53 48 4d 4c 49 4e 4b 00 02 00 20 00 00 00 01 00"
+        "00 00 00 00")
     assert message([(1, 5, 4096), (2, 3, 65536)], b"hello") == bytes.fromhex(
         "02 00 02 00 05 00 00 00 01 00 00 00 05 00 00 00"
         "00 10 00 00 00 00 00 00 02 00 00 00 03 00 00 00"
@@ -100,7 +101,7 @@ def test_first_frame_judges_magic_and_version_before_anything_else() -> None:
     wrong_magic[8:16] = b"NOTSHMLK"
     wrong_magic[1] = 0x80  # header flags set as well: the magic decides first
     wrong_version = bytearray(hello)
-    wrong_version[16] = 2
+    wrong_version[16] = 3
     wrong_version[4] = 99  # and a payload length that does not add up
     flags_only = bytearray(hello)
     flags_only[1] = 1
@@ -114,3 +115,11 @@ def test_first_frame_judges_magic_and_version_before_anything_else() -> None:
         with pytest.raises(ShmlinkError) as caught:
             wire.parse_first(memoryview(record))
         assert caught.value.code == code, bytes(record).hex()
+
+
+def test_a_version_1_peer_is_incompatible_and_told_to_upgrade() -> None:
+    v1_hello = bytes.fromhex("01 00 00 00 10 00 00 00 53 48 4d 4c 49 4e 4b 00 01 00 20 00 00 00 01 00")
+    with pytest.raises(ShmlinkError) as caught:
+        wire.parse_first(memoryview(v1_hello))
+    assert caught.value.code == shmlink.PEER_INCOMPATIBLE
+    assert "version 1" in caught.value.message and "upgrade the peer" in caught.value.message

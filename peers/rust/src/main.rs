@@ -51,21 +51,29 @@ fn socket_path(arg: &str) -> PathBuf {
     }
 }
 
+/// The scenario shares writable regions between peers the test started; with
+/// `SHMLINK_PEER_RING=1` this peer offers rings (peers/SCENARIO.md).
+fn options() -> shmlink::Options {
+    shmlink::Options {
+        ring: std::env::var("SHMLINK_PEER_RING").as_deref() == Ok("1"),
+        ..shmlink::Options::trusted()
+    }
+}
+
 fn connect(socket: &str) -> Result<Endpoint, String> {
     if LISTEN.load(std::sync::atomic::Ordering::Relaxed) {
         let options = shmlink::ListenOptions {
-            endpoint: shmlink::Options::trusted(),
+            endpoint: options(),
             ..shmlink::ListenOptions::default()
         };
         let listener =
             shmlink::Listener::bind(socket_path(socket), options).map_err(|e| e.to_string())?;
         return listener.accept_timeout(WAIT).map_err(|e| e.to_string());
     }
-    // The interop scenario shares writable regions between peers the test started.
     Endpoint::connect(
         socket_path(socket),
         &shmlink::PeerFilter::SameUser,
-        shmlink::Options::trusted(),
+        options(),
     )
     .map_err(|e| e.to_string())
 }

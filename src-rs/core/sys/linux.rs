@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -842,4 +843,45 @@ pub(crate) fn wait_ready(epoll: &Epoll, ready: &mut Vec<(u64, Interest)>) -> Res
         )
     }));
     Ok(())
+}
+
+/// Sleeps while `word` holds `expected`, for at most `timeout` (`futex(2)`, `FUTEX_WAIT`,
+/// not private: the word lies in a memory file another process maps). Returns at once if
+/// the word already differs; a wake-up, a timeout and a signal all just return, and the
+/// caller looks again.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic for the whole call (it is borrowed);
+    // FUTEX_WAIT only reads it, and `timeout` is a valid timespec on this stack. The
+    // result needs no handling: EAGAIN (the word changed), ETIMEDOUT and EINTR all mean
+    // "look again", which every caller does.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &timeout as *const libc::timespec,
+        )
+    };
+}
+
+/// Wakes every thread of any process sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE only uses its address as
+    // a key and cannot fail for a valid one.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}
+
+/// Whether the machine has one CPU online: then a peer this thread waits for can run only
+/// when it stops, so spinning can never pay. (A process pinned to one CPU may still have
+/// its peer on another, so the affinity mask says nothing here; the spin budget adapts.)
+pub(crate) fn single_cpu() -> bool {
+    matches!(
+        nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN),
+        Ok(Some(1))
+    )
 }

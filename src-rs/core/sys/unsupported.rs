@@ -145,3 +145,15 @@ pub(crate) fn unwatch(_epoll: &Epoll, _fd: BorrowedFd<'_>) {}
 pub(crate) fn wait_ready(_epoll: &Epoll, _ready: &mut Vec<(u64, Interest)>) -> Result<()> {
     unsupported("watch")
 }
+
+pub(crate) fn futex_wait(_word: &std::sync::atomic::AtomicU32, _expected: u32, timeout: Duration) {
+    // No ring is ever set up here (every call that could make one fails); sleeping keeps
+    // a caller's loop from spinning all the same.
+    std::thread::sleep(timeout);
+}
+
+pub(crate) fn futex_wake(_word: &std::sync::atomic::AtomicU32) {}
+
+pub(crate) fn single_cpu() -> bool {
+    false
+}

@@ -420,11 +420,32 @@ fn a_wrong_magic_is_incompatible() {
     );
 }
 
+/// A HELLO as a version-1 peer sends it (PROTOCOL.md §3.5): 16 payload bytes.
+const V1_HELLO: [u8; 24] = [
+    0x01, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, b'S', b'H', b'M', b'L', b'I', b'N', b'K', 0x00,
+    0x01, 0x00, 0x20, 0x00, 0x00, 0x00, 0x01, 0x00,
+];
+
 #[test]
-fn another_protocol_version_is_incompatible() {
+fn a_version_1_peer_is_incompatible_and_the_message_says_to_upgrade_it() {
+    let _serial = serial();
+    let peer = hostile_pair(Limits::default(), false);
+    send_raw(&peer.raw, &V1_HELLO, &[]);
+    let error = peer.endpoint.try_recv().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Incompatible);
+    let text = error.to_string();
+    assert!(
+        text.contains("version 1") && text.contains("upgrade the peer"),
+        "{text}"
+    );
+    assert!(raw_sees_eof(&peer.raw));
+}
+
+#[test]
+fn a_later_protocol_version_is_incompatible() {
     let _serial = serial();
     let mut hello = wire::hello_frame(wire::Announced::default());
-    hello[16] = 2;
+    hello[16] = 3;
     assert_eq!(
         expect_handshake_refusal(&hello, &[]),
         ErrorKind::Incompatible

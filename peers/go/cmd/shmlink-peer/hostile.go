@@ -279,13 +279,14 @@ func runExpectHostile(c connector, path, name string) error {
 	return nil
 }
 
-// validHello is a version-1 HELLO announcing 32 regions and 65536 payload bytes
-// (docs/PROTOCOL.md §3, §8).
+// validHello is a version-2 HELLO announcing 32 regions, 65536 payload bytes and no
+// capabilities (docs/PROTOCOL.md §3, §8).
 func validHello() []byte {
-	h := []byte{1, 0, 0, 0, 16, 0, 0, 0, 'S', 'H', 'M', 'L', 'I', 'N', 'K', 0}
+	h := []byte{1, 0, 0, 0, 20, 0, 0, 0, 'S', 'H', 'M', 'L', 'I', 'N', 'K', 0}
 	h = binary.LittleEndian.AppendUint16(h, shmlink.ProtocolVersion)
 	h = binary.LittleEndian.AppendUint16(h, 32)
-	return binary.LittleEndian.AppendUint32(h, 65536)
+	h = binary.LittleEndian.AppendUint32(h, 65536)
+	return binary.LittleEndian.AppendUint32(h, 0)
 }
 
 // rawSocket is a connected SOCK_SEQPACKET socket for the hostile role, which must send

@@ -1,4 +1,4 @@
-"""The wire format of the shmlink protocol, version 1: encoding and structural checks only.
+"""The wire format of the shmlink protocol, version 2: encoding and structural checks only.
 
 One frame per ``SOCK_SEQPACKET`` record, all integers little-endian::
 
@@ -48,10 +48,10 @@ __all__ = [
 #: The first eight bytes of every HELLO payload.
 MAGIC = b"SHMLINK\0"
 #: The protocol version this library speaks.
-VERSION = 1
+VERSION = 2
 HEADER_LEN = 8
 DESCRIPTOR_LEN = 16
-HELLO_LEN = 16
+HELLO_LEN = 20
 
 KIND_HELLO = 1
 KIND_MESSAGE = 2
@@ -74,7 +74,7 @@ DEFAULT_MAX_REGIONS = 32
 
 _HEADER = struct.Struct("<BBHI")
 _DESCRIPTOR = struct.Struct("<IIQ")
-_HELLO = struct.Struct("<8sHHI")
+_HELLO = struct.Struct("<8sHHII")
 _MAGIC_VERSION = struct.Struct("<8sH")
 
 
@@ -135,9 +135,13 @@ def encode_descriptor(region_id: int, flags: int, size: int) -> bytes:
 
 def hello_frame(max_regions: int = DEFAULT_MAX_REGIONS,
                 max_payload: int = MAX_PAYLOAD_CEILING) -> bytes:
-    """A whole HELLO frame announcing these limits."""
+    """A whole HELLO frame announcing these limits.
+
+    Its capabilities are 0: this library offers no ring (PROTOCOL.md §9), so its peers keep
+    every message on the socket, and a RING or WAKE frame is an unknown kind here.
+    """
     return encode_header(KIND_HELLO, 0, HELLO_LEN) + _HELLO.pack(
-        MAGIC, VERSION, max_regions, max_payload)
+        MAGIC, VERSION, max_regions, max_payload, 0)
 
 
 def max_frame_len(limits: Announced) -> int:
@@ -186,7 +190,7 @@ def parse(record: memoryview) -> Frame:
             raise _violation("a RELEASE frame carries a payload")
     elif kind == KIND_HELLO:
         if count or payload_len != HELLO_LEN:
-            raise _violation("a HELLO frame must carry 16 payload bytes and no regions")
+            raise _violation(f"a HELLO frame must carry {HELLO_LEN} payload bytes and no regions")
     else:
         raise _violation(f"unknown frame kind {kind}")
     return Frame(Header(kind, count, payload_len), descriptors, record[body:])
@@ -197,8 +201,10 @@ def _check_magic_and_version(start: memoryview) -> None:
     if magic != MAGIC:
         raise _incompatible("the peer's first frame is not a shmlink HELLO (wrong magic)")
     if version != VERSION:
+        upgrade = "the peer's" if version < VERSION else "this side's"
         raise _incompatible(
-            f"the peer speaks shmlink protocol version {version}; this side speaks {VERSION}")
+            f"the peer speaks shmlink protocol version {version}; this side speaks {VERSION} "
+            f"and versions do not mix: upgrade {upgrade} shmlink library")
 
 
 def parse_first(record: memoryview) -> Announced:
@@ -213,7 +219,7 @@ def parse_first(record: memoryview) -> Announced:
     frame = parse(record)
     if frame.header.kind != KIND_HELLO:
         raise _violation("the peer's first frame is not a HELLO")
-    _, _, max_regions, max_payload = _HELLO.unpack_from(frame.payload)
+    _, _, max_regions, max_payload, _capabilities = _HELLO.unpack_from(frame.payload)
     announced = Announced(max_regions, max_payload)
     if not announced.is_valid():
         raise _violation(
