@@ -5,7 +5,7 @@ import test from 'ava'
 import { once } from 'node:events'
 
 import { Endpoint, Region, spawnWithEndpoint } from '../index'
-import { fdCount, fixture, settle } from './helpers'
+import { fdCount, fixture, regionMappingCount, settle } from './helpers'
 
 /** Fills `a`'s socket: sends 60 kB messages until one has to wait. */
 async function fillSocket(a: Endpoint): Promise<Promise<void>[]> {
@@ -82,6 +82,31 @@ test('a view lent through a Region object since collected is detached when the r
   await b.send('back', { transfer: [second] })
   t.is(view.length, 0, 'every view of the region is detached, whichever wrapper lent it')
   view = new Uint8Array(0)
+  await a.recv()
+  a.close()
+  b.close()
+})
+
+test('a region received again through a new Region object lends the view still alive, not a second mapping', async (t) => {
+  const [a, b] = Endpoint.pair()
+  const region = Region.create(1 << 20)
+  await a.send('', { regions: [region] })
+  const { wrapper, view } = await (async () => {
+    const first = (await b.recv()).regions[0]
+    return { wrapper: new WeakRef(first), view: first.bytes }
+  })()
+  await settle(6)
+  t.is(wrapper.deref(), undefined, 'the first Region object was collected (the case under test)')
+  const mappings = regionMappingCount()
+  await a.send('', { regions: [region] })
+  const second = (await b.recv()).regions[0]
+  const again = second.bytes
+  t.true(again.buffer === view.buffer, 'the live view is handed out again')
+  t.is(regionMappingCount(), mappings, 'no second mapping of the same memory')
+  view[1] = 5
+  t.is(region.bytes[1], 5)
+  await b.send('back', { transfer: [second] })
+  t.is(view.length + again.length, 0, 'both views are detached by the transfer')
   await a.recv()
   a.close()
   b.close()

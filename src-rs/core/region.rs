@@ -10,6 +10,7 @@
 //! a garbage-collected runtime is tracked as a [`Lease`] on the region itself, so that
 //! transferring or closing the region revokes every view of it, whichever handle lent it.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -96,7 +97,9 @@ fn map_error(e: std::io::Error, syscall: &'static str) -> Error {
 /// A view of region memory that a binding lent to a runtime (a JavaScript
 /// `ArrayBuffer`). Revoking it makes the view unusable (detached) without unmapping the
 /// memory, which stays mapped until the binding drops its `Arc<Mapping>`.
-pub trait Lease: Send + Sync {
+///
+/// `Any` lets [`Region::lent`] hand a binding back the views it made itself.
+pub trait Lease: Any + Send + Sync {
     /// Detaches the view. Called on the thread that transfers or closes the region.
     fn revoke(&self);
 }
@@ -640,6 +643,22 @@ impl Region {
         Ok(())
     }
 
+    /// The first view lent earlier and still alive of which `reuse` makes something, so
+    /// that a binding can hand it out again rather than map the memory a second time: a
+    /// receiver that drops its `Region` objects between messages would otherwise map (and
+    /// fault in) the whole region again whenever an old view outlives its object. `None`
+    /// while the region is away or closed, whose views are revoked.
+    pub fn lent<L: Lease, T>(&self, reuse: impl Fn(&L) -> Option<T>) -> Option<T> {
+        if self.check_usable("Region.bytes").is_err() {
+            return None;
+        }
+        let state = self.state();
+        state.lent.iter().find_map(|lent| {
+            let lease: Arc<dyn Any + Send + Sync> = lent.lease.upgrade()?;
+            reuse(&*lease.downcast::<L>().ok()?)
+        })
+    }
+
     /// Lends the region's memory to a runtime: `make` turns a mapping into a view and
     /// returns the [`Lease`] that can revoke it. The region's own mapping is lent unless
     /// a live view already uses it; then a second mapping of the same memory is.
@@ -1114,6 +1133,43 @@ mod tests {
         assert_eq!(
             again, lent[0],
             "once its view is gone, the region's own mapping is lent again"
+        );
+    }
+
+    #[test]
+    fn a_live_view_is_found_again_until_it_is_revoked_or_gone() {
+        struct Other;
+        impl Lease for Other {
+            fn revoke(&self) {}
+        }
+        let r = Region::create(4096).unwrap();
+        let handle = r.clone();
+        let count = |view: &Counted| Some(*view.0.lock().unwrap());
+        assert_eq!(r.lent(count), None, "nothing lent yet");
+        let other = r.lend(|_| Ok(Arc::new(Other))).unwrap();
+        assert_eq!(
+            r.lent(count),
+            None,
+            "a view of another binding's type is not handed out"
+        );
+        let view = r.lend(|_| Ok(Arc::new(Counted(Mutex::new(7))))).unwrap();
+        assert_eq!(handle.lent(count), Some(7), "found through any handle");
+        assert_eq!(
+            r.lent(|_: &Counted| None::<u32>),
+            None,
+            "the binding may decline it"
+        );
+        r.send_away(&Arc::new(Fate::default()));
+        assert_eq!(r.lent(count), None, "a region away lends nothing");
+        r.keep();
+        assert_eq!(r.lent(count), None, "revoked views are forgotten");
+        let again = r.lend(|_| Ok(Arc::new(Counted(Mutex::new(8))))).unwrap();
+        assert_eq!(r.lent(count), Some(8));
+        drop((again, view, other));
+        assert_eq!(
+            r.lent(count),
+            None,
+            "views the binding let go of are not found"
         );
     }
 

@@ -36,6 +36,28 @@ unsafe impl Send for JsView {}
 // SAFETY: as for `Send`; no method touches the fields from another thread.
 unsafe impl Sync for JsView {}
 
+impl JsView {
+    /// The `ArrayBuffer` of this view, if `env` on this thread made it and it is still
+    /// alive and attached.
+    fn attached_buffer(&self, env: sys::napi_env) -> Option<sys::napi_value> {
+        if env != self.env || std::thread::current().id() != self.thread {
+            return None;
+        }
+        let mut value = ptr::null_mut();
+        // SAFETY: `buffer` is a live reference of `env`, used on its thread (checked
+        // above); it is deleted only in the finalizer, after which the lease that leads
+        // here can no longer be upgraded.
+        let status = unsafe { sys::napi_get_reference_value(self.env, self.buffer, &mut value) };
+        if status != sys::Status::napi_ok || value.is_null() {
+            return None;
+        }
+        let mut detached = true;
+        // SAFETY: `value` is the ArrayBuffer this view was made for, an object of `env`.
+        let status = unsafe { sys::napi_is_detached_arraybuffer(self.env, value, &mut detached) };
+        (status == sys::Status::napi_ok && !detached).then_some(value)
+    }
+}
+
 impl Lease for JsView {
     fn revoke(&self) {
         if std::thread::current().id() != self.thread {
@@ -81,8 +103,15 @@ unsafe extern "C" fn release_lent(env: sys::napi_env, data: *mut c_void, _hint: 
 
 /// An `ArrayBuffer` over `region`'s memory, registered with the region so that a
 /// transfer or close detaches it.
+///
+/// A view of the region that is still alive on this thread is handed out again (as a new
+/// `Uint8Array` over the same `ArrayBuffer`): one external buffer per address range, and
+/// no second mapping to fault in for a receiver whose `Region` objects come and go.
 pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_value> {
     const OP: &str = "Region.bytes";
+    if let Some(buffer) = region.lent(|view: &JsView| view.attached_buffer(env)) {
+        return uint8_array(env, buffer, region.size());
+    }
     let mut created = ptr::null_mut();
     region.lend(|mapping| {
         let data = mapping.as_ptr().cast::<c_void>();
@@ -161,27 +190,41 @@ pub fn lend(env: sys::napi_env, region: &Region) -> shmlink::Result<sys::napi_va
             });
             return Err(fail(OP, "napi_add_finalizer", status));
         }
-        let mut array = ptr::null_mut();
-        // SAFETY: `buffer` is the ArrayBuffer just created, of `len` bytes.
-        let status = unsafe {
-            sys::napi_create_typedarray(
-                env,
-                sys::TypedarrayType::uint8_array,
-                len,
-                buffer,
-                0,
-                &mut array,
-            )
-        };
-        if status != sys::Status::napi_ok {
-            clear_exception(env);
-            forget_buffer(env, buffer);
-            return Err(too_large_error(len));
+        match uint8_array(env, buffer, len) {
+            Ok(array) => created = array,
+            Err(error) => {
+                forget_buffer(env, buffer);
+                return Err(error);
+            }
         }
-        created = array;
         Ok(view)
     })?;
     Ok(created)
+}
+
+/// A `Uint8Array` over all `len` bytes of `buffer`, an ArrayBuffer of `env`.
+fn uint8_array(
+    env: sys::napi_env,
+    buffer: sys::napi_value,
+    len: usize,
+) -> shmlink::Result<sys::napi_value> {
+    let mut array = ptr::null_mut();
+    // SAFETY: `buffer` is an ArrayBuffer of `env` of at least `len` bytes.
+    let status = unsafe {
+        sys::napi_create_typedarray(
+            env,
+            sys::TypedarrayType::uint8_array,
+            len,
+            buffer,
+            0,
+            &mut array,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        clear_exception(env);
+        return Err(too_large_error(len));
+    }
+    Ok(array)
 }
 
 /// Detaches a buffer `lend` gave up on, so nothing reaches its memory through it.
