@@ -25,6 +25,7 @@ import path from 'node:path'
 import { EchoPeer, LANGUAGES } from './lib/cross.mjs'
 import { expected, MiB, patternBuffer, sizeLabel } from './lib/data.mjs'
 import { plan as getPlan } from './lib/plan.mjs'
+import { measureRingIdle } from './lib/ring-idle.mjs'
 import { summarize } from './lib/stats.mjs'
 import {
   BENCH_DIR,
@@ -558,6 +559,13 @@ try {
   await measureFirstStrategies(results)
   if (!args['skip-region']) await measureRegionCreate(results)
   if (!args['skip-cross']) await measureCrossLanguage(results)
+  try {
+    results.ring_idle = await measureRingIdle()
+    log(`ring idle: ${JSON.stringify(results.ring_idle.ring)} socket ${JSON.stringify(results.ring_idle.socket)}`)
+  } catch (error) {
+    log(`FAILED ring idle: ${error.message}`)
+    results.errors.push({ transport: 'ring_idle', error: error.message })
+  }
 } catch (error) {
   log(`FAILED: ${error.stack}`)
   results.errors.push({ transport: 'driver', error: error.message })

@@ -1,4 +1,4 @@
-// The other end of bench/tools/ring-idle.cjs: counts 16-byte messages; a 1-byte message
+// The other end of bench/lib/ring-idle.mjs: counts 16-byte messages; a 1-byte message
 // asks for the count (and resets it).
 const { Endpoint } = require('../../index.js')
 

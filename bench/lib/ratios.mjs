@@ -24,6 +24,7 @@ export const RING_TARGETS = [
   ['overhead_ring_rtt16_sync_split_vs_js_spin', '<=', 4],
   ['speedup_ring_rtt16_loop_split_vs_c_socket_pinned', '>=', 2],
   ['overhead_ring_rtt16_pinned_vs_socket_pinned', '<=', 1.25],
+  ['ring_idle_cpu_percent', '<=', 1],
 ]
 
 export const RING_DEFINITIONS = {
@@ -31,6 +32,13 @@ export const RING_DEFINITIONS = {
   overhead_ring_rtt16_sync_split_vs_c_spin: 'shmlink-ring-inline-sync 16 B ÷ c-spin 16 B, both in the split placement',
   speedup_ring_rtt16_loop_split_vs_c_socket_pinned: 'c-seqpacket-inline 16 B in the pinned placement ÷ shmlink-ring-inline 16 B in the split placement',
   overhead_ring_rtt16_pinned_vs_socket_pinned: 'shmlink-ring-inline 16 B ÷ shmlink-inline 16 B, both in the pinned placement',
+  ring_idle_cpu_percent: 'CPU time of both processes over 5 s of idleness right after a stream of 16-byte messages through the ring, as a percent of one CPU; the highest of the placements measured (ring_idle in each placement)',
+  ...Object.fromEntries(
+    ['pinned', 'unpinned', 'split'].map((name) => [
+      `ring_throughput_vs_socket_${name}`,
+      `one-way 16-byte messages per second (await send), ring ÷ socket, ${name} placement`,
+    ]),
+  ),
 }
 
 /** The ring ratios of a run's placements; null where a row did not run. */
@@ -42,7 +50,22 @@ export function ringRatios(placements) {
     overhead_ring_rtt16_sync_split_vs_c_spin: quotient(median(split, 'shmlink-ring-inline-sync', 16), median(split, 'c-spin', 16)),
     speedup_ring_rtt16_loop_split_vs_c_socket_pinned: quotient(median(pinned, 'c-seqpacket-inline', 16), median(split, 'shmlink-ring-inline', 16)),
     overhead_ring_rtt16_pinned_vs_socket_pinned: quotient(median(pinned, 'shmlink-ring-inline', 16), median(pinned, 'shmlink-inline', 16)),
+    ring_idle_cpu_percent: worstIdle(placements),
+    ...Object.fromEntries(
+      ['pinned', 'unpinned', 'split'].map((name) => {
+        const idle = placements?.[name]?.ring_idle
+        return [`ring_throughput_vs_socket_${name}`, quotient(idle?.ring?.messages_per_second, idle?.socket?.messages_per_second)]
+      }),
+    ),
   }
+}
+
+/** The highest idle CPU percent with rings on, over the placements measured. */
+function worstIdle(placements) {
+  const values = Object.values(placements ?? {})
+    .map((p) => p?.ring_idle?.ring?.idle_cpu_percent)
+    .filter((v) => typeof v === 'number')
+  return values.length === 0 ? null : Math.max(...values)
 }
 
 /** What each ratio divides, for the JSON and the docs. */

@@ -1,6 +1,6 @@
 // Markdown tables from a results object, for docs/BENCHMARKS.md and the console.
 import { sizeLabel } from './data.mjs'
-import { BASELINE_ROWS, DEFINITIONS } from './ratios.mjs'
+import { BASELINE_ROWS, DEFINITIONS, RING_DEFINITIONS } from './ratios.mjs'
 import { formatNs } from './stats.mjs'
 
 function fmtRatio(v) {
@@ -190,6 +190,27 @@ export function crossTable(results) {
   return lines.join('\n')
 }
 
+/** The ring ratios (they compare placements) and the ring's idle and throughput figures. */
+export function ringTable(results) {
+  const lines = ['| ratio | what it divides | target | value | met |', '| --- | --- | --- | ---: | :---: |']
+  for (const [key, value] of Object.entries(results.ratios_ring ?? {})) {
+    const t = results.targets_ring?.[key]
+    const met = t === undefined ? '' : t.met === null ? 'n/a' : t.met ? 'yes' : '**no**'
+    const target = t === undefined ? '—' : t.target.replace('<=', '≤').replace('>=', '≥')
+    lines.push(`| \`${key}\` | ${RING_DEFINITIONS[key] ?? ''} | ${target} | ${fmtRatio(value)} | ${met} |`)
+  }
+  lines.push('', '| placement | ring: messages/s | socket: messages/s | ring: idle CPU after | socket: idle CPU after |', '| --- | ---: | ---: | ---: | ---: |')
+  for (const [placement, p] of Object.entries(results.placements ?? {})) {
+    const idle = p.ring_idle
+    if (idle === undefined) continue
+    const cpu = (m) => `${m.idle_cpu_percent.toFixed(3)} % (${m.idle_cpu_ms.parent} + ${m.idle_cpu_ms.child} ms)`
+    lines.push(
+      `| ${placement} | ${idle.ring.messages_per_second.toLocaleString('en-US')} | ${idle.socket.messages_per_second.toLocaleString('en-US')} | ${cpu(idle.ring)} | ${cpu(idle.socket)} |`,
+    )
+  }
+  return lines.join('\n')
+}
+
 /** The generated part of docs/BENCHMARKS.md. */
 export function resultsSection(results) {
   const m = results.machine
@@ -235,6 +256,12 @@ export function resultsSection(results) {
     '### Region creation (create + map + close)',
     '',
     regionTable(results),
+    '',
+    '### Rings',
+    '',
+    'Ratios between placements (`ratios_ring`, `targets_ring`), then `ring_idle` of each placement: one-way 16-byte messages per second with awaited sends, and the CPU time of both processes (parent + child) over 5 s of idleness right after.',
+    '',
+    ringTable(results),
     '',
     '### Node against every peer language (role `echo`)',
     '',

@@ -42,7 +42,7 @@ const SYNC_TIMEOUT_MS = 120_000
 
 /** Every child process started here, so the driver can kill them all on the way out. */
 export const children = new Set()
-function track(child) {
+export function track(child) {
   children.add(child)
   child.once('exit', () => children.delete(child))
   return child
