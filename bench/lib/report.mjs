@@ -271,3 +271,91 @@ export function resultsSection(results) {
       : []),
   ].join('\n')
 }
+
+// -- prose figures ----------------------------------------------------------------------
+// The sentences of README.md ("Speed") and docs/BENCHMARKS.md ("In short") that quote
+// figures are generated here from the results, so that every figure they show is one of
+// the run in bench/results/latest.json.
+
+const MIB64 = 64 * 2 ** 20
+
+function rowMedian(results, placement, id, size) {
+  return results.placements?.[placement]?.transports?.[id]?.sizes?.[size]?.median
+}
+
+/** "a ÷ b" as "N×", rounded as the ratio tables round. */
+function times(a, b) {
+  if (typeof a !== 'number' || typeof b !== 'number' || b === 0) return '–'
+  return `${fmtRatio(a / b)}×`
+}
+
+function poolFaults(results, placement, id) {
+  const f = results.placements?.[placement]?.transports?.[id]?.sizes?.[MIB64]?.minflt_per_frame
+  if (typeof f?.producer !== 'number' || typeof f?.consumer !== 'number') return '–'
+  return Math.max(f.producer, f.consumer).toFixed(2)
+}
+
+/** The "Speed" paragraph of README.md. */
+export function readmeSpeed(results) {
+  const p = results.ratios_placement ?? 'pinned'
+  const m = (id, size) => rowMedian(results, p, id, size)
+  const known = m('shmlink-known', MIB64)
+  const advanced = m('child_process-advanced', MIB64)
+  return [
+    `Handing a 64 MiB region the child already knows, with the child reading every page and`,
+    `acknowledging, takes ${formatNs(known)} here; \`child_process\` IPC with \`serialization: 'advanced'\``,
+    `needs ${formatNs(advanced)} for the same bytes (${times(advanced, known)}). A 16-byte round trip takes`,
+    `${formatNs(m('shmlink-inline', 16))} on the event loop (${formatNs(m('shmlink-inline-sync', 16))} with \`recvSync\`), against`,
+    `${formatNs(m('child_process-json', 16))} for \`child_process\` IPC and ${formatNs(m('c-seqpacket-inline', 16))} for a C ping-pong over the same`,
+    `socket type. Both processes run on one CPU (\`taskset -c 0\`) on a 2-core virtual machine; the`,
+    `figures are medians of one \`npm run bench\` run (${results.finished?.slice(0, 10)}, \`bench/results/latest.json\`).`,
+  ].join('\n')
+}
+
+/** The "In short" list of docs/BENCHMARKS.md. */
+export function inShort(results) {
+  const p = results.ratios_placement ?? 'pinned'
+  const m = (id, size, placement = p) => rowMedian(results, placement, id, size)
+  const ns = (id, size, placement = p) => formatNs(m(id, size, placement))
+  const known = m('shmlink-known', MIB64)
+  const lines = []
+  lines.push(
+    `- **Handing over 64 MiB that the peer already knows** (only the region's id travels; the receiver reads one byte per 4 KiB page, then acks): **${formatNs(known)}** with shmlink, against ${ns('child_process-advanced', MIB64)} for \`child_process\` with \`serialization: 'advanced'\` (**${times(m('child_process-advanced', MIB64), known)}**), ${ns('child_process-json', MIB64)} for \`'json'\` with base64 (${times(m('child_process-json', MIB64), known)}), ${ns('net-unix', MIB64)} for a \`net\` UNIX stream (${times(m('net-unix', MIB64), known)}), ${ns('worker_threads', MIB64)} for a \`worker_threads\` MessageChannel in the same process (${times(m('worker_threads', MIB64), known)}) and ${ns('memcpy', MIB64)} for a single \`memcpy\` (${times(m('memcpy', MIB64), known)}). The same hand-over in C takes ${ns('c-seqpacket-shared', MIB64)} (shmlink is ${times(known, m('c-seqpacket-shared', MIB64))} that).`,
+  )
+  lines.push(
+    `- **A 16-byte round trip** takes ${ns('shmlink-inline', 16)} with \`await send()\`/\`await recv()\` and ${ns('shmlink-inline-sync', 16)} with \`sendSync()\`/\`recvSync()\`, against ${ns('c-seqpacket-inline', 16)} for the C \`SOCK_SEQPACKET\` ping-pong (${times(m('shmlink-inline', 16), m('c-seqpacket-inline', 16))} and ${times(m('shmlink-inline-sync', 16), m('c-seqpacket-inline', 16))}), ${ns('child_process-json', 16)} for \`child_process\` \`'json'\` and ${ns('child_process-advanced', 16)} for \`'advanced'\`.`,
+  )
+  lines.push(
+    `- **A new 64 MiB region, the first time** (descriptor passed, receiver maps and reads every page): ${ns('shmlink-first', MIB64)} against ${ns('c-first', MIB64)} for the same in C (${times(m('shmlink-first', MIB64), m('c-first', MIB64))}).`,
+  )
+  lines.push(
+    `- **A pooled stream of 64 MiB frames** (\`RegionPool\`, regions handed back): ${ns('shmlink-pool-stream', MIB64)} per frame against ${ns('c-pool-stream', MIB64)} in C (${times(m('shmlink-pool-stream', MIB64), m('c-pool-stream', MIB64))}) and ${ns('memcpy', MIB64)} for one \`memcpy\` of a frame; ${poolFaults(results, p, 'shmlink-pool-stream')} minor page faults per frame in the busier process. Transferring each frame both ways instead costs ${ns('shmlink-pool-stream-transfer', MIB64)} per frame.`,
+  )
+  lines.push(
+    `- **Copy mode** (Electron's memory cage): 64 MiB copied in, handed over and copied out in ${ns('shmlink-copy', MIB64)}, ${times(m('shmlink-copy', MIB64), m('memcpy', MIB64))} one \`memcpy\` and ${times(m('child_process-advanced', MIB64), m('shmlink-copy', MIB64))} faster than \`child_process\` \`'advanced'\`. A 64 KiB inline payload round trip: ${ns('shmlink-inline', 65536)} against ${ns('c-seqpacket-inline', 65536)} in C.`,
+  )
+  const create = results.placements?.[p]?.region_create
+  const cCreate = create?.['c-region-create']?.sizes?.[2 ** 20]?.median
+  const jsCreate = create?.['shmlink-region-create']?.sizes?.[2 ** 20]?.median
+  lines.push(
+    `- **Creating a 1 MiB region** (create + view + close): ${formatNs(jsCreate)} against ${formatNs(cCreate)} for the same system calls in C (${times(jsCreate, cCreate)}).`,
+  )
+  const idle = results.placements?.split?.ring_idle
+  const ringRatio = results.ratios_ring ?? {}
+  lines.push(
+    `- **Rings** (\`ring: true\`, each process on its own CPU): a 16-byte round trip takes ${ns('shmlink-ring-inline', 16, 'split')} on the event loop and ${ns('shmlink-ring-inline-sync', 16, 'split')} with \`recvSync\`, against ${ns('shmlink-inline', 16, 'split')} and ${ns('shmlink-inline-sync', 16, 'split')} on the socket in the same placement, ${ns('js-spin', 16, 'split')} for two Node processes spinning on \`Atomics\` and ${ns('c-spin', 16, 'split')} in C. One-way small messages: ${idle ? `${idle.ring.messages_per_second.toLocaleString('en-US')}/s through the ring against ${idle.socket.messages_per_second.toLocaleString('en-US')}/s on the socket` : '–'}; idle after traffic, both processes together use ${typeof ringRatio.ring_idle_cpu_percent === 'number' ? `${ringRatio.ring_idle_cpu_percent.toFixed(3)} %` : '–'} of one CPU (highest placement).`,
+  )
+  const cross = Object.entries(results.ratios ?? {})
+    .filter(([k, v]) => /^overhead_rtt16_node_.*_vs_node_node$/.test(k) && typeof v === 'number')
+    .map(([k, v]) => [k.replace(/^overhead_rtt16_node_|_vs_node_node$/g, ''), v])
+  if (cross.length > 0) {
+    lines.push(
+      `- **Other languages**: a 16-byte echo between Node and ${cross.map(([lang, v]) => `${lang === 'c' ? 'C' : lang[0].toUpperCase() + lang.slice(1)} ${fmtRatio(v)}×`).join(', ')} the Node↔Node time.`,
+    )
+  }
+  const judged = [...Object.entries(results.targets ?? {}), ...Object.entries(results.targets_ring ?? {})]
+  const met = judged.filter(([, t]) => t.met === true).map(([k]) => `\`${k}\``)
+  const missed = judged.filter(([, t]) => t.met === false).map(([k]) => `\`${k}\``)
+  lines.push(`- **Targets** met: ${met.join(', ') || 'none'}. **Not met**: ${missed.join(', ') || 'none'} (tables under Results).`)
+  return lines.join('\n')
+}
