@@ -305,16 +305,10 @@ impl Region {
             ));
         }
         let fd = sys::create_memory_file(size, "Region.create")?;
-        let info = sys::file_info(fd.as_fd())?;
+        let identity = sys::file_identity(fd.as_fd())?;
         let primary = Mapping::new(fd.as_fd(), size, false)?;
-        let region = Region::from_parts(
-            Arc::new(fd),
-            (realm, info.identity),
-            size,
-            primary,
-            false,
-            None,
-        );
+        let region =
+            Region::from_parts(Arc::new(fd), (realm, identity), size, primary, false, None);
         registry().insert(region.key(), Arc::downgrade(&region.inner));
         Ok(region)
     }
@@ -895,6 +889,22 @@ impl Region {
                 .cloned()
                 .chain(state.extra.iter().filter_map(Weak::upgrade))
             {
+                // A mapping nobody else holds (no view, no pointer handed out) is
+                // unmapped when it drops below, without a replacement to unmap later.
+                // Nothing can take a new hold meanwhile: `primary()` clones under the
+                // lock held here, and extras are held only by their views.
+                let held_here = if state
+                    .primary
+                    .as_ref()
+                    .is_some_and(|primary| Arc::ptr_eq(primary, &mapping))
+                {
+                    2
+                } else {
+                    1
+                };
+                if Arc::strong_count(&mapping) == held_here {
+                    continue;
+                }
                 // Should the kernel refuse the replacement (out of memory for page
                 // tables), the shared mapping stays: still valid memory, released when
                 // the last Mapping drops instead of now.

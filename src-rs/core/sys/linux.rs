@@ -132,16 +132,27 @@ pub(crate) fn seal_contents(fd: BorrowedFd<'_>, op: &'static str) -> Result<()> 
     }
 }
 
-/// The file type, filesystem, size and identity of a descriptor.
-pub(crate) fn file_info(fd: BorrowedFd<'_>) -> Result<FileInfo> {
-    let st = fstat(fd).map_err(|e| {
+/// `(st_dev, st_ino)` of a descriptor this process made itself, which needs no other
+/// check: two descriptors with the same identity are the same file.
+pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> Result<(u64, u64)> {
+    let st = stat_of(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+fn stat_of(fd: BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
+    fstat(fd).map_err(|e| {
         Error::os(
             "inspect region",
             "fstat",
             e,
             "the descriptor cannot be inspected",
         )
-    })?;
+    })
+}
+
+/// The file type, filesystem, size and identity of a descriptor.
+pub(crate) fn file_info(fd: BorrowedFd<'_>) -> Result<FileInfo> {
+    let st = stat_of(fd)?;
     let is_regular = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
     // Only regular files are asked which filesystem they live on; a socket or pipe
     // answers fstatfs too, but the answer means nothing for a region.

@@ -34,6 +34,10 @@ pub(crate) fn file_info(_fd: BorrowedFd<'_>) -> Result<FileInfo> {
     unsupported("inspect region")
 }
 
+pub(crate) fn file_identity(_fd: BorrowedFd<'_>) -> Result<(u64, u64)> {
+    unsupported("inspect region")
+}
+
 /// # Safety
 /// Never writes anything; `unsafe` to match the Linux signature.
 pub(crate) unsafe fn read_file_at(
