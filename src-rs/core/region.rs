@@ -889,10 +889,11 @@ impl Region {
                 .cloned()
                 .chain(state.extra.iter().filter_map(Weak::upgrade))
             {
-                // A mapping nobody else holds (no view, no pointer handed out) is
-                // unmapped when it drops below, without a replacement to unmap later.
-                // Nothing can take a new hold meanwhile: `primary()` clones under the
-                // lock held here, and extras are held only by their views.
+                // A mapping nobody else holds (no view, no `mapping()` caller) is
+                // unmapped when it drops below anyway: replacing it first would only map
+                // zero pages to unmap them at once. Nothing can take a new hold
+                // meanwhile: `primary()` clones under the lock held here, and extras are
+                // held only by their views.
                 let held_here = if state
                     .primary
                     .as_ref()
