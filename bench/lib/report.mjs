@@ -350,7 +350,7 @@ export function inShort(results) {
     .map(([k, v]) => [k.replace(/^overhead_rtt16_node_|_vs_node_node$/g, ''), v])
   if (cross.length > 0) {
     lines.push(
-      `- **Other languages**: a 16-byte echo between Node and ${cross.map(([lang, v]) => `${lang === 'c' ? 'C' : lang[0].toUpperCase() + lang.slice(1)} ${fmtRatio(v)}×`).join(', ')} the Node↔Node time.`,
+      `- **Other languages**: a 16-byte echo between Node and a peer in another language, as a multiple of the Node↔Node time: ${cross.map(([lang, v]) => `${lang === 'c' ? 'C' : lang[0].toUpperCase() + lang.slice(1)} ${fmtRatio(v)}×`).join(', ')}.`,
     )
   }
   const judged = [...Object.entries(results.targets ?? {}), ...Object.entries(results.targets_ring ?? {})]
