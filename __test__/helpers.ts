@@ -34,13 +34,22 @@ export function socketPath(name: string): string {
 
 export const fixture = (name: string): string => join(__dirname, 'fixtures', name)
 
+export interface Finished {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+}
+
 /** Runs a node script to completion; resolves with its exit code, signal and output. */
-export function runNode(
-  args: string[],
-  env: NodeJS.ProcessEnv = {},
-): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+export function runNode(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Finished> {
+  return runCommand([process.execPath, ...args], env)
+}
+
+/** Runs `command` (program and arguments) to completion, as {@link runNode} does. */
+export function runCommand(command: string[], env: NodeJS.ProcessEnv = {}): Promise<Finished> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(command[0], command.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d) => (stdout += d))

@@ -3,8 +3,10 @@
 // (the pretest step), and cross-runtime pairs with regions both ways. Every run must pass
 // every check and exit 0 with endpoints and regions still open.
 import test from 'ava'
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
+
+import { runCommand } from './helpers'
 
 const ROOT = join(__dirname, '..')
 const SUITE = join(__dirname, 'runtimes', 'suite.mjs')
@@ -27,25 +29,13 @@ const RUNTIMES: Record<string, string[]> = {
   deno: [installed.deno, 'run', '-A'],
 }
 
-function run(command: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command[0], command.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
-    child.stderr.on('data', (d) => (stderr += d))
-    child.on('error', reject)
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
-  })
-}
-
 interface SuiteResult {
   backend: string
   results: Record<string, string>
 }
 
 async function suite(parent: string[], child: string[], env: NodeJS.ProcessEnv = {}): Promise<SuiteResult & { failures: string[] }> {
-  const outcome = await run([...parent, SUITE, ...child], env)
+  const outcome = await runCommand([...parent, SUITE, ...child], env)
   if (outcome.code !== 0 || outcome.signal !== null) {
     throw new Error(`exit ${outcome.code} ${outcome.signal ?? ''}\n${outcome.stdout}\n${outcome.stderr}`)
   }

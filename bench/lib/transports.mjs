@@ -48,6 +48,19 @@ export function track(child) {
   return child
 }
 
+/** The per-size figures of a pooled-stream row from what its measured blocks summed. */
+function poolStreamExtras(e, counter) {
+  return {
+    latency: summaryOf(e.latency),
+    minflt_per_frame: {
+      producer: e.frames > 0 ? e.minflt_producer / e.frames : null,
+      consumer: e.frames > 0 ? e.minflt_consumer / e.frames : null,
+      frames: e.frames,
+      note: `minor page faults of each process (${counter}) over whole measured blocks (not setup, not the warm-up block), divided by their frames`,
+    },
+  }
+}
+
 function check(what, got, want) {
   if (got.page !== want.page) throw new Error(`${what}: page sum ${got.page} != ${want.page}`)
   if (got.a !== undefined && want.full !== undefined && (got.a !== want.full[0] || got.b !== want.full[1])) {
@@ -422,16 +435,7 @@ export class ShmlinkPoolStreamTransport {
   }
 
   sizeExtras() {
-    const e = this.extra
-    return {
-      latency: summaryOf(e.latency),
-      minflt_per_frame: {
-        producer: e.frames > 0 ? e.minflt_producer / e.frames : null,
-        consumer: e.frames > 0 ? e.minflt_consumer / e.frames : null,
-        frames: e.frames,
-        note: 'minor page faults of each process (process.resourceUsage) over whole measured blocks (not setup, not the warm-up block), divided by their frames',
-      },
-    }
+    return poolStreamExtras(this.extra, 'process.resourceUsage')
   }
 
   async barrier() {}
@@ -1078,16 +1082,7 @@ export class CPoolStreamTransport {
   }
 
   sizeExtras() {
-    const e = this.extra
-    return {
-      latency: summaryOf(e.latency),
-      minflt_per_frame: {
-        producer: e.frames > 0 ? e.minflt_producer / e.frames : null,
-        consumer: e.frames > 0 ? e.minflt_consumer / e.frames : null,
-        frames: e.frames,
-        note: 'ru_minflt of each process over whole measured blocks (not setup, not the warm-up block), divided by their frames',
-      },
-    }
+    return poolStreamExtras(this.extra, 'ru_minflt')
   }
 
   async barrier() {}

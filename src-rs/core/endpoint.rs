@@ -237,6 +237,60 @@ impl Queued {
     }
 }
 
+/// Calls `wait_slice` with slices of at most [`INTERRUPT_SLICE`] until it reports
+/// readiness, `deadline` passes (`TimedOut`) or, between slices, `interrupted` says the
+/// calling thread is being stopped (`Closed`).
+fn in_slices(
+    deadline: Option<Instant>,
+    op: &'static str,
+    interrupted: &mut dyn FnMut() -> bool,
+    mut wait_slice: impl FnMut(Duration) -> Result<bool>,
+) -> Result<()> {
+    loop {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            return Err(Error::timed_out(op));
+        }
+        if wait_slice(remaining.map_or(INTERRUPT_SLICE, |r| r.min(INTERRUPT_SLICE)))? {
+            return Ok(());
+        }
+        if interrupted() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                op,
+                "the calling thread is being stopped (a worker thread was terminated)",
+            ));
+        }
+    }
+}
+
+/// What one receive from the socket brought.
+enum Received {
+    Empty,
+    Disconnected,
+    Record(RawFrame),
+}
+
+/// A record's length in the receive buffer, and what came with it.
+struct RawFrame {
+    len: usize,
+    fds: Vec<OwnedFd>,
+    data_truncated: bool,
+    control_truncated: bool,
+}
+
+impl RawFrame {
+    /// The record, as the session judges it, with its bytes in `buffer`.
+    fn record(self, buffer: &[u8]) -> Record<'_> {
+        Record {
+            bytes: &buffer[..self.len],
+            fds: self.fds,
+            data_truncated: self.data_truncated,
+            control_truncated: self.control_truncated,
+        }
+    }
+}
+
 /// Buffers reused for every record, passed explicitly to what fills them.
 #[derive(Debug)]
 struct Scratch {
@@ -752,32 +806,18 @@ impl Endpoint {
         op: &'static str,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<()> {
-        loop {
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining == Some(Duration::ZERO) {
-                return Err(Error::timed_out(op));
-            }
-            let slice = remaining.map_or(INTERRUPT_SLICE, |r| r.min(INTERRUPT_SLICE));
+        in_slices(deadline, op, interrupted, |slice| {
             // The descriptor is waited on without the lock, so another thread may close
             // the endpoint meanwhile; the socket is released only after that, so a stale
             // number here at worst wakes the loop, which then finds the connection ended.
             let Some(fd) = self.conn().socket.raw() else {
-                return Ok(());
+                return Ok(true);
             };
             // SAFETY: see above: at worst a closed or reused number, which poll(2) merely
             // reports on; nothing reads or writes through it.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            if sys::wait(fd, interest, Some(slice))? {
-                return Ok(());
-            }
-            if interrupted() {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    op,
-                    "the calling thread is being stopped (a worker thread was terminated)",
-                ));
-            }
-        }
+            sys::wait(fd, interest, Some(slice))
+        })
     }
 
     /// Forgets this side's id for `region`: the peer is told (RELEASE) and may unmap it.
@@ -1145,9 +1185,9 @@ impl Conn {
         }
     }
 
-    /// Reads and judges one record; `None` when the socket is empty. A failure ends the
+    /// Receives one record into the receive buffer, not yet judged. A failure ends the
     /// connection and is returned.
-    fn read_record(&mut self, op: &'static str) -> Result<Option<Arrival>> {
+    fn receive(&mut self, op: &'static str) -> Result<Received> {
         let max_fds = usize::from(self.session.limits().max_regions);
         let mut fds = Vec::new();
         let fd = self.socket(op)?;
@@ -1161,28 +1201,41 @@ impl Conn {
         // SYNC POINT: acquire (MEMORY-MODEL.md §4). The peer's writes before its send
         // happen-before every read this thread makes after this point.
         fence(Ordering::Acquire);
-        let received = match received {
-            Ok(Io::Done(received)) => received,
+        match received {
+            Ok(Io::Done(received)) => Ok(Received::Record(RawFrame {
+                len: received.len.min(self.scratch.record.len()),
+                fds,
+                data_truncated: received.data_truncated,
+                control_truncated: received.control_truncated,
+            })),
             Ok(Io::WouldBlock) => {
                 self.readable = false;
-                return Ok(None);
+                Ok(Received::Empty)
             }
-            Ok(Io::Disconnected) => return Ok(Some(Arrival::EndOfFile)),
-            Err(e) => {
-                let e = e.during(op);
-                self.end(e.clone());
-                return Err(e);
-            }
+            Ok(Io::Disconnected) => Ok(Received::Disconnected),
+            Err(e) => Err(self.failed(op, e)),
+        }
+    }
+
+    /// Reads and judges one record; `None` when the socket is empty. A failure ends the
+    /// connection and is returned.
+    fn read_record(&mut self, op: &'static str) -> Result<Option<Arrival>> {
+        let frame = match self.receive(op)? {
+            Received::Empty => return Ok(None),
+            Received::Disconnected => return Ok(Some(Arrival::EndOfFile)),
+            Received::Record(frame) => frame,
         };
-        let len = received.len.min(self.scratch.record.len());
-        let record = Record {
-            bytes: &self.scratch.record[..len],
-            fds,
-            data_truncated: received.data_truncated,
-            control_truncated: received.control_truncated,
-        };
-        let judged = self.session.handle_record(record);
+        let judged = self
+            .session
+            .handle_record(frame.record(&self.scratch.record));
         self.judged(op, judged, Source::Receive)
+    }
+
+    /// A failure ends the connection; it is returned to report.
+    fn failed(&mut self, op: &'static str, error: Error) -> Error {
+        let error = error.during(op);
+        self.end(error.clone());
+        error
     }
 
     /// What a judged record brings, its payload taken from `source`; a failure ends the
@@ -1193,14 +1246,7 @@ impl Conn {
         judged: Result<Inbound>,
         source: Source,
     ) -> Result<Option<Arrival>> {
-        let inbound = match judged {
-            Ok(inbound) => inbound,
-            Err(e) => {
-                let e = e.during(op);
-                self.end(e.clone());
-                return Err(e);
-            }
-        };
+        let inbound = judged.map_err(|e| self.failed(op, e))?;
         Ok(Some(match inbound {
             Inbound::Handshake => {
                 if self.driven {

@@ -902,6 +902,12 @@ mod model {
     }
 
     impl Socket {
+        fn new() -> Arc<Socket> {
+            Arc::new(Socket {
+                records: Mutex::new(0),
+                readable: Condvar::new(),
+            })
+        }
         fn send(&self) {
             *self.records.lock().unwrap() += 1;
             self.readable.notify_all();
@@ -923,10 +929,7 @@ mod model {
     fn an_event_loop_is_always_rung_when_it_waits() {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
-            let socket = Arc::new(Socket {
-                records: Mutex::new(0),
-                readable: Condvar::new(),
-            });
+            let socket = Socket::new();
             let producer = {
                 let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
                 thread::spawn(move || {
@@ -967,10 +970,7 @@ mod model {
     fn a_socket_frame_wakes_a_parked_consumer() {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
-            let socket = Arc::new(Socket {
-                records: Mutex::new(0),
-                readable: Condvar::new(),
-            });
+            let socket = Socket::new();
             let producer = {
                 let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
                 thread::spawn(move || {
@@ -995,10 +995,7 @@ mod model {
     fn a_socket_frame_then_an_entry_ring_the_loop() {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
-            let socket = Arc::new(Socket {
-                records: Mutex::new(0),
-                readable: Condvar::new(),
-            });
+            let socket = Socket::new();
             let producer = {
                 let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
                 thread::spawn(move || {

@@ -184,6 +184,21 @@ pub struct Driver {
     core: Rc<Core>,
 }
 
+/// The name async hooks and diagnostics show for shmlink's callbacks and threadsafe
+/// functions.
+pub(crate) fn resource_name(
+    env: sys::napi_env,
+    op: &'static str,
+) -> shmlink::Result<sys::napi_value> {
+    let mut name = ptr::null_mut();
+    let label = "shmlink";
+    // SAFETY: `label` points at `label.len()` bytes of UTF-8.
+    check(op, "napi_create_string_utf8", unsafe {
+        sys::napi_create_string_utf8(env, label.as_ptr().cast(), label.len() as isize, &mut name)
+    })?;
+    Ok(name)
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
         self.core.close();
@@ -218,17 +233,7 @@ impl Driver {
             .iter()
             .map(|&value| js_function(env, value, OP))
             .collect::<shmlink::Result<Vec<_>>>()?;
-        let mut name = ptr::null_mut();
-        let label = "shmlink";
-        // SAFETY: `label` points at `label.len()` bytes of UTF-8.
-        check(OP, "napi_create_string_utf8", unsafe {
-            sys::napi_create_string_utf8(
-                env,
-                label.as_ptr().cast(),
-                label.len() as isize,
-                &mut name,
-            )
-        })?;
+        let name = resource_name(env, OP)?;
         let mut context = ptr::null_mut();
         // SAFETY: `name` is a live value of `env`; a null resource lets the runtime make one.
         check(OP, "napi_async_init", unsafe {

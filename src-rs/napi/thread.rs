@@ -19,8 +19,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use napi::sys;
 use shmlink::{Interest, Watcher};
 
-use crate::driver::{Backend, Core};
-use crate::error::{after_teardown, check};
+use crate::driver::{Backend, Core, resource_name};
+use crate::error::after_teardown;
 
 /// A threadsafe function, which Node-API lets any thread call.
 #[derive(Clone, Copy)]
@@ -123,17 +123,7 @@ impl ThreadWatch {
         const OP: &str = "watch";
         let shared = shared()?;
         let key = shared.next_key.fetch_add(1, Ordering::Relaxed);
-        let mut name = ptr::null_mut();
-        let label = "shmlink";
-        // SAFETY: `label` points at `label.len()` bytes of UTF-8.
-        check(OP, "napi_create_string_utf8", unsafe {
-            sys::napi_create_string_utf8(
-                env,
-                label.as_ptr().cast(),
-                label.len() as isize,
-                &mut name,
-            )
-        })?;
+        let name = resource_name(env, OP)?;
         let finalize = Box::into_raw(Box::new(Finalize {
             key,
             core: Rc::clone(core),

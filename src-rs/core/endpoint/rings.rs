@@ -7,13 +7,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Arrival, Conn, Endpoint, INTERRUPT_SLICE, Source};
+use super::{Arrival, Conn, Endpoint, RawFrame, Received, Source, in_slices};
 use crate::bytes::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ring::{self, Consumer, LOOP, Mapped, Producer, Spin};
-use crate::session::{Control, Held, Inbound, Record};
+use crate::session::{Control, Held, Inbound};
 use crate::socket::Socket;
-use crate::sync::{Ordering, fence};
 use crate::sys::{self, Interest, Io};
 use crate::wire;
 
@@ -51,14 +50,6 @@ enum Raw {
     Eof,
     Wake,
     Frame(RawFrame),
-}
-
-/// A record's length in the receive buffer, and what came with it.
-struct RawFrame {
-    len: usize,
-    fds: Vec<OwnedFd>,
-    data_truncated: bool,
-    control_truncated: bool,
 }
 
 impl Rings {
@@ -296,62 +287,31 @@ impl Conn {
         }
     }
 
-    /// Receives one record into the receive buffer without judging it.
+    /// Receives one record into the receive buffer without judging it, telling WAKE
+    /// frames and the end of the file apart.
     fn receive_raw(&mut self, op: &'static str) -> Result<Raw> {
-        let max_fds = usize::from(self.session.limits().max_regions);
-        let mut fds = Vec::new();
-        let fd = self.socket(op)?;
-        let received = sys::recv_record(
-            fd,
-            &mut self.scratch.record,
-            &mut self.scratch.control,
-            max_fds,
-            &mut fds,
-        );
-        // SYNC POINT: acquire (MEMORY-MODEL.md §4), as in `read_record`.
-        fence(Ordering::Acquire);
-        let received = match received {
-            Ok(Io::Done(received)) => received,
-            Ok(Io::WouldBlock) => {
-                self.readable = false;
-                return Ok(Raw::Empty);
-            }
-            Ok(Io::Disconnected) => return Ok(Raw::Eof),
-            Err(e) => return Err(self.failed(op, e)),
+        let frame = match self.receive(op)? {
+            Received::Empty => return Ok(Raw::Empty),
+            Received::Disconnected => return Ok(Raw::Eof),
+            Received::Record(frame) => frame,
         };
-        let len = received.len.min(self.scratch.record.len());
-        if !received.data_truncated && !received.control_truncated && fds.is_empty() {
-            if len == 0 {
+        if !frame.data_truncated && !frame.control_truncated && frame.fds.is_empty() {
+            if frame.len == 0 {
                 return Ok(Raw::Eof);
             }
-            if self.scratch.record[..len] == WAKE {
+            if self.scratch.record[..frame.len] == WAKE {
                 return Ok(Raw::Wake);
             }
         }
-        Ok(Raw::Frame(RawFrame {
-            len,
-            fds,
-            data_truncated: received.data_truncated,
-            control_truncated: received.control_truncated,
-        }))
+        Ok(Raw::Frame(frame))
     }
 
     /// Judges the record in the receive buffer as a counted socket frame.
     fn judge_frame(&mut self, op: &'static str, frame: RawFrame) -> Result<Option<Arrival>> {
-        let judged = self.session.handle_socket_frame(Record {
-            bytes: &self.scratch.record[..frame.len],
-            fds: frame.fds,
-            data_truncated: frame.data_truncated,
-            control_truncated: frame.control_truncated,
-        });
+        let judged = self
+            .session
+            .handle_socket_frame(frame.record(&self.scratch.record));
         self.judged(op, judged, Source::Receive)
-    }
-
-    /// A failure ends the connection; it is returned to report.
-    fn failed(&mut self, op: &'static str, error: Error) -> Error {
-        let error = error.during(op);
-        self.end(error.clone());
-        error
     }
 
     /// The event loop is about to wait: if this endpoint would read what the peer's ring
@@ -469,23 +429,9 @@ impl Endpoint {
                 None => true,
             }
         };
-        loop {
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if remaining == Some(Duration::ZERO) {
-                return Err(Error::timed_out(op));
-            }
-            let slice = remaining.map_or(INTERRUPT_SLICE, |r| r.min(INTERRUPT_SLICE));
+        in_slices(deadline, op, interrupted, |slice| {
             waiter.park(slice, &mut || socket_ready());
-            if waiter.has_data() || socket_ready() {
-                return Ok(());
-            }
-            if interrupted() {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    op,
-                    "the calling thread is being stopped (a worker thread was terminated)",
-                ));
-            }
-        }
+            Ok(waiter.has_data() || socket_ready())
+        })
     }
 }

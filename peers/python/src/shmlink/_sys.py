@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import math
 import mmap
 import os
 import platform
+import select
 import socket
 import stat
 import struct
 import sys
+import time
 from typing import NamedTuple, Optional
 
 from .errors import UNSUPPORTED, ShmlinkError, os_error
@@ -251,6 +254,21 @@ def describe_fd(fd: int) -> str:
         return f"{kind}, {os.readlink(f'/proc/self/fd/{fd}')}"
     except OSError:
         return kind
+
+
+def wait_ready(fd: int, events: int, deadline: Optional[float]) -> bool:
+    """Waits until ``fd`` is ready for ``events`` (``select.POLL*``); False once
+    ``deadline`` (a :func:`time.monotonic` time, ``None`` for never) has passed."""
+    if deadline is None:
+        milliseconds = -1
+    else:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        milliseconds = max(1, math.ceil(remaining * 1000))
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(milliseconds))
 
 
 def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

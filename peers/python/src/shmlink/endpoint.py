@@ -657,16 +657,7 @@ class Endpoint:
 
     def _wait(self, events: int, deadline: Optional[float]) -> bool:
         """Waits until the socket is ready for ``events``; False when ``deadline`` passed."""
-        if deadline is None:
-            milliseconds = -1
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            milliseconds = max(1, math.ceil(remaining * 1000))
-        poller = select.poll()
-        poller.register(self._fd, events)
-        return bool(poller.poll(milliseconds))
+        return _sys.wait_ready(self._fd, events, deadline)
 
     def _enter(self, op: str) -> None:
         with self._lock:

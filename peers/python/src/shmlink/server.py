@@ -7,7 +7,6 @@ import select
 import socket
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -201,7 +200,7 @@ class Server:
                     if endpoint is not None:
                         return endpoint
                     continue
-                if not self._wait(deadline):
+                if not _sys.wait_ready(self._fd, select.POLLIN, deadline):
                     raise ShmlinkError(TIMED_OUT, f"{op}: no client connected within {timeout} s")
         finally:
             with self._lock:
@@ -229,18 +228,6 @@ class Server:
         except BaseException:
             client.close()
             raise
-
-    def _wait(self, deadline: Optional[float]) -> bool:
-        if deadline is None:
-            milliseconds = -1
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            milliseconds = max(1, int(remaining * 1000 + 0.999))
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        return bool(poller.poll(milliseconds))
 
     def _check_open(self, op: str) -> None:
         if self._closed:
