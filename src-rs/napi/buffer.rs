@@ -358,19 +358,34 @@ unsafe extern "C" fn free_probe(_env: sys::napi_env, data: *mut c_void, _hint: *
 /// costs less than an external buffer does (a backing store and a finalizer).
 const LEND_PAYLOAD_AT: usize = 32 * 1024;
 
-/// A received payload as a JavaScript `Buffer`. A large payload lends its own memory (the receive buffer it arrived in; the
-/// Buffer's finalizer drops it, which recycles the receive buffer), so the kernel's copy
-/// out of the socket is the only one. A small payload, or one the runtime refuses to lend
-/// (Electron's memory cage), is copied into memory the runtime allocates. Either way the
-/// bytes belong to this process alone: no peer can change them under a decoder.
+/// How a received payload becomes a JavaScript `Buffer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// A large payload lends its own memory: the receive buffer it arrived in, which the
+    /// Buffer's finalizer recycles. For receives on the event loop, which turns and so
+    /// runs that finalizer.
+    Lend,
+    /// Always copied into memory the runtime allocates and its garbage collector frees.
+    /// For blocking receives: Node runs the finalizers of external memory from the event
+    /// loop, so a program that only ever receives synchronously would otherwise keep
+    /// every large payload's receive buffer until it returns to the loop.
+    Copy,
+}
+
+/// A received payload as a JavaScript `Buffer`. With [`Handover::Lend`] a large payload
+/// lends its own memory, so the kernel's copy out of the socket is the only one. A small
+/// payload, or one the runtime refuses to lend (Electron's memory cage), is copied into
+/// memory the runtime allocates. Either way the bytes belong to this process alone: no
+/// peer can change them under a decoder.
 /// On failure the payload comes back with the error, so nothing is lost.
 pub fn payload_buffer(
     env: sys::napi_env,
     payload: Payload,
+    handover: Handover,
 ) -> Result<sys::napi_value, Box<(shmlink::Error, Payload)>> {
     const OP: &str = "recv";
     let len = payload.len();
-    if len >= LEND_PAYLOAD_AT {
+    if handover == Handover::Lend && len >= LEND_PAYLOAD_AT {
         let data = payload.as_ptr();
         let owner = Box::into_raw(Box::new(payload));
         let mut value = ptr::null_mut();

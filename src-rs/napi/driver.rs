@@ -21,6 +21,7 @@ use napi::{Env, sys};
 use napi_derive::napi;
 use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region};
 
+use crate::buffer::Handover;
 use crate::error::{ErrorInfo, after_teardown, check};
 
 /// What a wake-up backend does for a driver. Every method is called on the JavaScript
@@ -66,15 +67,16 @@ pub struct ReceivedMessage<'env> {
 pub type Received<'env> = Either<BufferSlice<'env>, ReceivedMessage<'env>>;
 
 /// `message` as JavaScript receives it; the region handles go to `arrived`, for
-/// `takeRegion`, until the next message. The payload moves into the JavaScript Buffer;
-/// `message` keeps the rest.
+/// `takeRegion`, until the next message. The payload moves into the JavaScript Buffer
+/// as `handover` says; `message` keeps the rest.
 pub fn received<'env>(
     env: &'env Env,
     message: &mut Message,
     arrived: &Arrived,
+    handover: Handover,
 ) -> napi::Result<Received<'env>> {
     let payload = std::mem::take(&mut message.payload);
-    let value = crate::buffer::payload_buffer(env.raw(), payload).map_err(|refused| {
+    let value = crate::buffer::payload_buffer(env.raw(), payload, handover).map_err(|refused| {
         let (e, payload) = *refused;
         message.payload = payload;
         crate::error::throw(env, e)
@@ -409,7 +411,7 @@ impl Core {
     fn deliver(&self, mut message: Message) -> Option<Message> {
         let env = Env::from_raw(self.env);
         let mut payload_bytes: &[u8] = &[];
-        let value = received(&env, &mut message, &self.arrived).and_then(|m| {
+        let value = received(&env, &mut message, &self.arrived, Handover::Lend).and_then(|m| {
             let payload = match &m {
                 Either::A(payload) | Either::B(ReceivedMessage { payload, .. }) => payload,
             };

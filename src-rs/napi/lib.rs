@@ -26,6 +26,7 @@ use shmlink::{
     Realm, Region, Submitted,
 };
 
+use crate::buffer::Handover;
 use crate::driver::{Arrived, Driver, EndpointEvent, Received, ReceivedMessage, Target};
 use crate::error::throw;
 
@@ -478,8 +479,9 @@ impl NativeEndpoint {
         &self,
         env: &'env Env,
         mut message: shmlink::Message,
+        handover: Handover,
     ) -> napi::Result<Received<'env>> {
-        driver::received(env, &mut message, &self.arrived)
+        driver::received(env, &mut message, &self.arrived, handover)
     }
 }
 
@@ -691,7 +693,7 @@ impl NativeEndpoint {
         let received = self.endpoint.recv_or_want();
         self.settle();
         match received.map_err(|e| throw(env, e))? {
-            Some(message) => self.received(env, message).map(Some),
+            Some(message) => self.received(env, message, Handover::Lend).map(Some),
             None => Ok(None),
         }
     }
@@ -723,7 +725,7 @@ impl NativeEndpoint {
         let received = self.endpoint.recv_interruptible(timeout, &mut stop);
         self.settle();
         let message = received.map_err(|e| throw(env, e))?;
-        self.received(env, message)
+        self.received(env, message, Handover::Copy)
     }
 
     /// A handle to region `index` of the message last received.
