@@ -79,9 +79,10 @@ test('a stream of large payloads reuses its receive buffers instead of growing',
   b.close()
 })
 
-test('a program that only receives synchronously does not keep large payloads’ memory', (t) => {
+test.serial('a program that only receives synchronously does not keep large payloads’ memory', (t) => {
   // Node frees lent external memory from the event loop, which a recvSync loop never
   // returns to; such payloads must be the runtime's own memory, which its collector frees.
+  // Serial: it measures the process's RSS, as the test above does.
   const [a, b] = Endpoint.pair()
   const sent = pattern(64 * 1024, 3)
   const rounds = 3000

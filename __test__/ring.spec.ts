@@ -29,6 +29,20 @@ async function pingPong(a: Endpoint, b: Endpoint, rounds: number): Promise<void>
   await echo
 }
 
+/** The CPUs this process may run on, from /proc (undefined where there is none). */
+function readAffinity(): number[] | undefined {
+  const list = spawnSync('taskset', ['-c', '-p', String(process.pid)], { encoding: 'utf8' }).stdout?.split(':')[1]?.trim()
+  if (!list) return undefined
+  return list.split(',').flatMap((part) => {
+    const [from, to = from] = part.split('-').map(Number)
+    return Array.from({ length: to - from + 1 }, (_, i) => from + i)
+  })
+}
+
+function pin(pid: number, cpus: number | string): void {
+  spawnSync('taskset', ['-c', '-p', String(cpus), String(pid)])
+}
+
 linux('messages take the ring only when both sides offer it', async (t) => {
   for (const [ringA, ringB, used] of [
     [true, true, true],
@@ -55,6 +69,55 @@ linux('messages take the ring only when both sides offer it', async (t) => {
     const [code] = await once(child, 'exit')
     t.is(code, 0)
   }
+})
+
+linux('a peer that receives synchronously is never rung: its loop does not wait', async (t) => {
+  // A blocking receiver never lets its event loop wait, so it must not announce that the
+  // loop sleeps; the sender would otherwise send a WAKE record (two system calls) per
+  // message, and fill the socket with them.
+  const { child, endpoint } = spawnWithEndpoint(process.execPath, [fixture('ring-child.cjs'), 'ring', 'sync'], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    ring: true,
+  })
+  const rounds = 2000
+  for (let i = 0; i < rounds; i++) {
+    endpoint.sendSync(Buffer.from(`n${i}`))
+    t.is(endpoint.recvSync({ timeoutMs: 5000 }).payload.toString(), `n${i}`)
+  }
+  const stats = endpoint.stats()
+  t.true(stats.ringMessagesOut >= rounds, JSON.stringify(stats))
+  t.true(stats.ringWakesOut <= 2, `${stats.ringWakesOut} WAKE records for ${rounds} messages`)
+  endpoint.close()
+  await once(child, 'exit')
+})
+
+linux('an event loop that busy-polls after delivering is not rung either', async (t) => {
+  // Each side's handler replies and asks for the next message from inside the delivery;
+  // the driver then busy-polls, so the loop is not waiting and must not say it is. Spinning
+  // needs two CPUs (the peer cannot run while this one spins on the same CPU), so the
+  // child and this process are given one each.
+  const cpus = readAffinity()
+  if (cpus === undefined || cpus.length < 2) return t.pass('needs two CPUs')
+  pin(process.pid, cpus[0])
+  const { child, endpoint } = spawnWithEndpoint('taskset', ['-c', String(cpus[1]), process.execPath, fixture('ring-child.cjs'), 'ring'], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    ring: true,
+  })
+  try {
+    const rounds = 2000
+    for (let i = 0; i < rounds; i++) {
+      await endpoint.send(`n${i}`)
+      t.is((await endpoint.recv()).payload.toString(), `n${i}`)
+    }
+    const stats = endpoint.stats()
+    t.true(stats.ringMessagesOut >= rounds, JSON.stringify(stats))
+    // Before the fix every message rang (2 000); an unlucky preemption may ring a few.
+    t.true(stats.ringWakesOut < rounds / 10, `${stats.ringWakesOut} WAKE records for ${rounds} messages`)
+  } finally {
+    pin(process.pid, cpus.join(','))
+    endpoint.close()
+  }
+  await once(child, 'exit')
 })
 
 linux('the event loop and the blocking calls both run over the ring', async (t) => {

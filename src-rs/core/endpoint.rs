@@ -198,6 +198,9 @@ pub struct Stats {
     pub ring_messages_out: u64,
     /// Messages received through the peer's ring.
     pub ring_messages_in: u64,
+    /// WAKE records sent because the peer's event loop slept when this side put a message
+    /// in its ring; with busy-polling peers, a small fraction of `ring_messages_out`.
+    pub ring_wakes_out: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -617,6 +620,7 @@ impl Endpoint {
             peer_mapped_bytes,
             queued: conn.outbox.len() as u64,
             inbox: conn.inbox.len() as u64,
+            ring_wakes_out: conn.rings.wakes_out(),
             ..conn.stats
         }
     }

@@ -164,6 +164,10 @@ pub struct Core {
     hook: Cell<sys::napi_async_cleanup_hook_handle>,
     backend: RefCell<Option<Box<dyn Backend>>>,
     closing: Cell<bool>,
+    /// A readiness callback is delivering: calls its handlers make leave re-arming to it,
+    /// so an endpoint that busy-polls next does not first tell the peer that its loop
+    /// sleeps (which would make the peer ring WAKE for every message).
+    pumping: Cell<bool>,
     /// JavaScript waits for something the core does not know about (a handshake, an
     /// accept, a listener for `'close'`).
     js_hold: Cell<bool>,
@@ -255,6 +259,7 @@ impl Driver {
             hook: Cell::new(ptr::null_mut()),
             backend: RefCell::new(None),
             closing: Cell::new(false),
+            pumping: Cell::new(false),
             js_hold: Cell::new(false),
             user_ref: Cell::new(true),
             strong: Cell::new(false),
@@ -320,12 +325,14 @@ impl Core {
         }
         match &self.target {
             Target::Endpoint(endpoint) => {
+                self.pumping.set(true);
                 endpoint.on_ready(ready);
                 self.pump_endpoint(endpoint);
                 // With a ring, the core may busy-poll briefly for what comes next.
                 while !self.closing.get() && endpoint.linger() {
                     self.pump_endpoint(endpoint);
                 }
+                self.pumping.set(false);
             }
             Target::Listener(listener) => {
                 match listener.on_ready() {
@@ -346,7 +353,7 @@ impl Core {
 
     /// Delivers the events other than messages that a call produced without new
     /// readiness (a blocking send, `close`), from inside that JavaScript call, and
-    /// re-arms the backend.
+    /// re-arms the backend (unless a readiness callback delivering now will).
     pub fn settle(&self) {
         if let Target::Endpoint(endpoint) = &self.target {
             while !self.closing.get() {
@@ -356,7 +363,9 @@ impl Core {
                 }
             }
         }
-        self.update();
+        if !self.pumping.get() {
+            self.update();
+        }
     }
 
     fn pump_endpoint(&self, endpoint: &Endpoint) {

@@ -432,6 +432,9 @@ pub struct EndpointStats {
     /// Messages sent through this side's ring, and received through the peer's.
     pub ring_messages_out: f64,
     pub ring_messages_in: f64,
+    /// Doorbells (WAKE records) sent because the peer's event loop slept when this side
+    /// put a message in its ring.
+    pub ring_wakes_out: f64,
     pub limits: LimitsInit,
 }
 
@@ -616,6 +619,7 @@ impl NativeEndpoint {
             inbox: stats.inbox as f64,
             ring_messages_out: stats.ring_messages_out as f64,
             ring_messages_in: stats.ring_messages_in as f64,
+            ring_wakes_out: stats.ring_wakes_out as f64,
             limits: limits_object(self.endpoint.limits()),
         }
     }

@@ -39,6 +39,8 @@ pub(super) struct Rings {
     eof: bool,
     /// Data was found while the event loop was about to sleep: it must turn once more.
     kick: bool,
+    /// WAKE records this side has sent.
+    wakes_out: u64,
     spin: Spin,
     /// When the event loop's current turn began.
     turn: Instant,
@@ -62,6 +64,7 @@ impl Rings {
             held: None,
             eof: false,
             kick: false,
+            wakes_out: 0,
             spin: Spin::new(busy_poll),
             turn: Instant::now(),
         }
@@ -103,8 +106,14 @@ impl Rings {
             // A full socket means the peer has records to read, so its loop wakes anyway;
             // a peer that is gone is reported by the next receive.
             let _ = sys::send_record(fd, &[Bytes::from(&WAKE)], &[]);
+            self.wakes_out += 1;
         }
         Ok(true)
+    }
+
+    /// WAKE records this side has sent (each costs both sides a system call).
+    pub(super) fn wakes_out(&self) -> u64 {
+        self.wakes_out
     }
 
     /// A MESSAGE or RELEASE of this direction left on the socket: the next entry counts
@@ -321,10 +330,13 @@ impl Conn {
         let Some(consumer) = &self.rings.inbound else {
             return;
         };
+        // Only a receive that waits needs the ring read ahead: the socket reports the end
+        // of the connection by itself, and a program that receives synchronously (and so
+        // never lets the loop wait) would otherwise make its peer ring WAKE per entry.
         let would_read = self.driven
             && self.is_open()
             && self.inbox_has_room()
-            && (self.wants_message() || !self.delivered_this_turn);
+            && self.wants_message();
         if !would_read {
             return;
         }
