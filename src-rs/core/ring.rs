@@ -11,6 +11,9 @@
 //! offset 128  waiting  u32  bit 0: a thread sleeps on the futex of this word; bit 1: an
 //!                           event loop waits for a WAKE frame. The consumer sets bits; the
 //!                           producer takes them all (swaps in 0) after every publication
+//! offset 192  cpu      u32  advisory: the CPU the consumer last waited on, plus one (0:
+//!                           unknown); only it writes. Its peer reads it to decide whether
+//!                           spinning for a reply can pay (not when both share one CPU)
 //! offset 256  entries  `capacity` bytes (a power of two); at `head % capacity`, 8-aligned:
 //!                      len u32, socket_before u32, `len` bytes of frame, padding to 8.
 //!                      len 0: the rest of the area is padding, go on at its start
@@ -56,6 +59,7 @@ pub(crate) enum Word {
     Tail,
     Head,
     Waiting,
+    ConsumerCpu,
 }
 
 impl Word {
@@ -64,6 +68,7 @@ impl Word {
             Word::Tail => 0,
             Word::Head => 64,
             Word::Waiting => 128,
+            Word::ConsumerCpu => 192,
         }
     }
 }
@@ -182,9 +187,9 @@ impl<M: Memory> Producer<M> {
     }
 
     /// After publishing an entry: takes the consumer's `waiting` bits, wakes a thread
-    /// parked on the futex, and says whether an event loop was waiting (the caller then
-    /// rings it with WAKE).
-    pub(crate) fn wake(&self) -> bool {
+    /// parked on the futex, and returns the bits taken: with [`LOOP`] an event loop was
+    /// waiting (the caller then rings it with WAKE).
+    pub(crate) fn wake(&self) -> u32 {
         // SYNC POINT: acquire-release (MEMORY-MODEL.md §10.3). An RMW on `waiting`: either
         // it sees the consumer's announcement, or the consumer's announcing RMW reads this
         // one's 0 and then sees the tail published before it.
@@ -192,7 +197,7 @@ impl<M: Memory> Producer<M> {
         if waiting & PARKED != 0 {
             self.memory.unpark();
         }
-        waiting & LOOP != 0
+        waiting
     }
 
     /// After sending a frame on the socket: wakes a thread parked on the futex, which then
@@ -200,7 +205,8 @@ impl<M: Memory> Producer<M> {
     /// by itself, but by the time this runs the loop may have taken the record and
     /// announced itself again, and that announcement is for the next entry (taking it here
     /// lost that entry's wake-up; `model::a_socket_frame_then_an_entry_ring_the_loop`).
-    pub(crate) fn wake_parked(&self) {
+    /// Returns whether a thread was parked.
+    pub(crate) fn wake_parked(&self) -> bool {
         // SYNC POINT: acquire-release (MEMORY-MODEL.md §10.4), as in `wake`.
         let waiting = self
             .memory
@@ -208,6 +214,16 @@ impl<M: Memory> Producer<M> {
         if waiting & PARKED != 0 {
             self.memory.unpark();
         }
+        waiting & PARKED != 0
+    }
+
+    /// The CPU the consumer last waited on, as it said (advisory, and the peer's word:
+    /// used only to choose whether to spin).
+    pub(crate) fn consumer_cpu(&self) -> Option<u32> {
+        // Relaxed: a hint; nothing is read on its strength.
+        self.memory
+            .load(Word::ConsumerCpu, Ordering::Relaxed)
+            .checked_sub(1)
     }
 }
 
@@ -305,6 +321,17 @@ impl<M: Memory> Consumer<M> {
     /// Whether something is published that has not been taken.
     pub(crate) fn has_data(&self) -> bool {
         self.memory.load(Word::Tail, Ordering::Acquire) != self.head
+    }
+
+    /// Tells the producer which CPU this side waits on now (see [`Producer::consumer_cpu`]).
+    pub(crate) fn publish_cpu(&self, cpu: Option<u32>) {
+        let word = cpu.map_or(0, |cpu| cpu.saturating_add(1));
+        // Relaxed: a hint. Stored only when it changes, so waiting on one CPU writes the
+        // line once, not at every wait.
+        if self.memory.load(Word::ConsumerCpu, Ordering::Relaxed) != word {
+            self.memory
+                .store(Word::ConsumerCpu, word, Ordering::Relaxed);
+        }
     }
 }
 
@@ -512,13 +539,30 @@ pub(crate) fn valid_capacity(capacity: u32) -> bool {
     capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
 }
 
-/// How long a waiting consumer spins before it parks, adapted to what spinning earned
-/// lately (an idea from adaptive mutexes and Aeron's idle strategies): a wait that ended
-/// while spinning restores the whole window; a spin that found nothing halves it, down to
-/// none, after which one wait in [`Spin::PROBE_EVERY`] spins the whole window again to find
-/// out whether the peer has become fast again. When both processes share one CPU, the
-/// peer cannot run while this one spins, so spins stop paying and the budget falls to
-/// nothing within a few waits. On a machine with one CPU online it never spins at all.
+/// Where the peer ran when it last waited, against where this thread runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Both on one CPU: the peer cannot run while this thread spins.
+    SameCpu,
+    /// On different CPUs: the peer can answer while this thread spins.
+    OtherCpus,
+    /// The peer does not say (its library does not publish its CPU) or this kernel does not.
+    Unknown,
+}
+
+/// How long a waiting consumer spins before it parks. When the peer publishes its CPU
+/// (the ring's `cpu` word), the answer is direct: not at all when both share one CPU (the
+/// peer only runs once this thread stops), the whole window otherwise. When it does not,
+/// the budget adapts to what spinning earned lately (an idea from adaptive mutexes and
+/// Aeron's idle strategies): a wait that ended while spinning restores the whole window; a
+/// spin that found nothing halves it, down to none, after which one wait in
+/// [`Spin::PROBE_EVERY`] spins the whole window again to find out whether the peer has
+/// become fast again. A spin that found nothing after this side woke a sleeping peer
+/// (futex or WAKE) proves nothing about spinning, since the peer first had to be
+/// scheduled, and does not count: counting it let a few idle moments (a garbage
+/// collection, a pause between bursts) halve the budget to nothing on two idle CPUs, after
+/// which both sides parked at every message and every probe lost the race against the
+/// peer's wake-up. On a machine with one CPU online it never spins at all.
 #[derive(Debug, Clone)]
 pub(crate) struct Spin {
     budget: Duration,
@@ -541,23 +585,30 @@ impl Spin {
         }
     }
 
-    /// How long the next wait may spin.
-    pub(crate) fn budget(&mut self) -> Duration {
+    /// How long the next wait may spin, the peer being where `placement` says.
+    pub(crate) fn budget(&mut self, placement: Placement) -> Duration {
         if self.single_cpu || self.max.is_zero() {
             return Duration::ZERO;
         }
-        self.waits = self.waits.wrapping_add(1);
-        if self.budget.is_zero() && self.waits.is_multiple_of(Self::PROBE_EVERY) {
-            return self.max;
+        match placement {
+            Placement::SameCpu => Duration::ZERO,
+            Placement::OtherCpus => self.max,
+            Placement::Unknown => {
+                self.waits = self.waits.wrapping_add(1);
+                if self.budget.is_zero() && self.waits.is_multiple_of(Self::PROBE_EVERY) {
+                    return self.max;
+                }
+                self.budget
+            }
         }
-        self.budget
     }
 
-    /// What the last spin earned: data after `spun`, or nothing within it.
-    pub(crate) fn record(&mut self, found: bool) {
+    /// What the last spin earned: data within it, or nothing; `woke_peer`: this side had
+    /// woken the peer from sleep since its previous wait.
+    pub(crate) fn record(&mut self, found: bool, woke_peer: bool) {
         if found {
             self.budget = self.max;
-        } else {
+        } else if !woke_peer {
             self.budget /= 2;
             if self.budget < Self::FLOOR {
                 self.budget = Duration::ZERO;
@@ -597,7 +648,7 @@ mod tests {
     /// Plain process memory standing in for the mapping; `tail` and `head` can be
     /// overwritten as a hostile peer would.
     struct Plain {
-        words: [Cell<u32>; 3],
+        words: [Cell<u32>; 4],
         entries: RefCell<Vec<u8>>,
     }
 
@@ -751,24 +802,63 @@ mod tests {
     }
 
     #[test]
-    fn the_spin_budget_follows_what_spinning_earned() {
+    fn without_the_peers_cpu_the_spin_budget_follows_what_spinning_earned() {
+        let unknown = Placement::Unknown;
         let mut spin = Spin::new(Duration::from_micros(64));
         spin.single_cpu = false;
-        assert_eq!(spin.budget(), Duration::from_micros(64));
+        assert_eq!(spin.budget(unknown), Duration::from_micros(64));
         for _ in 0..10 {
-            spin.record(false);
+            spin.record(false, true);
+        }
+        assert_eq!(
+            spin.budget(unknown),
+            Duration::from_micros(64),
+            "a miss after waking a sleeping peer does not count"
+        );
+        for _ in 0..10 {
+            spin.record(false, false);
         }
         assert_eq!(spin.budget, Duration::ZERO, "misses halve it to nothing");
-        let probes = (0..64).filter(|_| !spin.budget().is_zero()).count();
+        let probes = (0..64).filter(|_| !spin.budget(unknown).is_zero()).count();
         assert_eq!(probes, 2, "one wait in 32 probes");
-        spin.record(true);
+        spin.record(true, false);
         assert_eq!(
-            spin.budget(),
+            spin.budget(unknown),
             Duration::from_micros(64),
             "a success restores the window"
         );
         spin.single_cpu = true;
-        assert_eq!(spin.budget(), Duration::ZERO);
+        assert_eq!(spin.budget(unknown), Duration::ZERO);
+    }
+
+    #[test]
+    fn with_the_peers_cpu_the_spin_budget_is_all_or_nothing() {
+        let mut spin = Spin::new(Duration::from_micros(64));
+        spin.single_cpu = false;
+        for _ in 0..10 {
+            spin.record(false, false);
+        }
+        assert_eq!(spin.budget(Placement::OtherCpus), Duration::from_micros(64));
+        spin.record(true, false);
+        assert_eq!(spin.budget(Placement::SameCpu), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_consumers_cpu_reaches_the_producer_as_a_hint() {
+        let memory = Plain::new(64);
+        let producer = Producer::new(&memory, 64);
+        let consumer = Consumer::new(&memory, 64, 1024);
+        assert_eq!(producer.consumer_cpu(), None);
+        consumer.publish_cpu(Some(0));
+        assert_eq!(producer.consumer_cpu(), Some(0));
+        consumer.publish_cpu(Some(u32::MAX));
+        assert_eq!(
+            producer.consumer_cpu(),
+            Some(u32::MAX - 1),
+            "saturates, never wraps to unknown"
+        );
+        consumer.publish_cpu(None);
+        assert_eq!(producer.consumer_cpu(), None);
     }
 }
 
@@ -788,7 +878,7 @@ mod model {
     /// The ring's memory, with a futex as Linux defines it: the value check and the
     /// sleep are atomic with respect to a wake.
     struct Model {
-        words: [AtomicU32; 3],
+        words: [AtomicU32; 4],
         entries: Vec<loom::cell::UnsafeCell<u8>>,
         futex: Mutex<()>,
         sleepers: Condvar,
@@ -797,7 +887,12 @@ mod model {
     impl Model {
         fn new(capacity: usize) -> Arc<Model> {
             Arc::new(Model {
-                words: [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)],
+                words: [
+                    AtomicU32::new(0),
+                    AtomicU32::new(0),
+                    AtomicU32::new(0),
+                    AtomicU32::new(0),
+                ],
                 entries: (0..capacity)
                     .map(|_| loom::cell::UnsafeCell::new(0))
                     .collect(),
@@ -936,7 +1031,7 @@ mod model {
                     let mut producer = Producer::new(memory, CAPACITY);
                     for n in 0..2u8 {
                         assert!(producer.push(&[Bytes::from(&frame(n))]).unwrap());
-                        if producer.wake() {
+                        if producer.wake() & LOOP != 0 {
                             socket.send();
                         }
                     }
@@ -1004,7 +1099,7 @@ mod model {
                     producer.sent_on_socket();
                     producer.wake_parked();
                     assert!(producer.push(&[Bytes::from(&frame(1))]).unwrap());
-                    if producer.wake() {
+                    if producer.wake() & LOOP != 0 {
                         socket.send();
                     }
                 })

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::{Arrival, Conn, Endpoint, RawFrame, Received, Source, in_slices};
 use crate::bytes::Bytes;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ring::{self, Consumer, LOOP, Mapped, Producer, Spin};
+use crate::ring::{self, Consumer, LOOP, Mapped, Placement, Producer, Spin};
 use crate::session::{Control, Held, Inbound};
 use crate::socket::Socket;
 use crate::sys::{self, Interest, Io};
@@ -41,6 +41,9 @@ pub(super) struct Rings {
     kick: bool,
     /// WAKE records this side has sent.
     wakes_out: u64,
+    /// This side woke the peer from sleep (futex or WAKE) since its own last wait, so the
+    /// reply comes late whatever the spin does ([`Spin::record`]).
+    woke_peer: bool,
     spin: Spin,
     /// When the event loop's current turn began.
     turn: Instant,
@@ -65,6 +68,7 @@ impl Rings {
             eof: false,
             kick: false,
             wakes_out: 0,
+            woke_peer: false,
             spin: Spin::new(busy_poll),
             turn: Instant::now(),
         }
@@ -100,7 +104,9 @@ impl Rings {
         if len > producer.max_frame() || !producer.push(parts)? {
             return Ok(false);
         }
-        if producer.wake()
+        let waiting = producer.wake();
+        self.woke_peer |= waiting != 0;
+        if waiting & LOOP != 0
             && let Some(fd) = socket.borrow()
         {
             // A full socket means the peer has records to read, so its loop wakes anyway;
@@ -122,8 +128,33 @@ impl Rings {
     pub(super) fn sent_on_socket(&mut self, active: bool) {
         if let Some(producer) = self.out.as_mut().filter(|_| active) {
             producer.sent_on_socket();
-            producer.wake_parked();
+            self.woke_peer |= producer.wake_parked();
         }
+    }
+
+    /// Before waiting for the peer's next entry: says which CPU this side waits on, and
+    /// returns how long to spin (the peer's own word says where it waits) and whether this
+    /// side woke the peer since its last wait (for [`Rings::spun`]).
+    fn spin_plan(&mut self) -> (Duration, bool) {
+        let here = sys::current_cpu();
+        if let Some(consumer) = &self.inbound {
+            consumer.publish_cpu(here);
+        }
+        let peer = self.out.as_ref().and_then(Producer::consumer_cpu);
+        let placement = match (here, peer) {
+            (Some(here), Some(peer)) if here == peer => Placement::SameCpu,
+            (Some(_), Some(_)) => Placement::OtherCpus,
+            _ => Placement::Unknown,
+        };
+        (
+            self.spin.budget(placement),
+            std::mem::take(&mut self.woke_peer),
+        )
+    }
+
+    /// After a spin of [`Rings::spin_plan`]: whether it found data.
+    fn spun(&mut self, found: bool, woke_peer: bool) {
+        self.spin.record(found, woke_peer);
     }
 
     /// The connection ended (its socket is shut down): a consumer of the peer's parked on
@@ -333,10 +364,8 @@ impl Conn {
         // Only a receive that waits needs the ring read ahead: the socket reports the end
         // of the connection by itself, and a program that receives synchronously (and so
         // never lets the loop wait) would otherwise make its peer ring WAKE per entry.
-        let would_read = self.driven
-            && self.is_open()
-            && self.inbox_has_room()
-            && self.wants_message();
+        let would_read =
+            self.driven && self.is_open() && self.inbox_has_room() && self.wants_message();
         if !would_read {
             return;
         }
@@ -370,7 +399,7 @@ impl Endpoint {
     /// was delivered this turn or no receive waits, and after about a millisecond of one
     /// turn, so the loop still runs its other work.
     pub fn linger(&self) -> bool {
-        let (waiter, budget) = {
+        let (waiter, (budget, woke_peer)) = {
             let mut conn = self.conn();
             let Some(consumer) = &conn.rings.inbound else {
                 return false;
@@ -386,18 +415,17 @@ impl Endpoint {
                 return false;
             }
             let waiter = consumer.waiter();
-            let budget = conn.rings.spin.budget();
             // What the handlers sent this turn goes out before waiting for the reply.
             conn.sends_this_turn = 0;
             conn.flush();
-            (waiter, budget)
+            (waiter, conn.rings.spin_plan())
         };
         if budget.is_zero() {
             return false;
         }
         let found = ring::spin_until(budget, &mut || waiter.has_data());
         let mut conn = self.conn();
-        conn.rings.spin.record(found);
+        conn.rings.spun(found, woke_peer);
         if found {
             conn.delivered_this_turn = false;
         }
@@ -414,15 +442,12 @@ impl Endpoint {
         op: &'static str,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<()> {
-        let (waiter, budget) = {
+        let (waiter, (budget, woke_peer)) = {
             let mut conn = self.conn();
             let on_ring =
                 conn.rings.held.is_none() && !conn.rings.eof && !conn.session.owes_socket_frames();
             match &conn.rings.inbound {
-                Some(consumer) if on_ring => {
-                    let waiter = consumer.waiter();
-                    (waiter, conn.rings.spin.budget())
-                }
+                Some(consumer) if on_ring => (consumer.waiter(), conn.rings.spin_plan()),
                 _ => {
                     drop(conn);
                     return self.wait(Interest::READABLE, deadline, op, interrupted);
@@ -430,7 +455,7 @@ impl Endpoint {
             }
         };
         let found = ring::spin_until(budget, &mut || waiter.has_data());
-        self.conn().rings.spin.record(found);
+        self.conn().rings.spun(found, woke_peer);
         if found {
             return Ok(());
         }

@@ -887,6 +887,12 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
 
+/// The CPU this thread runs on now (`sched_getcpu`, a vDSO call), if the kernel says.
+pub(crate) fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    u32::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
 /// Whether the machine has one CPU online: then a peer this thread waits for can run only
 /// when it stops, so spinning can never pay. (A process pinned to one CPU may still have
 /// its peer on another, so the affinity mask says nothing here; the spin budget adapts.)

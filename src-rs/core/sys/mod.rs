@@ -26,7 +26,7 @@ use unsupported as os;
 pub(crate) use nix::sys::epoll::Epoll;
 pub(crate) use os::{
     accept, adopt_socket, claim_socket, connect_to, control_buffer, create_memory_file,
-    discard_in_place, file_identity, file_info, futex_wait, futex_wake, listen_at,
+    current_cpu, discard_in_place, file_identity, file_info, futex_wait, futex_wake, listen_at,
     peer_credentials, read_file_at, recv_record, remap_in_place, seal_contents, seals, send_record,
     seqpacket_pair, shutdown_both, single_cpu, unwatch, wait, wait_ready, watch, watcher,
 };

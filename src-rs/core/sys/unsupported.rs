@@ -161,3 +161,7 @@ pub(crate) fn futex_wake(_word: &std::sync::atomic::AtomicU32) {}
 pub(crate) fn single_cpu() -> bool {
     false
 }
+
+pub(crate) fn current_cpu() -> Option<u32> {
+    None
+}
