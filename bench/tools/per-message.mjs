@@ -1,14 +1,14 @@
 // Per-message cost without wake-ups: both endpoints of an Endpoint.pair() in one thread,
 // so nothing waits for another process. Compare with bench/tools/selfpair.c (the two system
-// calls alone). Timed with tinybench.
-//   node bench/tools/per-message.mjs
+// calls alone). Timed with tinybench. With --ring the pair talks through its rings.
+//   node bench/tools/per-message.mjs [--ring]
 import { createRequire } from 'node:module'
 import { Bench } from 'tinybench'
 
 const require = createRequire(import.meta.url)
 const { Endpoint, Region } = require('../../index.js')
 
-const [a, b] = Endpoint.pair()
+const [a, b] = Endpoint.pair({ ring: process.argv.includes('--ring') })
 const payload = Buffer.alloc(16, 1)
 const region = Region.create(1 << 20)
 region.bytes.fill(1)
