@@ -396,10 +396,14 @@ function peerFilter(filter: PeerFilter | undefined): PeerFilterInit | undefined 
   throw invalid("a peer filter is 'same-user', 'any-user' or { uids: [...] }")
 }
 
-/** A message as the binding hands it over: the payload alone when no region came with it. */
-type Received = Buffer | ReceivedMessage
+/**
+ * A message as the binding hands it over. Without regions: the length of a short payload
+ * it left in the endpoint's staging memory, or the payload itself.
+ */
+type Received = number | Buffer | ReceivedMessage
 
-function toMessage(native: NativeEndpoint, received: Received): Message {
+function toMessage(native: NativeEndpoint, staging: Buffer | undefined, received: Received): Message {
+  if (typeof received === 'number') return { payload: unstage(staging!, received), regions: [], descriptors: [] }
   if (Buffer.isBuffer(received)) return { payload: received, regions: [], descriptors: [] }
   const incoming: IncomingRegion[] = received.regions
   return {
@@ -407,6 +411,17 @@ function toMessage(native: NativeEndpoint, received: Received): Message {
     regions: incoming.map((d, i) => arrivedRegion(d.serial, () => native.takeRegion(i))),
     descriptors: incoming.map(({ id, new: isNew, frozen, transferred }) => ({ id, new: isNew, frozen, transferred })),
   }
+}
+
+/**
+ * The first `length` bytes of the staging memory, in a Buffer of their own: copied before
+ * anything else calls into the endpoint, which may fill the staging memory again.
+ */
+function unstage(staging: Buffer, length: number): Buffer {
+  const payload = Buffer.allocUnsafeSlow(length)
+  if (length <= 64) for (let i = 0; i < length; i++) payload[i] = staging[i]
+  else staging.copy(payload, 0, 0, length)
+  return payload
 }
 
 /** The attachments of a send: `regions` in order, then the rest of `transfer`. */
@@ -478,6 +493,10 @@ export interface EndpointEvents {
  */
 export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncIterable<Message>, Disposable {
   #native: NativeEndpoint | undefined
+  /** `send`, `sendSync`, `recv`, `recvSync` bound to the native endpoint: cheaper to call. */
+  readonly #calls: ReturnType<NativeEndpoint['boundCalls']>
+  /** Where the binding leaves short payloads (see `unstage`); undefined in a memory cage. */
+  readonly #staging: Buffer | undefined
   /** Why the connection ended, once it has. */
   #ended: ShmlinkError | undefined
   readonly #waiters: Waiter<Message>[] = []
@@ -489,6 +508,10 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   private constructor(native: NativeEndpoint) {
     super()
     this.#native = native
+    this.#calls = native.boundCalls()
+    // In a memory cage (or as if in one) the binding makes every payload a Buffer itself.
+    const staging = zeroCopy() ? native.staging() : null
+    this.#staging = staging === null ? undefined : Buffer.from(staging.buffer, staging.byteOffset, staging.length)
     native.watch(this.#onMessage, this.#onEvent)
     const untyped: EventEmitter = this
     untyped.on('newListener', this.#listenersChanged).on('removeListener', this.#listenersChanged)
@@ -597,7 +620,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   }
 
   readonly #onMessage = (received: Received): boolean => {
-    const message = toMessage(this.#native!, received)
+    const message = toMessage(this.#native!, this.#staging, received)
     if (debugging) this.#logRecv(message)
     const waiter = this.#waiters.shift()
     if (waiter !== undefined) waiter.resolve(message)
@@ -669,7 +692,8 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       if (options.signal?.aborted) return Promise.reject(abortError(options.signal))
       const bytes = toBytes(payload, 'payload')
       const attached = attachments(options)
-      ticket = this.#live().send(bytes, attached)
+      const native = this.#live()
+      ticket = attached === undefined ? this.#calls.send(bytes) : native.send(bytes, attached)
       if (debugging) this.#logSend(bytes, attached, ticket)
     } catch (error) {
       return Promise.reject(error)
@@ -685,7 +709,11 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   /** Sends behind anything queued, blocking the thread until there is room (or `timeoutMs` passes). */
   sendSync(payload: string | ArrayBufferView | ArrayBuffer, options: SendSyncOptions = {}): void {
     const timeoutMs = checkTimeout(options.timeoutMs)
-    this.#live().sendSync(toBytes(payload, 'payload'), attachments(options), timeoutMs)
+    const bytes = toBytes(payload, 'payload')
+    const attached = attachments(options)
+    const native = this.#live()
+    if (attached === undefined) this.#calls.sendSync(bytes, timeoutMs)
+    else native.sendSync(bytes, attached, timeoutMs)
   }
 
   /** Resolves with the next message. */
@@ -695,12 +723,13 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     try {
       checkSignal(signal)
       if (signal?.aborted) return Promise.reject(abortError(signal))
-      received = this.#live().recv()
+      this.#live()
+      received = this.#calls.recv()
     } catch (error) {
       return Promise.reject(error)
     }
     if (received !== null) {
-      const message = toMessage(this.#native!, received)
+      const message = toMessage(this.#native!, this.#staging, received)
       if (debugging) this.#logRecv(message)
       return Promise.resolve(message)
     }
@@ -715,7 +744,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   recvSync(options: RecvSyncOptions = {}): Message {
     const timeoutMs = checkTimeout(options.timeoutMs)
     const native = this.#live()
-    return toMessage(native, native.recvSync(timeoutMs))
+    return toMessage(native, this.#staging, this.#calls.recvSync(timeoutMs))
   }
 
   /**

@@ -97,3 +97,29 @@ test.serial('a program that only receives synchronously does not keep large payl
   a.close()
   b.close()
 })
+
+test('short payloads reach recv, recvSync and message events as Buffers of their own', async (t) => {
+  // They are copied out of one staging area per endpoint; each must be its own memory,
+  // whichever way it was received and whatever came after it.
+  const [a, b] = Endpoint.pair()
+  const sizes = [0, 5, 100, 32 * 1024 - 1]
+  const got: Buffer[] = []
+  for (const [i, size] of sizes.entries()) {
+    await a.send(pattern(size, i))
+    got.push((await b.recv()).payload)
+    a.sendSync(pattern(size, i + 10))
+    got.push(b.recvSync({ timeoutMs: 5000 }).payload)
+  }
+  const events: Buffer[] = []
+  b.on('message', (message) => events.push(message.payload))
+  for (const [i, size] of sizes.entries()) await a.send(pattern(size, i + 20))
+  while (events.length < sizes.length) await new Promise((resolve) => setTimeout(resolve, 5))
+  sizes.forEach((size, i) => {
+    t.true(got[2 * i].equals(pattern(size, i)), `recv, ${size} bytes`)
+    t.true(got[2 * i + 1].equals(pattern(size, i + 10)), `recvSync, ${size} bytes`)
+    t.true(events[i].equals(pattern(size, i + 20)), `message event, ${size} bytes`)
+  })
+  for (const payload of [...got, ...events]) t.is(payload.buffer.byteLength, payload.length, 'a payload’s ArrayBuffer holds it alone')
+  a.close()
+  b.close()
+})

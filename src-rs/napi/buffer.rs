@@ -14,6 +14,7 @@
 
 use std::ffi::c_void;
 use std::ptr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::ThreadId;
 
@@ -357,6 +358,81 @@ unsafe extern "C" fn free_probe(_env: sys::napi_env, data: *mut c_void, _hint: *
 /// Payloads at least this long become JavaScript Buffers without a copy: below it, a copy
 /// costs less than an external buffer does (a backing store and a finalizer).
 const LEND_PAYLOAD_AT: usize = 32 * 1024;
+
+/// Memory one endpoint copies its small received payloads into (those shorter than
+/// [`Staging::LEN`], without regions), which JavaScript sees through one `ArrayBuffer`
+/// made once and copies each payload out of at once, into a `Buffer` it allocates itself.
+/// A `Buffer` made from native code per message (`napi_create_buffer_copy`: a new backing
+/// store, a typed array and its prototype set through the API) cost several times that,
+/// and was the largest single item of a ring round trip's profile.
+///
+/// JavaScript reads it only between the native call that filled it and its own copy, with
+/// no native call in between, on the one thread both run on, so no copy in here can change
+/// bytes JavaScript is still reading.
+pub struct Staging {
+    data: *mut u8,
+}
+
+impl Staging {
+    /// Bytes of staging memory: every payload shorter than a lent one fits.
+    pub const LEN: usize = LEND_PAYLOAD_AT;
+
+    /// Staging memory and the `Uint8Array` over it, or `None` where the runtime refuses
+    /// external buffers (Electron's memory cage: payloads then arrive as `Buffer`s made
+    /// from native code, as before).
+    pub fn create(env: sys::napi_env) -> Option<(Rc<Staging>, sys::napi_value)> {
+        let data = Box::into_raw(vec![0u8; Self::LEN].into_boxed_slice()).cast::<u8>();
+        let staging = Rc::new(Staging { data });
+        let owner = Rc::into_raw(Rc::clone(&staging)).cast_mut();
+        let mut buffer = ptr::null_mut();
+        // SAFETY: `data..data + LEN` is this staging's heap memory, which the `Rc` handed to
+        // the finalizer keeps allocated until V8 has let the buffer go.
+        let status = unsafe {
+            sys::napi_create_external_arraybuffer(
+                env,
+                data.cast(),
+                Self::LEN,
+                Some(release_staging),
+                owner.cast(),
+                &mut buffer,
+            )
+        };
+        if status != sys::Status::napi_ok {
+            clear_exception(env);
+            // SAFETY: the runtime refused the buffer, so the finalizer's `Rc` is still ours.
+            drop(unsafe { Rc::from_raw(owner) });
+            return None;
+        }
+        let array = uint8_array(env, buffer, Self::LEN).ok()?;
+        Some((staging, array))
+    }
+
+    /// Copies `bytes` to the start of the staging memory; false when they do not fit.
+    pub fn put(&self, bytes: &[u8]) -> bool {
+        if bytes.len() >= Self::LEN {
+            return false;
+        }
+        // SAFETY: `data` is valid for `LEN` bytes of writes and `bytes` is shorter; it is
+        // this process's own memory, distinct from `bytes`. No Rust reference to it exists
+        // (JavaScript reads it through its view only while no native code runs).
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.data, bytes.len()) };
+        true
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: `data` came from `Box::into_raw` of a boxed slice of `LEN` bytes in
+        // `create`, and is freed once, here, when the last holder lets go.
+        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(self.data, Self::LEN)) });
+    }
+}
+
+unsafe extern "C" fn release_staging(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
+    // SAFETY: `hint` is the `Rc` leaked in `Staging::create` for this buffer, whose
+    // finalizer runs once.
+    drop(unsafe { Rc::from_raw(hint.cast_const().cast::<Staging>()) });
+}
 
 /// How a received payload becomes a JavaScript `Buffer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,12 +16,12 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BufferSlice, Either, FromNapiValue, ToNapiValue};
+use napi::bindgen_prelude::{BufferSlice, Either3, FromNapiValue, ToNapiValue};
 use napi::{Env, sys};
 use napi_derive::napi;
 use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region};
 
-use crate::buffer::Handover;
+use crate::buffer::{Handover, Staging};
 use crate::error::{ErrorInfo, after_teardown, check};
 
 /// What a wake-up backend does for a driver. Every method is called on the JavaScript
@@ -62,19 +62,29 @@ pub struct ReceivedMessage<'env> {
     pub regions: Vec<IncomingRegion>,
 }
 
-/// A received message as JavaScript gets it: the payload alone when no region came with
-/// it (most messages; no object to build), else the payload and the regions.
-pub type Received<'env> = Either<BufferSlice<'env>, ReceivedMessage<'env>>;
+/// A received message as JavaScript gets it: when no region came with it (most messages;
+/// no object to build), the length of its payload, which waits in the staging memory
+/// ([`Staging`]), or the payload itself when it is too long for that (or there is none);
+/// else the payload and the regions.
+pub type Received<'env> = Either3<u32, BufferSlice<'env>, ReceivedMessage<'env>>;
 
 /// `message` as JavaScript receives it; the region handles go to `arrived`, for
-/// `takeRegion`, until the next message. The payload moves into the JavaScript Buffer
-/// as `handover` says; `message` keeps the rest.
+/// `takeRegion`, until the next message. A short payload of a message without regions is
+/// copied into the staging memory and stays in `message`; any other payload moves into a
+/// JavaScript Buffer as `handover` says, and `message` keeps the rest.
 pub fn received<'env>(
     env: &'env Env,
     message: &mut Message,
     arrived: &Arrived,
     handover: Handover,
 ) -> napi::Result<Received<'env>> {
+    if message.regions.is_empty()
+        && let Some(staging) = arrived.staging.borrow().as_ref()
+        && staging.put(&message.payload)
+    {
+        // Shorter than the staging memory, so it fits in 32 bits.
+        return Ok(Either3::A(message.payload.len() as u32));
+    }
     let payload = std::mem::take(&mut message.payload);
     let value = crate::buffer::payload_buffer(env.raw(), payload, handover).map_err(|refused| {
         let (e, payload) = *refused;
@@ -84,9 +94,9 @@ pub fn received<'env>(
     // SAFETY: `value` is the Buffer just created in `env`, in the current scope.
     let payload = unsafe { <BufferSlice as FromNapiValue>::from_napi_value(env.raw(), value) }?;
     if message.regions.is_empty() {
-        return Ok(Either::A(payload));
+        return Ok(Either3::B(payload));
     }
-    let mut regions = arrived.borrow_mut();
+    let mut regions = arrived.regions.borrow_mut();
     regions.clear();
     let descriptions = message
         .regions
@@ -102,7 +112,7 @@ pub fn received<'env>(
             }
         })
         .collect();
-    Ok(Either::B(ReceivedMessage {
+    Ok(Either3::C(ReceivedMessage {
         payload,
         regions: descriptions,
     }))
@@ -180,9 +190,16 @@ pub struct Core {
     arrived: Arrived,
 }
 
-/// The regions of the message last delivered to JavaScript, by the driver or a receive
-/// call, until the next one.
-pub type Arrived = Rc<RefCell<Vec<Region>>>;
+/// What the message last delivered to JavaScript (by the driver or a receive call) left
+/// for it to pick up, until the next one: its regions (`takeRegion` hands out handles to
+/// them), and a short payload in the staging memory, once JavaScript has asked for one.
+#[derive(Default)]
+pub struct Arrivals {
+    pub regions: RefCell<Vec<Region>>,
+    pub staging: RefCell<Option<Rc<Staging>>>,
+}
+
+pub type Arrived = Rc<Arrivals>;
 
 /// A driver, owned by the JavaScript object whose socket it watches; dropping it (the
 /// object was closed or collected) closes the backend, and the core goes with it.
@@ -421,12 +438,12 @@ impl Core {
         let env = Env::from_raw(self.env);
         let mut payload_bytes: &[u8] = &[];
         let value = received(&env, &mut message, &self.arrived, Handover::Lend).and_then(|m| {
-            let payload = match &m {
-                Either::A(payload) | Either::B(ReceivedMessage { payload, .. }) => payload,
-            };
-            // SAFETY: the Buffer's memory stays valid while its value lives, which is
-            // until this scope ends; it is read below only within it.
-            payload_bytes = unsafe { std::slice::from_raw_parts(payload.as_ptr(), payload.len()) };
+            if let Either3::B(payload) | Either3::C(ReceivedMessage { payload, .. }) = &m {
+                // SAFETY: the Buffer's memory stays valid while its value lives, which is
+                // until this scope ends; it is read below only within it.
+                payload_bytes =
+                    unsafe { std::slice::from_raw_parts(payload.as_ptr(), payload.len()) };
+            }
             // SAFETY: converting a value of `env` in the current scope.
             unsafe { Received::to_napi_value(self.env, m) }
         });

@@ -1,0 +1,206 @@
+//! An endpoint's hot calls as plain functions bound to its state.
+//!
+//! A method call on a napi-rs class instance unwraps the receiver (`napi_unwrap`), checks
+//! its type tag (two private-symbol lookups) and registers a native borrow (a global
+//! mutex and map) before the method runs. A ring round trip makes four such calls on each
+//! side, and a profile of one (`perf record` of `sendSync` + `recvSync` over a ring
+//! between two endpoints of one thread) put a third of its time there. A function made
+//! with `napi_create_function` carries its endpoint as the callback's `data` instead: no
+//! lookup, and nothing JavaScript can forge, since the function is bound to that
+//! endpoint when it is made. Each function owns a reference to the endpoint's state,
+//! which its finalizer drops, so the state lives as long as the handle or any of them.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, c_void};
+use std::ptr;
+use std::rc::Rc;
+
+use napi::bindgen_prelude::{FromNapiValue, ToNapiValue, Uint8ArraySlice};
+use napi::{Env, JsError, sys};
+
+use crate::EndpointState;
+use crate::error::check;
+
+type Body = fn(&Env, &EndpointState, &[sys::napi_value]) -> napi::Result<sys::napi_value>;
+
+/// An object holding the endpoint's bound `send`, `sendSync`, `recv` and `recvSync`.
+pub fn create(env: sys::napi_env, state: &Rc<EndpointState>) -> shmlink::Result<sys::napi_value> {
+    const OP: &str = "Endpoint";
+    let mut object = ptr::null_mut();
+    // SAFETY: called on the JavaScript thread of `env`, inside a binding call.
+    check(OP, "napi_create_object", unsafe {
+        sys::napi_create_object(env, &mut object)
+    })?;
+    let calls: [(&CStr, sys::napi_callback); 4] = [
+        (c"send", Some(send)),
+        (c"sendSync", Some(send_sync)),
+        (c"recv", Some(recv)),
+        (c"recvSync", Some(recv_sync)),
+    ];
+    for (name, callback) in calls {
+        let data = Rc::into_raw(Rc::clone(state)).cast_mut().cast::<c_void>();
+        let mut function = ptr::null_mut();
+        // SAFETY: `name` is a NUL-terminated ASCII string; `data` is a strong reference
+        // handed to the function, dropped by the finalizer attached below (or here, if
+        // attaching fails).
+        let made = check(OP, "napi_create_function", unsafe {
+            sys::napi_create_function(
+                env,
+                name.as_ptr(),
+                name.count_bytes() as isize,
+                callback,
+                data,
+                &mut function,
+            )
+        })
+        .and_then(|()| {
+            // SAFETY: `function` was just made in `env`; its finalizer runs once, when it
+            // is collected, and only then drops `data`.
+            check(OP, "napi_add_finalizer", unsafe {
+                sys::napi_add_finalizer(
+                    env,
+                    function,
+                    data,
+                    Some(release_state),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            })
+        });
+        if let Err(error) = made {
+            // SAFETY: no finalizer took `data`, so the reference is still ours.
+            drop(unsafe { Rc::from_raw(data.cast_const().cast::<EndpointState>()) });
+            return Err(error);
+        }
+        // SAFETY: `object` and `function` are values of `env` in the current scope; `name`
+        // is a NUL-terminated string.
+        check(OP, "napi_set_named_property", unsafe {
+            sys::napi_set_named_property(env, object, name.as_ptr(), function)
+        })?;
+    }
+    Ok(object)
+}
+
+unsafe extern "C" fn release_state(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the reference `create` leaked for this function, whose finalizer
+    // runs once.
+    drop(unsafe { Rc::from_raw(data.cast_const().cast::<EndpointState>()) });
+}
+
+/// Runs `body` with the callback's endpoint and up to two arguments (missing ones are
+/// `undefined`), throwing what it fails with.
+///
+/// # Safety
+/// `env` and `info` are the arguments of a callback made by [`create`].
+unsafe fn run(env: sys::napi_env, info: sys::napi_callback_info, body: Body) -> sys::napi_value {
+    let mut argv = [ptr::null_mut(); 2];
+    let mut argc = argv.len();
+    let mut data = ptr::null_mut();
+    // SAFETY: `argv` has room for `argc` values; `info` is this callback's.
+    let status = unsafe {
+        sys::napi_get_cb_info(
+            env,
+            info,
+            &mut argc,
+            argv.as_mut_ptr(),
+            ptr::null_mut(),
+            &mut data,
+        )
+    };
+    if status != sys::Status::napi_ok || data.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: `data` is the strong reference `create` gave this function, dropped only by
+    // its finalizer, which cannot run while the function is being called.
+    let state = unsafe { &*data.cast_const().cast::<EndpointState>() };
+    let wrapped = Env::from_raw(env);
+    match body(&wrapped, state, &argv) {
+        Ok(value) => value,
+        Err(error) => {
+            // SAFETY: on the JavaScript thread of `env`, with no exception pending (the
+            // body returned instead of throwing).
+            unsafe { JsError::from(error).throw_into(env) };
+            ptr::null_mut()
+        }
+    }
+}
+
+fn undefined(env: &Env) -> napi::Result<sys::napi_value> {
+    let mut value = ptr::null_mut();
+    // SAFETY: a value of `env` in the current scope.
+    napi::check_status!(unsafe { sys::napi_get_undefined(env.raw(), &mut value) })?;
+    Ok(value)
+}
+
+unsafe extern "C" fn send(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    // SAFETY: this is a callback made by `create`.
+    unsafe { run(env, info, send_body) }
+}
+
+fn send_body(
+    env: &Env,
+    state: &EndpointState,
+    argv: &[sys::napi_value],
+) -> napi::Result<sys::napi_value> {
+    // SAFETY: `argv` holds values of `env` in the current callback's scope.
+    let payload = unsafe { Uint8ArraySlice::from_napi_value(env.raw(), argv[0]) }?;
+    let ticket = state.send(env, &payload, &[])?;
+    // SAFETY: converting into a value of `env` in the current scope.
+    unsafe { f64::to_napi_value(env.raw(), ticket) }
+}
+
+unsafe extern "C" fn send_sync(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    // SAFETY: this is a callback made by `create`.
+    unsafe { run(env, info, send_sync_body) }
+}
+
+fn send_sync_body(
+    env: &Env,
+    state: &EndpointState,
+    argv: &[sys::napi_value],
+) -> napi::Result<sys::napi_value> {
+    // SAFETY: `argv` holds values of `env` in the current callback's scope.
+    let payload = unsafe { Uint8ArraySlice::from_napi_value(env.raw(), argv[0]) }?;
+    // SAFETY: as above.
+    let timeout_ms = unsafe { f64::from_napi_value(env.raw(), argv[1]) }?;
+    state.send_sync(env, &payload, &[], timeout_ms)?;
+    undefined(env)
+}
+
+unsafe extern "C" fn recv(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    // SAFETY: this is a callback made by `create`.
+    unsafe { run(env, info, recv_body) }
+}
+
+fn recv_body(
+    env: &Env,
+    state: &EndpointState,
+    _argv: &[sys::napi_value],
+) -> napi::Result<sys::napi_value> {
+    let received = state.recv(env)?;
+    // SAFETY: converting into a value of `env` in the current scope.
+    unsafe { ToNapiValue::to_napi_value(env.raw(), received) }
+}
+
+unsafe extern "C" fn recv_sync(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    // SAFETY: this is a callback made by `create`.
+    unsafe { run(env, info, recv_sync_body) }
+}
+
+fn recv_sync_body(
+    env: &Env,
+    state: &EndpointState,
+    argv: &[sys::napi_value],
+) -> napi::Result<sys::napi_value> {
+    // SAFETY: `argv` holds values of `env` in the current callback's scope.
+    let timeout_ms = unsafe { f64::from_napi_value(env.raw(), argv[0]) }?;
+    let received = state.recv_sync(env, timeout_ms)?;
+    // SAFETY: converting into a value of `env` in the current scope.
+    unsafe { ToNapiValue::to_napi_value(env.raw(), received) }
+}
