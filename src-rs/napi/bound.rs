@@ -23,6 +23,20 @@ use crate::error::check;
 
 type Body = fn(&Env, &EndpointState, &[sys::napi_value]) -> napi::Result<sys::napi_value>;
 
+/// The `napi_callback` that runs `body` (a [`Body`]) through [`run`].
+macro_rules! callback {
+    ($body:path) => {{
+        unsafe extern "C" fn callback(
+            env: sys::napi_env,
+            info: sys::napi_callback_info,
+        ) -> sys::napi_value {
+            // SAFETY: napi calls this only as the callback of a function `create` made.
+            unsafe { run(env, info, $body) }
+        }
+        Some(callback as unsafe extern "C" fn(_, _) -> _)
+    }};
+}
+
 /// An object holding the endpoint's bound `send`, `sendSync`, `recv` and `recvSync`.
 pub fn create(env: sys::napi_env, state: &Rc<EndpointState>) -> shmlink::Result<sys::napi_value> {
     const OP: &str = "Endpoint";
@@ -32,10 +46,10 @@ pub fn create(env: sys::napi_env, state: &Rc<EndpointState>) -> shmlink::Result<
         sys::napi_create_object(env, &mut object)
     })?;
     let calls: [(&CStr, sys::napi_callback); 4] = [
-        (c"send", Some(send)),
-        (c"sendSync", Some(send_sync)),
-        (c"recv", Some(recv)),
-        (c"recvSync", Some(recv_sync)),
+        (c"send", callback!(send)),
+        (c"sendSync", callback!(send_sync)),
+        (c"recv", callback!(recv)),
+        (c"recvSync", callback!(recv_sync)),
     ];
     for (name, callback) in calls {
         let data = Rc::into_raw(Rc::clone(state)).cast_mut().cast::<c_void>();
@@ -132,12 +146,7 @@ fn undefined(env: &Env) -> napi::Result<sys::napi_value> {
     Ok(value)
 }
 
-unsafe extern "C" fn send(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    // SAFETY: this is a callback made by `create`.
-    unsafe { run(env, info, send_body) }
-}
-
-fn send_body(
+fn send(
     env: &Env,
     state: &EndpointState,
     argv: &[sys::napi_value],
@@ -149,15 +158,7 @@ fn send_body(
     unsafe { f64::to_napi_value(env.raw(), ticket) }
 }
 
-unsafe extern "C" fn send_sync(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    // SAFETY: this is a callback made by `create`.
-    unsafe { run(env, info, send_sync_body) }
-}
-
-fn send_sync_body(
+fn send_sync(
     env: &Env,
     state: &EndpointState,
     argv: &[sys::napi_value],
@@ -170,12 +171,7 @@ fn send_sync_body(
     undefined(env)
 }
 
-unsafe extern "C" fn recv(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    // SAFETY: this is a callback made by `create`.
-    unsafe { run(env, info, recv_body) }
-}
-
-fn recv_body(
+fn recv(
     env: &Env,
     state: &EndpointState,
     _argv: &[sys::napi_value],
@@ -185,15 +181,7 @@ fn recv_body(
     unsafe { ToNapiValue::to_napi_value(env.raw(), received) }
 }
 
-unsafe extern "C" fn recv_sync(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    // SAFETY: this is a callback made by `create`.
-    unsafe { run(env, info, recv_sync_body) }
-}
-
-fn recv_sync_body(
+fn recv_sync(
     env: &Env,
     state: &EndpointState,
     argv: &[sys::napi_value],
