@@ -959,24 +959,38 @@ mod model {
         builder
     }
 
+    /// Runs `produce` in a thread of the model, on a producer of `memory`, with the
+    /// connection's `socket`.
+    fn producing(
+        memory: &Arc<Model>,
+        socket: &Arc<Socket>,
+        produce: impl FnOnce(&mut Producer<Arc<Model>>, &Socket) + Send + 'static,
+    ) -> thread::JoinHandle<()> {
+        let (memory, socket) = (Arc::clone(memory), Arc::clone(socket));
+        thread::spawn(move || produce(&mut Producer::new(memory, CAPACITY), &socket))
+    }
+
+    /// After publishing: wakes as `Rings::push` does, a WAKE record if a loop waits.
+    fn wake(producer: &Producer<Arc<Model>>, socket: &Socket) {
+        if producer.wake() & LOOP != 0 {
+            socket.send();
+        }
+    }
+
     /// A synchronous consumer parks on the futex; the producer publishes three entries
     /// (the third over the first's bytes) and wakes it when it announced itself.
     #[test]
     fn a_parked_consumer_is_always_woken_and_reads_complete_entries() {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
-            let producer = {
-                let memory = Arc::clone(&memory);
-                thread::spawn(move || {
-                    let mut producer = Producer::new(memory, CAPACITY);
-                    for n in 0..3u8 {
-                        while !producer.push(&[Bytes::from(&frame(n))]).unwrap() {
-                            thread::yield_now();
-                        }
-                        producer.wake();
+            let producer = producing(&memory, &Socket::new(), |producer, _| {
+                for n in 0..3u8 {
+                    while !producer.push(&[Bytes::from(&frame(n))]).unwrap() {
+                        thread::yield_now();
                     }
-                })
-            };
+                    producer.wake();
+                }
+            });
             let mut consumer = Consumer::new(memory, CAPACITY, 64);
             let mut out = Vec::new();
             for n in 0..3u8 {
@@ -1025,18 +1039,12 @@ mod model {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
             let socket = Socket::new();
-            let producer = {
-                let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
-                thread::spawn(move || {
-                    let mut producer = Producer::new(memory, CAPACITY);
-                    for n in 0..2u8 {
-                        assert!(producer.push(&[Bytes::from(&frame(n))]).unwrap());
-                        if producer.wake() & LOOP != 0 {
-                            socket.send();
-                        }
-                    }
-                })
-            };
+            let producer = producing(&memory, &socket, |producer, socket| {
+                for n in 0..2u8 {
+                    assert!(producer.push(&[Bytes::from(&frame(n))]).unwrap());
+                    wake(producer, socket);
+                }
+            });
             let mut consumer = Consumer::new(memory, CAPACITY, 64);
             let (mut out, mut got, mut seen) = (Vec::new(), 0u8, 0u32);
             while got < 2 {
@@ -1066,15 +1074,11 @@ mod model {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
             let socket = Socket::new();
-            let producer = {
-                let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
-                thread::spawn(move || {
-                    let mut producer = Producer::new(memory, CAPACITY);
-                    socket.send();
-                    producer.sent_on_socket();
-                    producer.wake_parked();
-                })
-            };
+            let producer = producing(&memory, &socket, |producer, socket| {
+                socket.send();
+                producer.sent_on_socket();
+                producer.wake_parked();
+            });
             let consumer = Consumer::new(memory, CAPACITY, 64);
             while !socket.has(0) {
                 consumer.waiter().park(Duration::MAX, &mut || socket.has(0));
@@ -1091,19 +1095,13 @@ mod model {
         builder().check(|| {
             let memory = Model::new(CAPACITY as usize);
             let socket = Socket::new();
-            let producer = {
-                let (memory, socket) = (Arc::clone(&memory), Arc::clone(&socket));
-                thread::spawn(move || {
-                    let mut producer = Producer::new(memory, CAPACITY);
-                    socket.send();
-                    producer.sent_on_socket();
-                    producer.wake_parked();
-                    assert!(producer.push(&[Bytes::from(&frame(1))]).unwrap());
-                    if producer.wake() & LOOP != 0 {
-                        socket.send();
-                    }
-                })
-            };
+            let producer = producing(&memory, &socket, |producer, socket| {
+                socket.send();
+                producer.sent_on_socket();
+                producer.wake_parked();
+                assert!(producer.push(&[Bytes::from(&frame(1))]).unwrap());
+                wake(producer, socket);
+            });
             let mut consumer = Consumer::new(memory, CAPACITY, 64);
             let (mut out, mut seen, mut entry) = (Vec::new(), 0u32, false);
             loop {

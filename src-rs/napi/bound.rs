@@ -9,6 +9,10 @@
 //! lookup, and nothing JavaScript can forge, since the function is bound to that
 //! endpoint when it is made. Each function owns a reference to the endpoint's state,
 //! which its finalizer drops, so the state lives as long as the handle or any of them.
+//!
+//! Sends with attachments still go through the class methods: napi-rs converts a
+//! reference to a class instance (each attachment's region) only inside the calls it
+//! generates, which open the borrow scope the conversion registers in.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_void};

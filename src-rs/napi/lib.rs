@@ -505,6 +505,7 @@ impl EndpointState {
         driver::received(env, &mut message, &self.arrived, handover)
     }
 
+    /// Sends now if it can, else queues: 0 when the message left, otherwise its ticket.
     pub(crate) fn send(
         &self,
         env: &Env,
@@ -525,6 +526,7 @@ impl EndpointState {
         }
     }
 
+    /// Sends behind whatever is queued, blocking up to `timeoutMs` (negative: forever).
     pub(crate) fn send_sync(
         &self,
         env: &Env,
@@ -546,6 +548,8 @@ impl EndpointState {
         sent.map_err(|e| throw(env, e))
     }
 
+    /// A message if one is there; otherwise `None`, and the next one is delivered to
+    /// `onMessage` (once per such call, until `unwant`).
     pub(crate) fn recv<'env>(&self, env: &'env Env) -> napi::Result<Option<Received<'env>>> {
         let received = self.endpoint.recv_or_want();
         self.settle();
@@ -555,6 +559,8 @@ impl EndpointState {
         }
     }
 
+    /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only what
+    /// is there).
     pub(crate) fn recv_sync<'env>(
         &self,
         env: &'env Env,
@@ -750,13 +756,6 @@ impl NativeEndpoint {
         )
     }
 
-    /// A message if one is there; otherwise `null`, and the next one is delivered to
-    /// `onMessage` (once per such call, until `unwant`).
-    #[napi(ts_return_type = "number | Buffer | ReceivedMessage | null")]
-    pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<Option<Received<'env>>> {
-        self.shared.recv(env)
-    }
-
     /// Withdraws one `recv` that is waiting (it was aborted).
     #[napi]
     pub fn unwant(&self) {
@@ -771,16 +770,10 @@ impl NativeEndpoint {
         self.settle();
     }
 
-    /// Receives one message, blocking up to `timeoutMs` (negative: forever; 0: only what
-    /// is there).
-    #[napi(ts_return_type = "number | Buffer | ReceivedMessage")]
-    pub fn recv_sync<'env>(&self, env: &'env Env, timeout_ms: f64) -> napi::Result<Received<'env>> {
-        self.shared.recv_sync(env, timeout_ms)
-    }
-
-    /// `send`, `sendSync`, `recv` and `recvSync` (the first two without attachments) as
-    /// functions bound to this endpoint: a call skips the checks and bookkeeping a method
-    /// call on a class instance costs, which were a third of a ring round trip's time.
+    /// `send`, `sendSync`, `recv` and `recvSync` as functions bound to this endpoint: a
+    /// call skips the checks and bookkeeping a method call on a class instance costs,
+    /// which were a third of a ring round trip's time. The sends take no attachments:
+    /// those go through the methods `send` and `sendSync` (see `bound.rs`).
     #[napi(
         ts_return_type = "{ send(payload: Uint8Array): number; sendSync(payload: Uint8Array, timeoutMs: number): void; recv(): number | Buffer | ReceivedMessage | null; recvSync(timeoutMs: number): number | Buffer | ReceivedMessage }"
     )]

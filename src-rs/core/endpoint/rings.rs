@@ -134,7 +134,7 @@ impl Rings {
 
     /// Before waiting for the peer's next entry: says which CPU this side waits on, and
     /// returns how long to spin (the peer's own word says where it waits) and whether this
-    /// side woke the peer since its last wait (for [`Rings::spun`]).
+    /// side woke the peer since its last wait (for [`Spin::record`]).
     fn spin_plan(&mut self) -> (Duration, bool) {
         let here = sys::current_cpu();
         if let Some(consumer) = &self.inbound {
@@ -150,11 +150,6 @@ impl Rings {
             self.spin.budget(placement),
             std::mem::take(&mut self.woke_peer),
         )
-    }
-
-    /// After a spin of [`Rings::spin_plan`]: whether it found data.
-    fn spun(&mut self, found: bool, woke_peer: bool) {
-        self.spin.record(found, woke_peer);
     }
 
     /// The connection ended (its socket is shut down): a consumer of the peer's parked on
@@ -425,7 +420,7 @@ impl Endpoint {
         }
         let found = ring::spin_until(budget, &mut || waiter.has_data());
         let mut conn = self.conn();
-        conn.rings.spun(found, woke_peer);
+        conn.rings.spin.record(found, woke_peer);
         if found {
             conn.delivered_this_turn = false;
         }
@@ -455,7 +450,7 @@ impl Endpoint {
             }
         };
         let found = ring::spin_until(budget, &mut || waiter.has_data());
-        self.conn().rings.spun(found, woke_peer);
+        self.conn().rings.spin.record(found, woke_peer);
         if found {
             return Ok(());
         }
