@@ -16,7 +16,6 @@ import { debuglog } from 'node:util'
 
 import * as binding from './binding'
 import type {
-  Attachment,
   EndpointEvent,
   ErrorInfo,
   IncomingRegion,
@@ -397,17 +396,53 @@ function peerFilter(filter: PeerFilter | undefined): PeerFilterInit | undefined 
 }
 
 /**
- * A message as the binding hands it over. Without regions: the length of a short payload
- * it left in the endpoint's staging memory, or the payload itself.
+ * A message as the binding hands it over: the length of a short payload it left in the
+ * endpoint's staging memory, or the payload itself, with the regions described in the
+ * staging memory; or, where there is none (a memory cage), an object when regions came.
  */
 type Received = number | Buffer | ReceivedMessage
 
-function toMessage(native: NativeEndpoint, staging: Buffer | undefined, received: Received): Message {
-  if (typeof received === 'number') return { payload: unstage(staging!, received), regions: [], descriptors: [] }
-  if (Buffer.isBuffer(received)) return { payload: received, regions: [], descriptors: [] }
-  const incoming: IncomingRegion[] = received.regions
+/** Where the binding stages what it receives (see `NativeEndpoint.staging`). */
+interface Staging {
+  payload: Buffer
+  regions: Float64Array
+}
+
+/** The flags of a staged region description (src-rs/napi/buffer.rs sets the same bits). */
+const STAGED_NEW = 1
+const STAGED_FROZEN = 2
+const STAGED_TRANSFERRED = 4
+
+function toMessage(native: NativeEndpoint, staging: Staging | undefined, received: Received): Message {
+  if (typeof received === 'number' || Buffer.isBuffer(received)) {
+    const payload = typeof received === 'number' ? unstage(staging!.payload, received) : received
+    const count = staging?.regions[0] ?? 0
+    if (count === 0) return { payload, regions: [], descriptors: [] }
+    return withRegions(native, payload, stagedRegions(staging!.regions, count))
+  }
+  return withRegions(native, received.payload, received.regions)
+}
+
+/** The `count` region descriptions in the staging memory, read out before any other call. */
+function stagedRegions(slots: Float64Array, count: number): IncomingRegion[] {
+  const incoming: IncomingRegion[] = new Array(count)
+  for (let i = 0; i < count; i++) {
+    const word = slots[2 + 2 * i]
+    const flags = word % 8
+    incoming[i] = {
+      serial: slots[1 + 2 * i],
+      id: (word - flags) / 8,
+      new: (flags & STAGED_NEW) !== 0,
+      frozen: (flags & STAGED_FROZEN) !== 0,
+      transferred: (flags & STAGED_TRANSFERRED) !== 0,
+    }
+  }
+  return incoming
+}
+
+function withRegions(native: NativeEndpoint, payload: Buffer, incoming: IncomingRegion[]): Message {
   return {
-    payload: received.payload,
+    payload,
     regions: incoming.map((d, i) => arrivedRegion(d.serial, () => native.takeRegion(i))),
     descriptors: incoming.map(({ id, new: isNew, frozen, transferred }) => ({ id, new: isNew, frozen, transferred })),
   }
@@ -424,17 +459,25 @@ function unstage(staging: Buffer, length: number): Buffer {
   return payload
 }
 
+/** What a send attaches: its regions in order, and which of them it hands over. */
+interface Attached {
+  regions: NativeRegion[]
+  /** Parallel to `regions`; undefined when none is handed over. */
+  transfers: boolean[] | undefined
+}
+
 /** The attachments of a send: `regions` in order, then the rest of `transfer`. */
-function attachments(options: SendOptions): Attachment[] | undefined {
+function attachments(options: SendOptions): Attached | undefined {
   const shared = options.regions ?? []
   const moved = options.transfer ?? []
   if (!Array.isArray(shared) || !Array.isArray(moved)) throw invalid('options.regions and options.transfer must be arrays')
   if (shared.length === 0 && moved.length === 0) return undefined
-  const all = [...shared, ...moved.filter((region) => !shared.includes(region))]
-  return all.map((region) => {
+  const all = moved.length === 0 ? shared : [...shared, ...moved.filter((region) => !shared.includes(region))]
+  const regions = all.map((region) => {
     if (!(region instanceof Region)) throw invalid('options.regions and options.transfer hold Regions only')
-    return { region: nativeOf(region), transfer: moved.includes(region) }
+    return nativeOf(region)
   })
+  return { regions, transfers: moved.length === 0 ? undefined : all.map((region) => moved.includes(region)) }
 }
 
 interface Waiter<T> {
@@ -495,8 +538,8 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   #native: NativeEndpoint | undefined
   /** `send`, `sendSync`, `recv`, `recvSync` bound to the native endpoint: cheaper to call. */
   readonly #calls: ReturnType<NativeEndpoint['boundCalls']>
-  /** Where the binding leaves short payloads (see `unstage`); undefined in a memory cage. */
-  readonly #staging: Buffer | undefined
+  /** Where the binding leaves short payloads and region descriptions; undefined in a memory cage. */
+  readonly #staging: Staging | undefined
   /** Why the connection ended, once it has. */
   #ended: ShmlinkError | undefined
   readonly #waiters: Waiter<Message>[] = []
@@ -511,7 +554,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     this.#calls = native.boundCalls()
     // In a memory cage (or as if in one) the binding makes every payload a Buffer itself.
     const staging = zeroCopy() ? native.staging() : null
-    this.#staging = staging === null ? undefined : Buffer.from(staging.buffer, staging.byteOffset, staging.length)
+    this.#staging = staging === null ? undefined : { payload: Buffer.from(staging.payload.buffer, staging.payload.byteOffset, staging.payload.length), regions: staging.regions }
     native.watch(this.#onMessage, this.#onEvent)
     const untyped: EventEmitter = this
     untyped.on('newListener', this.#listenersChanged).on('removeListener', this.#listenersChanged)
@@ -666,10 +709,10 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     return this.#handshakes.length > 0 || this.listenerCount('close') > 0 || this.listenerCount('message') > 0
   }
 
-  #logSend(bytes: Uint8Array, attached: Attachment[] | undefined, ticket: number): void {
+  #logSend(bytes: Uint8Array, attached: Attached | undefined, ticket: number): void {
     const native = this.#native!
-    const regions = (attached ?? []).map(({ region, transfer }) => {
-      const flags = `${region.frozen ? ':frozen' : ''}${transfer ? ':transfer' : ''}`
+    const regions = (attached?.regions ?? []).map((region, i) => {
+      const flags = `${region.frozen ? ':frozen' : ''}${attached?.transfers?.[i] ? ':transfer' : ''}`
       return `${native.regionId(region) ?? 'new'}:${region.size}${flags}`
     })
     const waiting = native.handshakeComplete ? 'the socket is full' : "waiting for the peer's HELLO: has it started reading?"
@@ -692,8 +735,8 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       if (options.signal?.aborted) return Promise.reject(abortError(options.signal))
       const bytes = toBytes(payload, 'payload')
       const attached = attachments(options)
-      const native = this.#live()
-      ticket = attached === undefined ? this.#calls.send(bytes) : native.send(bytes, attached)
+      this.#live()
+      ticket = this.#calls.send(bytes, attached?.regions, attached?.transfers)
       if (debugging) this.#logSend(bytes, attached, ticket)
     } catch (error) {
       return Promise.reject(error)
@@ -711,9 +754,8 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     const timeoutMs = checkTimeout(options.timeoutMs)
     const bytes = toBytes(payload, 'payload')
     const attached = attachments(options)
-    const native = this.#live()
-    if (attached === undefined) this.#calls.sendSync(bytes, timeoutMs)
-    else native.sendSync(bytes, attached, timeoutMs)
+    this.#live()
+    this.#calls.sendSync(bytes, timeoutMs, attached?.regions, attached?.transfers)
   }
 
   /** Resolves with the next message. */

@@ -3,7 +3,7 @@
 // own memory, untouched by later messages, and receive buffers are reused, not leaked.
 import test from 'ava'
 
-import { Endpoint } from '../index'
+import { Endpoint, Region, type Message } from '../index'
 import { settle } from './helpers'
 
 const SIZES = [0, 1, 16, 32 * 1024 - 1, 32 * 1024, 48 * 1024 + 5, 64 * 1024]
@@ -120,6 +120,57 @@ test('short payloads reach recv, recvSync and message events as Buffers of their
     t.true(events[i].equals(pattern(size, i + 20)), `message event, ${size} bytes`)
   })
   for (const payload of [...got, ...events]) t.is(payload.buffer.byteLength, payload.length, 'a payload’s ArrayBuffer holds it alone')
+  a.close()
+  b.close()
+})
+
+test('regions are described alike whatever the payload and however the message is received', async (t) => {
+  // The binding describes a message's regions in its staging memory as numbers; this checks
+  // the descriptions (id, new, frozen, transferred, and the Region objects) against what was
+  // sent, for short and long payloads, up to the most regions one message may carry.
+  const limits = { maxRegions: 253 }
+  const [a, b] = Endpoint.pair({ limits })
+  const pool = Array.from({ length: 253 }, (_, i) => (i % 5 === 0 ? Region.create(4096).freeze() : Region.create(4096)))
+  const received: { message: Message; sent: Region[]; moved: Region[]; ids: (number | undefined)[]; how: string }[] = []
+  const receivers: [string, () => Promise<Message>][] = [
+    ['recv', () => b.recv()],
+    ['recvSync', async () => b.recvSync({ timeoutMs: 5000 })],
+    ['message event', () => new Promise<Message>((resolve) => b.once('message', resolve))],
+  ]
+  let seed = 0
+  for (const count of [1, 3, 253]) {
+    for (const size of [5, 40 * 1024]) {
+      for (const [how, receive] of receivers) {
+        const sent = pool.slice(0, count)
+        const moved = count > 1 ? [pool[count - 1]] : []
+        const listening = how === 'message event' ? receive() : undefined
+        await a.send(pattern(size, ++seed), { regions: sent.slice(0, count - moved.length), transfer: moved })
+        const ids = sent.map((region) => a.regionId(region))
+        const message = await (listening ?? receive())
+        t.true(message.payload.equals(pattern(size, seed)), `${how}: payload of ${size} bytes with ${count} regions`)
+        received.push({ message, sent, moved, ids, how })
+        for (const region of moved) {
+          // Hand it back, so that later rounds can send it again.
+          await b.send('back', { transfer: [message.regions[count - 1]] })
+          await a.recv()
+          t.false(region.transferred, 'the region came back')
+        }
+      }
+    }
+  }
+  for (const { message, sent, moved, ids, how } of received) {
+    t.is(message.regions.length, sent.length, how)
+    t.deepEqual(
+      message.descriptors.map((d) => [d.frozen, d.transferred]),
+      sent.map((region) => [region.frozen, moved.includes(region)]),
+      `${how}: frozen and transferred flags of ${sent.length} regions`,
+    )
+    t.deepEqual(message.descriptors.map((d) => d.id), ids, `${how}: ids`)
+  }
+  const firstOf = received[0].message
+  t.true(firstOf.descriptors[0].new, 'the first message brings the descriptor')
+  t.false(received[1].message.descriptors[0].new, 'later ones only the id')
+  t.is(received[1].message.regions[0], firstOf.regions[0], 'the same region arrives as the same object')
   a.close()
   b.close()
 })

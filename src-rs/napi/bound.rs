@@ -10,20 +10,22 @@
 //! endpoint when it is made. Each function owns a reference to the endpoint's state,
 //! which its finalizer drops, so the state lives as long as the handle or any of them.
 //!
-//! Sends with attachments still go through the class methods: napi-rs converts a
-//! reference to a class instance (each attachment's region) only inside the calls it
-//! generates, which open the borrow scope the conversion registers in.
+//! Attachments come as an array of regions and an optional parallel array of transfer
+//! flags: reading them costs an element lookup each, where an object per attachment,
+//! converted by napi-rs, cost a property lookup by name each (a string internalized per
+//! call) and made a message with a region cost several times one without.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_void};
 use std::ptr;
 use std::rc::Rc;
 
-use napi::bindgen_prelude::{FromNapiValue, ToNapiValue, Uint8ArraySlice};
+use napi::bindgen_prelude::{ClassInstance, FromNapiValue, ToNapiValue, Uint8ArraySlice};
 use napi::{Env, JsError, sys};
+use shmlink::Attach;
 
-use crate::EndpointState;
 use crate::error::check;
+use crate::{EndpointState, NativeRegion};
 
 type Body = fn(&Env, &EndpointState, &[sys::napi_value]) -> napi::Result<sys::napi_value>;
 
@@ -105,13 +107,13 @@ unsafe extern "C" fn release_state(_env: sys::napi_env, data: *mut c_void, _hint
     drop(unsafe { Rc::from_raw(data.cast_const().cast::<EndpointState>()) });
 }
 
-/// Runs `body` with the callback's endpoint and up to two arguments (missing ones are
+/// Runs `body` with the callback's endpoint and up to four arguments (missing ones are
 /// `undefined`), throwing what it fails with.
 ///
 /// # Safety
 /// `env` and `info` are the arguments of a callback made by [`create`].
 unsafe fn run(env: sys::napi_env, info: sys::napi_callback_info, body: Body) -> sys::napi_value {
-    let mut argv = [ptr::null_mut(); 2];
+    let mut argv = [ptr::null_mut(); 4];
     let mut argc = argv.len();
     let mut data = ptr::null_mut();
     // SAFETY: `argv` has room for `argc` values; `info` is this callback's.
@@ -157,7 +159,9 @@ fn send(
 ) -> napi::Result<sys::napi_value> {
     // SAFETY: `argv` holds values of `env` in the current callback's scope.
     let payload = unsafe { Uint8ArraySlice::from_napi_value(env.raw(), argv[0]) }?;
-    let ticket = state.send(env, &payload, &[])?;
+    let regions = attached_regions(env, argv[1])?;
+    let transfers = transfer_flags(env, argv[2], regions.len())?;
+    let ticket = state.send(env, &payload, &attachments(&regions, &transfers))?;
     // SAFETY: converting into a value of `env` in the current scope.
     unsafe { f64::to_napi_value(env.raw(), ticket) }
 }
@@ -171,8 +175,87 @@ fn send_sync(
     let payload = unsafe { Uint8ArraySlice::from_napi_value(env.raw(), argv[0]) }?;
     // SAFETY: as above.
     let timeout_ms = unsafe { f64::from_napi_value(env.raw(), argv[1]) }?;
-    state.send_sync(env, &payload, &[], timeout_ms)?;
+    let regions = attached_regions(env, argv[2])?;
+    let transfers = transfer_flags(env, argv[3], regions.len())?;
+    state.send_sync(
+        env,
+        &payload,
+        &attachments(&regions, &transfers),
+        timeout_ms,
+    )?;
     undefined(env)
+}
+
+fn attachments<'a>(
+    regions: &'a [ClassInstance<'_, NativeRegion>],
+    transfers: &[bool],
+) -> Vec<Attach<'a>> {
+    regions
+        .iter()
+        .zip(transfers)
+        .map(|(region, &transfer)| Attach {
+            region: &region.region,
+            transfer,
+        })
+        .collect()
+}
+
+/// The regions of `value`, an array of `NativeRegion`s, or none when it is undefined.
+fn attached_regions<'env>(
+    env: &'env Env,
+    value: sys::napi_value,
+) -> napi::Result<Vec<ClassInstance<'env, NativeRegion>>> {
+    elements(env, value, |element| {
+        // SAFETY: `element` is a value of `env` in the current scope; the conversion
+        // checks that it wraps a `NativeRegion` (its type tag) before using it.
+        unsafe { ClassInstance::<NativeRegion>::from_napi_value(env.raw(), element) }
+    })
+}
+
+/// One flag per region from `value`, an array of booleans (all false when undefined).
+fn transfer_flags(env: &Env, value: sys::napi_value, count: usize) -> napi::Result<Vec<bool>> {
+    let flags = elements(env, value, |element| {
+        // SAFETY: `element` is a value of `env` in the current scope.
+        unsafe { bool::from_napi_value(env.raw(), element) }
+    })?;
+    if flags.is_empty() {
+        return Ok(vec![false; count]);
+    }
+    if flags.len() != count {
+        return Err(napi::Error::new(
+            napi::Status::InvalidArg,
+            "one transfer flag per attached region",
+        ));
+    }
+    Ok(flags)
+}
+
+/// The elements of the array `value`, each converted; none when `value` is undefined.
+fn elements<T>(
+    env: &Env,
+    value: sys::napi_value,
+    mut convert: impl FnMut(sys::napi_value) -> napi::Result<T>,
+) -> napi::Result<Vec<T>> {
+    let mut kind = sys::ValueType::napi_undefined;
+    // SAFETY: `value` is a value of `env` in the current scope (argv fills missing
+    // arguments with undefined).
+    napi::check_status!(unsafe { sys::napi_typeof(env.raw(), value, &mut kind) })?;
+    if kind == sys::ValueType::napi_undefined {
+        return Ok(Vec::new());
+    }
+    let mut len = 0u32;
+    // SAFETY: as above; fails unless `value` is an array.
+    napi::check_status!(unsafe { sys::napi_get_array_length(env.raw(), value, &mut len) })?;
+    (0..len)
+        .map(|i| {
+            let mut element = ptr::null_mut();
+            // SAFETY: as above; `value` is an array.
+            napi::check_status!(unsafe {
+                sys::napi_get_element(env.raw(), value, i, &mut element)
+            })?;
+            convert(element)
+        })
+        .collect()
 }
 
 fn recv(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 
 use napi::sys;
-use shmlink::{Bytes, ErrorKind, Lease, Mapping, Payload, Region};
+use shmlink::{Bytes, ErrorKind, Incoming, Lease, Mapping, Payload, Region};
 
 use crate::error::{check, fail};
 
@@ -359,39 +359,63 @@ unsafe extern "C" fn free_probe(_env: sys::napi_env, data: *mut c_void, _hint: *
 /// costs less than an external buffer does (a backing store and a finalizer).
 const LEND_PAYLOAD_AT: usize = 32 * 1024;
 
-/// Memory one endpoint copies its small received payloads into (those shorter than
-/// [`Staging::LEN`], without regions), which JavaScript sees through one `ArrayBuffer`
-/// made once and copies each payload out of at once, into a `Buffer` it allocates itself.
-/// A `Buffer` made from native code per message (`napi_create_buffer_copy`: a new backing
-/// store, a typed array and its prototype set through the API) cost several times that,
-/// and was the largest single item of a ring round trip's profile.
+/// Memory one endpoint copies what it receives into for JavaScript to read at once: the
+/// payload of a message when it is shorter than [`Staging::LEN`], and a description of the
+/// regions of every message (how many, and for each its serial, id and flags). JavaScript
+/// sees both through one `ArrayBuffer` made once, copies a payload out into a `Buffer` it
+/// allocates itself, and reads the descriptions as numbers. Made from native code per
+/// message, a `Buffer` (`napi_create_buffer_copy`: a new backing store, a typed array and
+/// its prototype set through the API) cost several times that copy, and was the largest
+/// single item of a ring round trip's profile; an object per region, built property by
+/// property through the API, made a message with a known region cost seven times one
+/// without.
 ///
 /// JavaScript reads it only between the native call that filled it and its own copy, with
 /// no native call in between, on the one thread both run on, so no copy in here can change
 /// bytes JavaScript is still reading.
 pub struct Staging {
-    data: *mut u8,
+    data: *mut StagingMemory,
 }
 
-impl Staging {
-    /// Bytes of staging memory: every payload shorter than a lent one fits.
-    pub const LEN: usize = LEND_PAYLOAD_AT;
+/// What the staging `ArrayBuffer` holds.
+#[repr(C)]
+struct StagingMemory {
+    payload: [u8; Staging::LEN],
+    /// The count, then a serial and `id * 8 + flags` per region.
+    regions: [f64; Staging::REGION_SLOTS],
+}
 
-    /// Staging memory and the `Uint8Array` over it, or `None` where the runtime refuses
-    /// external buffers (Electron's memory cage: payloads then arrive as `Buffer`s made
-    /// from native code, as before).
+/// The flags of a staged region description (`index.ts` reads the same bits).
+const STAGED_NEW: u32 = 1;
+const STAGED_FROZEN: u32 = 2;
+const STAGED_TRANSFERRED: u32 = 4;
+
+impl Staging {
+    /// Bytes of staging memory for a payload: every payload shorter than a lent one fits.
+    pub const LEN: usize = LEND_PAYLOAD_AT;
+    /// Regions described in the staging memory at most: as many as one message may carry.
+    const MAX_REGIONS: usize = shmlink::wire::MAX_REGIONS_CEILING as usize;
+    const REGION_SLOTS: usize = 1 + 2 * Self::MAX_REGIONS;
+
+    /// Staging memory and an object holding two views of it, `payload` (a `Uint8Array`)
+    /// and `regions` (a `Float64Array`), or `None` where the runtime refuses external
+    /// buffers (Electron's memory cage: messages then arrive as objects made from native
+    /// code).
     pub fn create(env: sys::napi_env) -> Option<(Rc<Staging>, sys::napi_value)> {
-        let data = Box::into_raw(vec![0u8; Self::LEN].into_boxed_slice()).cast::<u8>();
+        let data = Box::into_raw(Box::new(StagingMemory {
+            payload: [0; Self::LEN],
+            regions: [0.0; Self::REGION_SLOTS],
+        }));
         let staging = Rc::new(Staging { data });
         let owner = Rc::into_raw(Rc::clone(&staging)).cast_mut();
         let mut buffer = ptr::null_mut();
-        // SAFETY: `data..data + LEN` is this staging's heap memory, which the `Rc` handed to
-        // the finalizer keeps allocated until V8 has let the buffer go.
+        // SAFETY: `data` is this staging's heap memory, which the `Rc`
+        // handed to the finalizer keeps allocated until V8 has let the buffer go.
         let status = unsafe {
             sys::napi_create_external_arraybuffer(
                 env,
                 data.cast(),
-                Self::LEN,
+                size_of::<StagingMemory>(),
                 Some(release_staging),
                 owner.cast(),
                 &mut buffer,
@@ -403,8 +427,34 @@ impl Staging {
             drop(unsafe { Rc::from_raw(owner) });
             return None;
         }
-        let array = uint8_array(env, buffer, Self::LEN).ok()?;
-        Some((staging, array))
+        let payload = uint8_array(env, buffer, Self::LEN).ok()?;
+        let mut regions = ptr::null_mut();
+        // SAFETY: `buffer` holds `REGION_SLOTS` numbers at the offset of `regions`, a
+        // multiple of 8 (the alignment of f64) as a Float64Array's offset must be.
+        let status = unsafe {
+            sys::napi_create_typedarray(
+                env,
+                sys::TypedarrayType::float64_array,
+                Self::REGION_SLOTS,
+                buffer,
+                std::mem::offset_of!(StagingMemory, regions),
+                &mut regions,
+            )
+        };
+        if status != sys::Status::napi_ok {
+            return None;
+        }
+        let mut views = ptr::null_mut();
+        // SAFETY: called on the JavaScript thread of `env`, inside a binding call.
+        let mut made = unsafe { sys::napi_create_object(env, &mut views) } == sys::Status::napi_ok;
+        for (name, view) in [(c"payload", payload), (c"regions", regions)] {
+            // SAFETY: `views` and `view` are values of `env` in the current scope; `name` is
+            // a NUL-terminated string.
+            made = made
+                && unsafe { sys::napi_set_named_property(env, views, name.as_ptr(), view) }
+                    == sys::Status::napi_ok;
+        }
+        made.then_some((staging, views))
     }
 
     /// Copies `bytes` to the start of the staging memory; false when they do not fit.
@@ -415,16 +465,41 @@ impl Staging {
         // SAFETY: `data` is valid for `LEN` bytes of writes and `bytes` is shorter; it is
         // this process's own memory, distinct from `bytes`. No Rust reference to it exists
         // (JavaScript reads it through its view only while no native code runs).
-        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.data, bytes.len()) };
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.cast::<u8>(), bytes.len()) };
+        true
+    }
+
+    /// Describes `regions` after the payload bytes (a count of 0 when there are none);
+    /// false, describing nothing, when there are more than one message may carry.
+    pub fn put_regions(&self, regions: &[Incoming]) -> bool {
+        if regions.len() > Self::MAX_REGIONS {
+            return false;
+        }
+        // SAFETY: `data` is this staging's live allocation. Nothing else reaches its
+        // region slots while this borrow lives: JavaScript reads them only while no native
+        // code runs, on this same thread.
+        let slots = unsafe { &mut (*self.data).regions };
+        slots[0] = regions.len() as f64;
+        for (incoming, pair) in regions.iter().zip(slots[1..].chunks_exact_mut(2)) {
+            let flags = if incoming.new { STAGED_NEW } else { 0 }
+                | if incoming.frozen { STAGED_FROZEN } else { 0 }
+                | if incoming.transferred {
+                    STAGED_TRANSFERRED
+                } else {
+                    0
+                };
+            pair[0] = incoming.region.serial() as f64;
+            pair[1] = f64::from(incoming.id) * 8.0 + f64::from(flags);
+        }
         true
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        // SAFETY: `data` came from `Box::into_raw` of a boxed slice of `LEN` bytes in
-        // `create`, and is freed once, here, when the last holder lets go.
-        drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(self.data, Self::LEN)) });
+        // SAFETY: `data` came from `Box::into_raw` in `create`, and is freed once, here,
+        // when the last holder lets go.
+        drop(unsafe { Box::from_raw(self.data) });
     }
 }
 

@@ -62,24 +62,38 @@ pub struct ReceivedMessage<'env> {
     pub regions: Vec<IncomingRegion>,
 }
 
-/// A received message as JavaScript gets it: when no region came with it (most messages;
-/// no object to build), the length of its payload, which waits in the staging memory
-/// ([`Staging`]), or the payload itself when it is too long for that (or there is none);
-/// else the payload and the regions.
+/// A received message as JavaScript gets it. Where there is staging memory ([`Staging`]),
+/// it describes the message's regions (none, for most messages), and the value is the
+/// length of the payload waiting there, or the payload itself when it is too long for
+/// that: no object to build. Otherwise (a memory cage) the payload alone when no region
+/// came with it, else the payload and the regions.
 pub type Received<'env> = Either3<u32, BufferSlice<'env>, ReceivedMessage<'env>>;
 
 /// `message` as JavaScript receives it; the region handles go to `arrived`, for
-/// `takeRegion`, until the next message. A short payload of a message without regions is
-/// copied into the staging memory and stays in `message`; any other payload moves into a
-/// JavaScript Buffer as `handover` says, and `message` keeps the rest.
+/// `takeRegion`, until the next message. A short payload is copied into the staging memory
+/// and stays in `message`; any other payload moves into a JavaScript Buffer as `handover`
+/// says, and `message` keeps the rest.
 pub fn received<'env>(
     env: &'env Env,
     message: &mut Message,
     arrived: &Arrived,
     handover: Handover,
 ) -> napi::Result<Received<'env>> {
-    if message.regions.is_empty()
-        && let Some(staging) = arrived.staging.borrow().as_ref()
+    let staging = arrived.staging.borrow();
+    let staged = staging
+        .as_ref()
+        .filter(|staging| staging.put_regions(&message.regions));
+    if !message.regions.is_empty() {
+        let mut regions = arrived.regions.borrow_mut();
+        regions.clear();
+        regions.extend(
+            message
+                .regions
+                .iter()
+                .map(|incoming| incoming.region.clone()),
+        );
+    }
+    if let Some(staging) = staged
         && staging.put(&message.payload)
     {
         // Shorter than the staging memory, so it fits in 32 bits.
@@ -93,23 +107,18 @@ pub fn received<'env>(
     })?;
     // SAFETY: `value` is the Buffer just created in `env`, in the current scope.
     let payload = unsafe { <BufferSlice as FromNapiValue>::from_napi_value(env.raw(), value) }?;
-    if message.regions.is_empty() {
+    if staged.is_some() || message.regions.is_empty() {
         return Ok(Either3::B(payload));
     }
-    let mut regions = arrived.regions.borrow_mut();
-    regions.clear();
     let descriptions = message
         .regions
         .iter()
-        .map(|incoming| {
-            regions.push(incoming.region.clone());
-            IncomingRegion {
-                id: incoming.id,
-                serial: incoming.region.serial() as f64,
-                new: incoming.new,
-                frozen: incoming.frozen,
-                transferred: incoming.transferred,
-            }
+        .map(|incoming| IncomingRegion {
+            id: incoming.id,
+            serial: incoming.region.serial() as f64,
+            new: incoming.new,
+            frozen: incoming.frozen,
+            transferred: incoming.transferred,
         })
         .collect();
     Ok(Either3::C(ReceivedMessage {
@@ -192,7 +201,8 @@ pub struct Core {
 
 /// What the message last delivered to JavaScript (by the driver or a receive call) left
 /// for it to pick up, until the next one: its regions (`takeRegion` hands out handles to
-/// them), and a short payload in the staging memory, once JavaScript has asked for one.
+/// them), and in the staging memory, once JavaScript has asked for one, a short payload
+/// and the regions' descriptions.
 #[derive(Default)]
 pub struct Arrivals {
     pub regions: RefCell<Vec<Region>>,

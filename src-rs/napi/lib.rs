@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use napi::Env;
-use napi::bindgen_prelude::{
-    BufferSlice, ClassInstance, FnArgs, Function, JsValue, Object, Uint8ArraySlice,
-};
+use napi::bindgen_prelude::{BufferSlice, FnArgs, Function, JsValue, Object, Uint8ArraySlice};
 use napi_derive::napi;
 use shmlink::{
     Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Pool,
@@ -397,14 +395,6 @@ pub fn external_buffers_allowed(env: Env) -> bool {
     buffer::external_buffers_allowed(env.raw())
 }
 
-/// A region attached to an outgoing message.
-#[napi(object)]
-pub struct Attachment<'a> {
-    pub region: ClassInstance<'a, NativeRegion>,
-    /// Hand it over: unusable here until the peer sends it back.
-    pub transfer: bool,
-}
-
 /// Who is at the other end of a connection (`SO_PEERCRED`).
 #[napi(object)]
 pub struct PeerCredentials {
@@ -510,10 +500,10 @@ impl EndpointState {
         &self,
         env: &Env,
         payload: &Uint8ArraySlice,
-        list: &[Attachment],
+        attached: &[Attach],
     ) -> napi::Result<f64> {
         let bytes = payload_bytes(env, payload, "send")?;
-        match self.endpoint.send(bytes, &attachments(list)) {
+        match self.endpoint.send(bytes, attached) {
             Ok(Submitted::Sent) => Ok(0.0),
             Ok(Submitted::Queued(ticket)) => {
                 self.settle();
@@ -531,19 +521,16 @@ impl EndpointState {
         &self,
         env: &Env,
         payload: &Uint8ArraySlice,
-        list: &[Attachment],
+        attached: &[Attach],
         timeout_ms: f64,
     ) -> napi::Result<()> {
         const OP: &str = "sendSync";
         let timeout = to_timeout(env, OP, timeout_ms)?;
         let bytes = payload_bytes(env, payload, OP)?;
         let mut stop = backend::interrupt_check(env.raw());
-        let sent = self.endpoint.send_blocking_interruptible(
-            bytes,
-            &attachments(list),
-            timeout,
-            &mut stop,
-        );
+        let sent = self
+            .endpoint
+            .send_blocking_interruptible(bytes, attached, timeout, &mut stop);
         self.settle();
         sent.map_err(|e| throw(env, e))
     }
@@ -573,15 +560,6 @@ impl EndpointState {
         let message = received.map_err(|e| throw(env, e))?;
         self.received(env, message, Handover::Copy)
     }
-}
-
-fn attachments<'a>(list: &'a [Attachment<'_>]) -> Vec<Attach<'a>> {
-    list.iter()
-        .map(|a| Attach {
-            region: &a.region.region,
-            transfer: a.transfer,
-        })
-        .collect()
 }
 
 fn payload_bytes<'a>(
@@ -717,19 +695,6 @@ impl NativeEndpoint {
         self.endpoint.region_id(&region.region)
     }
 
-    /// Sends now if it can, else queues: 0 when the message left, otherwise its ticket,
-    /// which a `sent` or `sendFailed` event settles.
-    #[napi]
-    pub fn send(
-        &self,
-        env: Env,
-        payload: Uint8ArraySlice,
-        attachments_list: Option<Vec<Attachment>>,
-    ) -> napi::Result<f64> {
-        self.shared
-            .send(&env, &payload, &attachments_list.unwrap_or_default())
-    }
-
     /// Withdraws a queued send; false when it already left or failed.
     #[napi]
     pub fn cancel(&self, env: Env, ticket: f64) -> napi::Result<bool> {
@@ -737,23 +702,6 @@ impl NativeEndpoint {
         let cancelled = self.endpoint.cancel(ticket);
         self.settle();
         Ok(cancelled)
-    }
-
-    /// Sends behind whatever is queued, blocking up to `timeoutMs` (negative: forever).
-    #[napi]
-    pub fn send_sync(
-        &self,
-        env: Env,
-        payload: Uint8ArraySlice,
-        attachments_list: Option<Vec<Attachment>>,
-        timeout_ms: f64,
-    ) -> napi::Result<()> {
-        self.shared.send_sync(
-            &env,
-            &payload,
-            &attachments_list.unwrap_or_default(),
-            timeout_ms,
-        )
     }
 
     /// Withdraws one `recv` that is waiting (it was aborted).
@@ -772,10 +720,13 @@ impl NativeEndpoint {
 
     /// `send`, `sendSync`, `recv` and `recvSync` as functions bound to this endpoint: a
     /// call skips the checks and bookkeeping a method call on a class instance costs,
-    /// which were a third of a ring round trip's time. The sends take no attachments:
-    /// those go through the methods `send` and `sendSync` (see `bound.rs`).
+    /// which were a third of a ring round trip's time (see `bound.rs`). `send` answers 0
+    /// when the message left, otherwise its ticket, which a `sent` or `sendFailed` event
+    /// settles; `sendSync` waits behind whatever is queued, up to `timeoutMs` (negative:
+    /// forever). Attached regions come in order, and `transfers[i]` hands region `i`
+    /// over (unusable here until the peer sends it back).
     #[napi(
-        ts_return_type = "{ send(payload: Uint8Array): number; sendSync(payload: Uint8Array, timeoutMs: number): void; recv(): number | Buffer | ReceivedMessage | null; recvSync(timeoutMs: number): number | Buffer | ReceivedMessage }"
+        ts_return_type = "{ send(payload: Uint8Array, regions?: NativeRegion[], transfers?: boolean[]): number; sendSync(payload: Uint8Array, timeoutMs: number, regions?: NativeRegion[], transfers?: boolean[]): void; recv(): number | Buffer | ReceivedMessage | null; recvSync(timeoutMs: number): number | Buffer | ReceivedMessage }"
     )]
     pub fn bound_calls(&self, env: Env) -> napi::Result<Object<'_>> {
         bound::create(env.raw(), &self.shared)
@@ -783,15 +734,18 @@ impl NativeEndpoint {
             .map_err(|e| throw(&env, e))
     }
 
-    /// The memory short payloads are copied into when `recv`, `recvSync` or `onMessage`
-    /// give a length instead of a Buffer (made on the first call; null where the runtime
-    /// refuses external buffers, and payloads then always come as Buffers). The payload
-    /// must be copied out before the next call into this endpoint.
-    #[napi(ts_return_type = "Uint8Array | null")]
+    /// The memory received messages are staged in (made on the first call; null where the
+    /// runtime refuses external buffers, and messages then come as Buffers or objects):
+    /// `payload` holds a short payload when `recv`, `recvSync` or `onMessage` give a
+    /// length instead of a Buffer; `regions` describes the regions of every message
+    /// given as a length or a Buffer: their count, then per region its serial and
+    /// `id * 8 + flags` (1 new, 2 frozen, 4 transferred). Both must be read before the
+    /// next call into this endpoint.
+    #[napi(ts_return_type = "{ payload: Uint8Array; regions: Float64Array } | null")]
     pub fn staging(&self, env: Env) -> Option<Object<'_>> {
-        let (staging, array) = buffer::Staging::create(env.raw())?;
+        let (staging, views) = buffer::Staging::create(env.raw())?;
         *self.arrived.staging.borrow_mut() = Some(staging);
-        Some(Object::from_raw(env.raw(), array))
+        Some(Object::from_raw(env.raw(), views))
     }
 
     /// A handle to region `index` of the message last received.
