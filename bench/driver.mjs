@@ -236,6 +236,7 @@ async function measureTransports(results) {
     const active = transports.filter((t) => t.supports(size) && !failed.has(t.id))
     const samples = new Map(active.map((t) => [t.id, []]))
     const spent = new Map(active.map((t) => [t.id, 0])) // wall time per transport, settling included
+    const warmMedians = new Map()
     const timed = async (t, fn) => {
       const t0 = performance.now()
       try {
@@ -249,7 +250,8 @@ async function measureTransports(results) {
       try {
         await timed(t, async () => {
           await guarded(t, `${t.id} ${sizeLabel(size)} prepare`, () => t.prepare(size, data, want))
-          await guarded(t, `${t.id} ${sizeLabel(size)} warm-up`, () => t.runBlock(warm))
+          const warmed = await guarded(t, `${t.id} ${sizeLabel(size)} warm-up`, () => t.runBlock(warm))
+          warmMedians.set(t.id, summarize(warmed).median)
           await settle(t)
         })
       } catch (error) {
@@ -286,6 +288,7 @@ async function measureTransports(results) {
             blocks: passes,
             block_rounds: block,
             warmup_rounds: warm,
+            warmup_median: warmMedians.get(t.id) ?? null,
             seconds: Math.round(spent.get(t.id)) / 1000,
             ...(t.sizeExtras?.() ?? {}),
           }
