@@ -736,7 +736,12 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
       const bytes = toBytes(payload, 'payload')
       const attached = attachments(options)
       this.#live()
-      ticket = this.#calls.send(bytes, attached?.regions, attached?.transfers)
+      ticket =
+        attached === undefined
+          ? this.#calls.send(bytes)
+          : attached.transfers === undefined
+            ? this.#calls.send(bytes, attached.regions)
+            : this.#calls.send(bytes, attached.regions, attached.transfers)
       if (debugging) this.#logSend(bytes, attached, ticket)
     } catch (error) {
       return Promise.reject(error)
@@ -755,7 +760,10 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     const bytes = toBytes(payload, 'payload')
     const attached = attachments(options)
     this.#live()
-    this.#calls.sendSync(bytes, timeoutMs, attached?.regions, attached?.transfers)
+    // Arguments left out cost the binding no type check.
+    if (attached === undefined) this.#calls.sendSync(bytes, timeoutMs)
+    else if (attached.transfers === undefined) this.#calls.sendSync(bytes, timeoutMs, attached.regions)
+    else this.#calls.sendSync(bytes, timeoutMs, attached.regions, attached.transfers)
   }
 
   /** Resolves with the next message. */

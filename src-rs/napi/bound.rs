@@ -20,14 +20,33 @@ use std::ffi::{CStr, c_void};
 use std::ptr;
 use std::rc::Rc;
 
-use napi::bindgen_prelude::{ClassInstance, FromNapiValue, ToNapiValue, Uint8ArraySlice};
+use napi::bindgen_prelude::{ClassInstance, FromNapiValue, ToNapiValue};
 use napi::{Env, JsError, sys};
-use shmlink::Attach;
+use shmlink::{Attach, Bytes};
 
-use crate::error::check;
+use crate::error::{check, throw};
 use crate::{EndpointState, NativeRegion};
 
-type Body = fn(&Env, &EndpointState, &[sys::napi_value]) -> napi::Result<sys::napi_value>;
+type Body = fn(&Env, &EndpointState, &Args) -> napi::Result<sys::napi_value>;
+
+/// A call's arguments: up to four, missing ones `undefined`, and how many were passed
+/// (an attachment list left out costs no type check).
+struct Args {
+    values: [sys::napi_value; 4],
+    count: usize,
+}
+
+impl Args {
+    /// Argument `i` (`undefined` when missing).
+    fn get(&self, i: usize) -> sys::napi_value {
+        self.values[i]
+    }
+
+    /// Argument `i`, unless the call left it out.
+    fn optional(&self, i: usize) -> Option<sys::napi_value> {
+        (i < self.count).then(|| self.values[i])
+    }
+}
 
 /// The `napi_callback` that runs `body` (a [`Body`]) through [`run`].
 macro_rules! callback {
@@ -107,22 +126,21 @@ unsafe extern "C" fn release_state(_env: sys::napi_env, data: *mut c_void, _hint
     drop(unsafe { Rc::from_raw(data.cast_const().cast::<EndpointState>()) });
 }
 
-/// Runs `body` with the callback's endpoint and up to four arguments (missing ones are
-/// `undefined`), throwing what it fails with.
+/// Runs `body` with the callback's endpoint and arguments, throwing what it fails with.
 ///
 /// # Safety
 /// `env` and `info` are the arguments of a callback made by [`create`].
 unsafe fn run(env: sys::napi_env, info: sys::napi_callback_info, body: Body) -> sys::napi_value {
-    let mut argv = [ptr::null_mut(); 4];
-    let mut argc = argv.len();
+    let mut values = [ptr::null_mut(); 4];
+    let mut count = values.len();
     let mut data = ptr::null_mut();
-    // SAFETY: `argv` has room for `argc` values; `info` is this callback's.
+    // SAFETY: `values` has room for `count` values; `info` is this callback's.
     let status = unsafe {
         sys::napi_get_cb_info(
             env,
             info,
-            &mut argc,
-            argv.as_mut_ptr(),
+            &mut count,
+            values.as_mut_ptr(),
             ptr::null_mut(),
             &mut data,
         )
@@ -134,7 +152,7 @@ unsafe fn run(env: sys::napi_env, info: sys::napi_callback_info, body: Body) -> 
     // its finalizer, which cannot run while the function is being called.
     let state = unsafe { &*data.cast_const().cast::<EndpointState>() };
     let wrapped = Env::from_raw(env);
-    match body(&wrapped, state, &argv) {
+    match body(&wrapped, state, &Args { values, count }) {
         Ok(value) => value,
         Err(error) => {
             // SAFETY: on the JavaScript thread of `env`, with no exception pending (the
@@ -152,38 +170,39 @@ fn undefined(env: &Env) -> napi::Result<sys::napi_value> {
     Ok(value)
 }
 
-fn send(
-    env: &Env,
-    state: &EndpointState,
-    argv: &[sys::napi_value],
-) -> napi::Result<sys::napi_value> {
-    // SAFETY: `argv` holds values of `env` in the current callback's scope.
-    let payload = unsafe { Uint8ArraySlice::from_napi_value(env.raw(), argv[0]) }?;
-    let regions = attached_regions(env, argv[1])?;
-    let transfers = transfer_flags(env, argv[2], regions.len())?;
-    let ticket = state.send(env, &payload, &attachments(&regions, &transfers))?;
+fn send(env: &Env, state: &EndpointState, args: &Args) -> napi::Result<sys::napi_value> {
+    let payload = args.get(0);
+    let bytes = payload_bytes(env, &payload, "send")?;
+    let regions = attached_regions(env, args.optional(1))?;
+    let transfers = transfer_flags(env, args.optional(2), regions.len())?;
+    let ticket = state.send(env, bytes, &attachments(&regions, &transfers))?;
     // SAFETY: converting into a value of `env` in the current scope.
     unsafe { f64::to_napi_value(env.raw(), ticket) }
 }
 
-fn send_sync(
-    env: &Env,
-    state: &EndpointState,
-    argv: &[sys::napi_value],
-) -> napi::Result<sys::napi_value> {
-    // SAFETY: `argv` holds values of `env` in the current callback's scope.
-    let payload = unsafe { Uint8ArraySlice::from_napi_value(env.raw(), argv[0]) }?;
-    // SAFETY: as above.
-    let timeout_ms = unsafe { f64::from_napi_value(env.raw(), argv[1]) }?;
-    let regions = attached_regions(env, argv[2])?;
-    let transfers = transfer_flags(env, argv[3], regions.len())?;
-    state.send_sync(
-        env,
-        &payload,
-        &attachments(&regions, &transfers),
-        timeout_ms,
-    )?;
+fn send_sync(env: &Env, state: &EndpointState, args: &Args) -> napi::Result<sys::napi_value> {
+    let payload = args.get(0);
+    let bytes = payload_bytes(env, &payload, "sendSync")?;
+    // SAFETY: `args` holds values of `env` in the current callback's scope.
+    let timeout_ms = unsafe { f64::from_napi_value(env.raw(), args.get(1)) }?;
+    let regions = attached_regions(env, args.optional(2))?;
+    let transfers = transfer_flags(env, args.optional(3), regions.len())?;
+    state.send_sync(env, bytes, &attachments(&regions, &transfers), timeout_ms)?;
     undefined(env)
+}
+
+/// The bytes of `payload`, an `ArrayBufferView` argument of the current call, which keeps
+/// its memory alive while `payload` is borrowed.
+fn payload_bytes<'a>(
+    env: &Env,
+    payload: &'a sys::napi_value,
+    op: &'static str,
+) -> napi::Result<Bytes<'a>> {
+    let (data, len) =
+        crate::buffer::view_bytes(env.raw(), *payload, op).map_err(|e| throw(env, e))?;
+    // SAFETY: the view is an argument of the current call, alive (and its memory valid for
+    // `len` reads) for the whole call, which outlives the borrow of `payload`.
+    Ok(unsafe { Bytes::from_raw(data, len) })
 }
 
 fn attachments<'a>(
@@ -200,10 +219,11 @@ fn attachments<'a>(
         .collect()
 }
 
-/// The regions of `value`, an array of `NativeRegion`s, or none when it is undefined.
+/// The regions of `value`, an array of `NativeRegion`s, or none when it is missing or
+/// undefined.
 fn attached_regions<'env>(
     env: &'env Env,
-    value: sys::napi_value,
+    value: Option<sys::napi_value>,
 ) -> napi::Result<Vec<ClassInstance<'env, NativeRegion>>> {
     elements(env, value, |element| {
         // SAFETY: `element` is a value of `env` in the current scope; the conversion
@@ -212,8 +232,13 @@ fn attached_regions<'env>(
     })
 }
 
-/// One flag per region from `value`, an array of booleans (all false when undefined).
-fn transfer_flags(env: &Env, value: sys::napi_value, count: usize) -> napi::Result<Vec<bool>> {
+/// One flag per region from `value`, an array of booleans (all false when it is missing or
+/// undefined).
+fn transfer_flags(
+    env: &Env,
+    value: Option<sys::napi_value>,
+    count: usize,
+) -> napi::Result<Vec<bool>> {
     let flags = elements(env, value, |element| {
         // SAFETY: `element` is a value of `env` in the current scope.
         unsafe { bool::from_napi_value(env.raw(), element) }
@@ -230,15 +255,18 @@ fn transfer_flags(env: &Env, value: sys::napi_value, count: usize) -> napi::Resu
     Ok(flags)
 }
 
-/// The elements of the array `value`, each converted; none when `value` is undefined.
+/// The elements of the array `value`, each converted; none when `value` is missing or
+/// undefined.
 fn elements<T>(
     env: &Env,
-    value: sys::napi_value,
+    value: Option<sys::napi_value>,
     mut convert: impl FnMut(sys::napi_value) -> napi::Result<T>,
 ) -> napi::Result<Vec<T>> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
     let mut kind = sys::ValueType::napi_undefined;
-    // SAFETY: `value` is a value of `env` in the current scope (argv fills missing
-    // arguments with undefined).
+    // SAFETY: `value` is a value of `env` in the current scope.
     napi::check_status!(unsafe { sys::napi_typeof(env.raw(), value, &mut kind) })?;
     if kind == sys::ValueType::napi_undefined {
         return Ok(Vec::new());
@@ -258,23 +286,15 @@ fn elements<T>(
         .collect()
 }
 
-fn recv(
-    env: &Env,
-    state: &EndpointState,
-    _argv: &[sys::napi_value],
-) -> napi::Result<sys::napi_value> {
+fn recv(env: &Env, state: &EndpointState, _args: &Args) -> napi::Result<sys::napi_value> {
     let received = state.recv(env)?;
     // SAFETY: converting into a value of `env` in the current scope.
     unsafe { ToNapiValue::to_napi_value(env.raw(), received) }
 }
 
-fn recv_sync(
-    env: &Env,
-    state: &EndpointState,
-    argv: &[sys::napi_value],
-) -> napi::Result<sys::napi_value> {
-    // SAFETY: `argv` holds values of `env` in the current callback's scope.
-    let timeout_ms = unsafe { f64::from_napi_value(env.raw(), argv[0]) }?;
+fn recv_sync(env: &Env, state: &EndpointState, args: &Args) -> napi::Result<sys::napi_value> {
+    // SAFETY: `args` holds values of `env` in the current callback's scope.
+    let timeout_ms = unsafe { f64::from_napi_value(env.raw(), args.get(0)) }?;
     let received = state.recv_sync(env, timeout_ms)?;
     // SAFETY: converting into a value of `env` in the current scope.
     unsafe { ToNapiValue::to_napi_value(env.raw(), received) }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 
 use napi::sys;
-use shmlink::{Bytes, ErrorKind, Incoming, Lease, Mapping, Payload, Region};
+use shmlink::{ErrorKind, Incoming, Lease, Mapping, Payload, Region};
 
 use crate::error::{check, fail};
 
@@ -705,22 +705,4 @@ pub fn write_from(
     // SAFETY: `ptr` is valid for `len` reads for this call; `copy_in` is a memmove, so
     // `data` may be a view of this very region.
     unsafe { region.copy_in(offset, ptr, len) }
-}
-
-/// The bytes of the view `payload`, for sending without a copy.
-pub fn payload<'a>(
-    env: sys::napi_env,
-    payload: &'a napi::bindgen_prelude::Uint8ArraySlice<'_>,
-    op: &'static str,
-) -> shmlink::Result<Bytes<'a>> {
-    use napi::bindgen_prelude::ToNapiValue;
-    // SAFETY: converting an argument of the current call back to its own value.
-    let value = unsafe {
-        <&napi::bindgen_prelude::Uint8ArraySlice as ToNapiValue>::to_napi_value(env, payload)
-    }
-    .map_err(|e| shmlink::Error::new(ErrorKind::Runtime, op, e.to_string()))?;
-    let (ptr, len) = view_bytes(env, value, op)?;
-    // SAFETY: the view is an argument of the current call, alive (and its memory valid
-    // for `len` reads) for as long as `payload` is borrowed.
-    Ok(unsafe { Bytes::from_raw(ptr, len) })
 }

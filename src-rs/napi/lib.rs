@@ -496,13 +496,7 @@ impl EndpointState {
     }
 
     /// Sends now if it can, else queues: 0 when the message left, otherwise its ticket.
-    pub(crate) fn send(
-        &self,
-        env: &Env,
-        payload: &Uint8ArraySlice,
-        attached: &[Attach],
-    ) -> napi::Result<f64> {
-        let bytes = payload_bytes(env, payload, "send")?;
+    pub(crate) fn send(&self, env: &Env, bytes: Bytes, attached: &[Attach]) -> napi::Result<f64> {
         match self.endpoint.send(bytes, attached) {
             Ok(Submitted::Sent) => Ok(0.0),
             Ok(Submitted::Queued(ticket)) => {
@@ -520,13 +514,12 @@ impl EndpointState {
     pub(crate) fn send_sync(
         &self,
         env: &Env,
-        payload: &Uint8ArraySlice,
+        bytes: Bytes,
         attached: &[Attach],
         timeout_ms: f64,
     ) -> napi::Result<()> {
         const OP: &str = "sendSync";
         let timeout = to_timeout(env, OP, timeout_ms)?;
-        let bytes = payload_bytes(env, payload, OP)?;
         let mut stop = backend::interrupt_check(env.raw());
         let sent = self
             .endpoint
@@ -560,14 +553,6 @@ impl EndpointState {
         let message = received.map_err(|e| throw(env, e))?;
         self.received(env, message, Handover::Copy)
     }
-}
-
-fn payload_bytes<'a>(
-    env: &Env,
-    payload: &'a Uint8ArraySlice,
-    op: &'static str,
-) -> napi::Result<Bytes<'a>> {
-    buffer::payload(env.raw(), payload, op).map_err(|e| throw(env, e))
 }
 
 #[napi]
