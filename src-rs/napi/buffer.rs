@@ -409,8 +409,8 @@ impl Staging {
         let staging = Rc::new(Staging { data });
         let owner = Rc::into_raw(Rc::clone(&staging)).cast_mut();
         let mut buffer = ptr::null_mut();
-        // SAFETY: `data` is this staging's heap memory, which the `Rc`
-        // handed to the finalizer keeps allocated until V8 has let the buffer go.
+        // SAFETY: `data` is this staging's heap memory, which the `Rc` handed to the
+        // finalizer keeps allocated until V8 has let the buffer go.
         let status = unsafe {
             sys::napi_create_external_arraybuffer(
                 env,
