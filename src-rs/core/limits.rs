@@ -44,6 +44,10 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The most regions any connection may accept in one message (`max_regions` at most):
+    /// as many descriptors as one `sendmsg` can carry (`SCM_MAX_FD`).
+    pub const MOST_REGIONS: u16 = wire::MAX_REGIONS_CEILING;
+
     /// What HELLO announces.
     pub(crate) fn announced(&self) -> wire::Announced {
         wire::Announced {

@@ -219,33 +219,29 @@ fn attachments<'a>(
         .collect()
 }
 
-/// The regions of `value`, an array of `NativeRegion`s, or none when it is missing or
-/// undefined.
+/// The regions of `value`, an array of `NativeRegion`s, or none when it is missing.
 fn attached_regions<'env>(
     env: &'env Env,
     value: Option<sys::napi_value>,
 ) -> napi::Result<Vec<ClassInstance<'env, NativeRegion>>> {
-    elements(env, value, |element| {
-        // SAFETY: `element` is a value of `env` in the current scope; the conversion
-        // checks that it wraps a `NativeRegion` (its type tag) before using it.
-        unsafe { ClassInstance::<NativeRegion>::from_napi_value(env.raw(), element) }
+    // SAFETY: `value` is a value of `env` in the current scope; converting each element
+    // checks that it wraps a `NativeRegion` (its type tag) before using it.
+    value.map_or(Ok(Vec::new()), |value| unsafe {
+        Vec::<ClassInstance<NativeRegion>>::from_napi_value(env.raw(), value)
     })
 }
 
-/// One flag per region from `value`, an array of booleans (all false when it is missing or
-/// undefined).
+/// One flag per region from `value`, an array of booleans (all false when it is missing).
 fn transfer_flags(
     env: &Env,
     value: Option<sys::napi_value>,
     count: usize,
 ) -> napi::Result<Vec<bool>> {
-    let flags = elements(env, value, |element| {
-        // SAFETY: `element` is a value of `env` in the current scope.
-        unsafe { bool::from_napi_value(env.raw(), element) }
-    })?;
-    if flags.is_empty() {
+    let Some(value) = value else {
         return Ok(vec![false; count]);
-    }
+    };
+    // SAFETY: `value` is a value of `env` in the current scope.
+    let flags = unsafe { Vec::<bool>::from_napi_value(env.raw(), value) }?;
     if flags.len() != count {
         return Err(napi::Error::new(
             napi::Status::InvalidArg,
@@ -253,37 +249,6 @@ fn transfer_flags(
         ));
     }
     Ok(flags)
-}
-
-/// The elements of the array `value`, each converted; none when `value` is missing or
-/// undefined.
-fn elements<T>(
-    env: &Env,
-    value: Option<sys::napi_value>,
-    mut convert: impl FnMut(sys::napi_value) -> napi::Result<T>,
-) -> napi::Result<Vec<T>> {
-    let Some(value) = value else {
-        return Ok(Vec::new());
-    };
-    let mut kind = sys::ValueType::napi_undefined;
-    // SAFETY: `value` is a value of `env` in the current scope.
-    napi::check_status!(unsafe { sys::napi_typeof(env.raw(), value, &mut kind) })?;
-    if kind == sys::ValueType::napi_undefined {
-        return Ok(Vec::new());
-    }
-    let mut len = 0u32;
-    // SAFETY: as above; fails unless `value` is an array.
-    napi::check_status!(unsafe { sys::napi_get_array_length(env.raw(), value, &mut len) })?;
-    (0..len)
-        .map(|i| {
-            let mut element = ptr::null_mut();
-            // SAFETY: as above; `value` is an array.
-            napi::check_status!(unsafe {
-                sys::napi_get_element(env.raw(), value, i, &mut element)
-            })?;
-            convert(element)
-        })
-        .collect()
 }
 
 fn recv(env: &Env, state: &EndpointState, _args: &Args) -> napi::Result<sys::napi_value> {

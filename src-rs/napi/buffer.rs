@@ -394,7 +394,7 @@ impl Staging {
     /// Bytes of staging memory for a payload: every payload shorter than a lent one fits.
     pub const LEN: usize = LEND_PAYLOAD_AT;
     /// Regions described in the staging memory at most: as many as one message may carry.
-    const MAX_REGIONS: usize = shmlink::wire::MAX_REGIONS_CEILING as usize;
+    const MAX_REGIONS: usize = shmlink::Limits::MOST_REGIONS as usize;
     const REGION_SLOTS: usize = 1 + 2 * Self::MAX_REGIONS;
 
     /// Staging memory and an object holding two views of it, `payload` (a `Uint8Array`)
