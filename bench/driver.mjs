@@ -42,6 +42,7 @@ import {
   FIRST_DEFAULT,
   FIRST_PRODUCER,
   FIRST_RECEIVER,
+  JsPoolTouchTransport,
   JsSpinTransport,
   MemcpyTransport,
   NetTransport,
@@ -199,6 +200,7 @@ async function measureTransports(results) {
     new CPoolStreamTransport(new CProcess(path.join(BUILD, 'pool'), cArgs())),
     new ShmlinkPoolStreamTransport('transfer'),
     new ShmlinkPoolStreamTransport('shared'),
+    new JsPoolTouchTransport(),
     new CSpinTransport(new CProcess(path.join(BUILD, 'spin'), cArgs()), SPIN.cLimit),
     new JsSpinTransport(SPIN.js),
   ]

@@ -3,7 +3,7 @@
 // then the data. The child touches one byte per 4 KiB page of each message as its
 // chunks arrive (no reassembly copy) and answers with a 16-byte ack.
 import net from 'node:net'
-import { ACK_LEN, fullSum, makeAck, pageSum } from '../lib/data.mjs'
+import { ACK_LEN, fullSum, makeAck, pageSumFrom } from '../lib/data.mjs'
 
 const socket = net.connect(process.argv[2])
 socket.setNoDelay?.(true)
@@ -41,7 +41,7 @@ socket.on('data', (chunk) => {
     }
     const take = Math.min(remaining, chunk.length - at)
     const part = chunk.subarray(at, at + take)
-    page = pageSum(part, offset, page)
+    page = pageSumFrom(part, offset, page)
     if ((flags & 1) !== 0) fullSum(part, full)
     offset += take
     remaining -= take

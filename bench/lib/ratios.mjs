@@ -105,6 +105,8 @@ export const DEFINITIONS = {
   overhead_first64m_vs_c_first: 'shmlink-first 64 MiB ÷ c-first 64 MiB: a first-time handoff against the same in C',
   c_first64m_vs_c_known64m: 'c-first 64 MiB ÷ c-seqpacket-shared 64 MiB: the same quotient as overhead_first_handoff64m_vs_known, for C',
   c_pool_stream64m_vs_memcpy: 'c-pool-stream 64 MiB (time per frame) ÷ memcpy 64 MiB',
+  overhead_pool_stream64m_vs_js_touch: 'shmlink-pool-stream 64 MiB ÷ js-pool-touch 64 MiB: what two processes and shmlink add to the stream\'s JavaScript page loops',
+  js_pool_touch64m_vs_c_pool_stream: 'js-pool-touch 64 MiB ÷ c-pool-stream 64 MiB: the stream\'s page loops alone, in JavaScript, against the whole C stream',
   c_spin_vs_c_seqpacket_rtt16: 'c-spin 16 B ÷ c-seqpacket-inline 16 B: busy-wait against a socket wake-up, in C',
   js_spin_vs_c_spin_rtt16: 'js-spin 16 B ÷ c-spin 16 B: the JavaScript busy-wait against the C one',
   ...Object.fromEntries(
@@ -173,6 +175,8 @@ export function computeRatios(p) {
     pool_stream64m_transfer_minor_faults_per_frame: faultsPerFrame(t, 'shmlink-pool-stream-transfer', M64),
     c_first64m_vs_c_known64m: quotient(median(t, 'c-first', M64), median(t, 'c-seqpacket-shared', M64)),
     c_pool_stream64m_vs_memcpy: quotient(median(t, 'c-pool-stream', M64), median(t, 'memcpy', M64)),
+    overhead_pool_stream64m_vs_js_touch: quotient(median(t, 'shmlink-pool-stream', M64), median(t, 'js-pool-touch', M64)),
+    js_pool_touch64m_vs_c_pool_stream: quotient(median(t, 'js-pool-touch', M64), median(t, 'c-pool-stream', M64)),
     c_spin_vs_c_seqpacket_rtt16: quotient(median(t, 'c-spin', 16), median(t, 'c-seqpacket-inline', 16)),
     js_spin_vs_c_spin_rtt16: quotient(median(t, 'js-spin', 16), median(t, 'c-spin', 16)),
   }
@@ -208,6 +212,7 @@ export function judgeTargets(ratios, targets = TARGETS) {
 export const BASELINE_ROWS = {
   c_first64m: { transport: 'c-first', size: 64 * MiB, what: 'C first-time handoff of 64 MiB: sendmsg of a new sealed memfd until the ack, the receiver maps it and reads every page (creation and fill untimed, reported as fill)' },
   c_pool_stream64m: { transport: 'c-pool-stream', size: 64 * MiB, what: 'C pooled stream, 3 × 64 MiB regions mapped once: time per frame (producer writes one byte per page, consumer reads one per page and hands the index back)' },
+  js_pool_touch64m: { transport: 'js-pool-touch', size: 64 * MiB, what: 'JavaScript floor of the pooled stream: its page loops on 3 × 64 MiB regions in one process, no IPC; time per frame' },
   c_spin_rtt16: { transport: 'c-spin', size: 16, what: 'C busy-wait round trip of 16 bytes through shared memory (acquire/release, one cache line per direction)' },
   js_spin_rtt16: { transport: 'js-spin', size: 16, what: 'JavaScript busy-wait round trip of 16 bytes over a shmlink region (Atomics.load/store)' },
   c_seqpacket_rtt16: { transport: 'c-seqpacket-inline', size: 16, what: 'C SOCK_SEQPACKET ping-pong, 16 bytes (blocking send/recv)' },

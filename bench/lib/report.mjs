@@ -58,7 +58,7 @@ export function latencyTable(results, placement) {
     })
     const name = /^c-(first|pool|spin)/.test(id)
       ? `\`${id}\` (C baseline)`
-      : id === 'js-spin'
+      : id === 'js-spin' || id === 'js-pool-touch'
         ? `\`${id}\` (JavaScript baseline)`
         : `\`${id}\``
     if (t.skipped !== undefined) cells[0] = `not run (see \`baselines\`)`
@@ -329,7 +329,7 @@ export function inShort(results) {
     `- **A new 64 MiB region, the first time** (descriptor passed, receiver maps and reads every page): ${ns('shmlink-first', MIB64)} against ${ns('c-first', MIB64)} for the same in C (${times(m('shmlink-first', MIB64), m('c-first', MIB64))}).`,
   )
   lines.push(
-    `- **A pooled stream of 64 MiB frames** (\`RegionPool\`, regions handed back): ${ns('shmlink-pool-stream', MIB64)} per frame against ${ns('c-pool-stream', MIB64)} in C (${times(m('shmlink-pool-stream', MIB64), m('c-pool-stream', MIB64))}) and ${ns('memcpy', MIB64)} for one \`memcpy\` of a frame; ${poolFaults(results, p, 'shmlink-pool-stream')} minor page faults per frame in the busier process. Transferring each frame both ways instead costs ${ns('shmlink-pool-stream-transfer', MIB64)} per frame.`,
+    `- **A pooled stream of 64 MiB frames** (\`RegionPool\`, regions handed back): ${ns('shmlink-pool-stream', MIB64)} per frame against ${ns('c-pool-stream', MIB64)} in C (${times(m('shmlink-pool-stream', MIB64), m('c-pool-stream', MIB64))}) and ${ns('memcpy', MIB64)} for one \`memcpy\` of a frame; ${poolFaults(results, p, 'shmlink-pool-stream')} minor page faults per frame in the busier process. The stream's page loops alone, in one JavaScript process without IPC, take ${ns('js-pool-touch', MIB64)} per frame (${times(m('js-pool-touch', MIB64), m('c-pool-stream', MIB64))} the C stream): the rest, ${times(m('shmlink-pool-stream', MIB64), m('js-pool-touch', MIB64))}, is what two processes and shmlink add. Transferring each frame both ways instead costs ${ns('shmlink-pool-stream-transfer', MIB64)} per frame.`,
   )
   lines.push(
     `- **Copy mode** (Electron's memory cage): 64 MiB copied in, handed over and copied out in ${ns('shmlink-copy', MIB64)}, ${times(m('shmlink-copy', MIB64), m('memcpy', MIB64))} one \`memcpy\` and ${times(m('child_process-advanced', MIB64), m('shmlink-copy', MIB64))} faster than \`child_process\` \`'advanced'\`. A 64 KiB inline payload round trip: ${ns('shmlink-inline', 65536)} against ${ns('c-seqpacket-inline', 65536)} in C.`,

@@ -1101,6 +1101,53 @@ export class CPoolStreamTransport {
 }
 
 /** How many round trips one spin sample averages (a clock read costs about as much as a round). */
+/**
+ * The JavaScript floor of the pooled stream (bench/children/pool-touch.mjs): its page
+ * loops, one frame after another in one process, with no IPC. A block of n rounds is
+ * n * framesPerRound frames; a sample is one frame (write one byte per page of a region,
+ * then read one byte per page of the region written two frames before).
+ */
+export class JsPoolTouchTransport {
+  constructor({ count = 3, framesPerRound = 50, sizes = [64 * 1024 * 1024] } = {}) {
+    this.count = count
+    this.framesPerRound = framesPerRound
+    this.sizes = sizes
+    this.id = 'js-pool-touch'
+    this.family = 'floor'
+    this.label = `JavaScript floor of the pooled stream: the same page loops on ${count} shmlink regions in one process, no IPC; per frame one byte per page written, then one byte per page read of the region written two frames before`
+    this.meta = { count, frames_per_round: framesPerRound, sample: 'one frame' }
+  }
+
+  supports(size) {
+    return this.sizes.includes(size)
+  }
+
+  async start() {
+    this.proc = new CProcess(...onChildCpu(process.execPath, [...nodeArgs, CHILD('pool-touch.mjs')]))
+    this.proc.start()
+  }
+
+  async prepare(size) {
+    await this.proc.run(`setup ${size} ${this.count}`)
+  }
+
+  async runBlock(n) {
+    return this.proc.run(`frames ${Math.max(n * this.framesPerRound, this.count)}`)
+  }
+
+  async barrier() {}
+
+  async finishSize() {}
+
+  abort(error) {
+    this.proc?.abort(error)
+  }
+
+  stop() {
+    return this.proc?.stop()
+  }
+}
+
 export const SPIN_BATCH = 10
 
 /** The C spin floor (bench/c/spin.c): 16-byte round trips through one cache line each way. */
