@@ -34,20 +34,23 @@ impl Spares {
         }
     }
 
-    /// A receive buffer: a spare one, or a new one.
+    /// An empty receive buffer with room for `len` bytes: a spare one, or a new one.
+    /// Its memory is not zeroed: the kernel writes it and the record's length says how
+    /// much ([`crate::sys::recv_record`]).
     pub(crate) fn take(&self) -> Vec<u8> {
         let spare = self
             .buffers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop();
-        spare.unwrap_or_else(|| vec![0; self.len])
+        spare.unwrap_or_else(|| Vec::with_capacity(self.len))
     }
 
-    fn give_back(&self, buffer: Vec<u8>) {
-        if buffer.len() != self.len {
+    fn give_back(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() < self.len {
             return;
         }
+        buffer.clear();
         let mut spares = self
             .buffers
             .lock()
@@ -210,7 +213,8 @@ mod tests {
     fn a_kept_buffer_goes_back_for_reuse_and_copies_out_on_request() {
         let spares = Spares::new(64);
         let mut buffer = spares.take();
-        buffer[8..13].copy_from_slice(b"hello");
+        assert!(buffer.is_empty() && buffer.capacity() >= 64);
+        buffer.extend_from_slice(b"header: hello");
         let address = buffer.as_ptr();
         let payload = Payload::within(buffer, 8..13, spares.clone());
         assert_eq!(payload, b"hello");
@@ -218,16 +222,19 @@ mod tests {
         drop(payload);
         let reused = spares.take();
         assert_eq!(reused.as_ptr(), address, "the buffer was reused");
-        let payload = Payload::within(spares.take(), 8..13, spares.clone());
-        assert_eq!(payload.into_vec().len(), 5);
+        assert!(reused.is_empty(), "a reused buffer holds nothing of its last record");
+        let payload = Payload::within(b"header: hello".to_vec(), 8..13, spares.clone());
+        assert_eq!(payload.into_vec(), b"hello");
     }
 
     #[test]
     fn parts_leave_the_spares_alone() {
         let spares = Spares::new(16);
-        let payload = Payload::within(spares.take(), 2..4, spares.clone());
+        let mut buffer = spares.take();
+        buffer.extend_from_slice(b"abcd");
+        let payload = Payload::within(buffer, 2..4, spares.clone());
         let (buffer, range) = payload.into_parts();
-        assert_eq!((buffer.len(), range), (16, 2..4));
+        assert_eq!((&buffer[range], buffer.capacity()), (b"cd".as_slice(), 16));
         let again = spares.take();
         assert_ne!(again.as_ptr(), buffer.as_ptr());
     }

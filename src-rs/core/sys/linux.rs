@@ -629,9 +629,11 @@ pub(crate) fn send_record(
     }
 }
 
-/// Receives one record into `buf` and every descriptor that came with it into `fds`.
+/// Receives one record into `buf`, which it clears first and then holds the record's
+/// bytes, and every descriptor that came with it into `fds`.
 ///
-/// The descriptors are owned before the flags are looked at, so a truncated message
+/// The kernel writes into `buf`'s spare capacity, which is never zeroed: a record up to
+/// the capacity fits, a longer one is truncated (`data_truncated`). The descriptors are owned before the flags are looked at, so a truncated message
 /// (`MSG_CTRUNC`) still hands over, and thereby closes, each descriptor the kernel did
 /// install. The kernel is offered room for `max_fds` descriptors exactly, so one more
 /// sets `MSG_CTRUNC`; `control` comes from [`control_buffer`] with at least that room.
@@ -641,14 +643,16 @@ pub(crate) fn send_record(
 /// (`docs/PROTOCOL.md` §1 rule 6). A zero-length record is end-of-file.
 pub(crate) fn recv_record(
     sock: BorrowedFd<'_>,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     control: &mut [u64],
     max_fds: usize,
     fds: &mut Vec<OwnedFd>,
 ) -> Result<Io<Received>> {
+    buf.clear();
+    let room = buf.spare_capacity_mut();
     let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+        iov_base: room.as_mut_ptr().cast(),
+        iov_len: room.len(),
     };
     // SAFETY: msghdr is a C struct of integers and pointers; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -658,8 +662,8 @@ pub(crate) fn recv_record(
     msg.msg_controllen = control_len(max_fds).min(std::mem::size_of_val(control)) as _;
     let mut reset_seen = false;
     let received = loop {
-        // SAFETY: `msg` points at `iov`, `buf` and `control`, which are live and
-        // exclusively borrowed for the whole call, with their true lengths.
+        // SAFETY: `msg` points at `iov`, `buf`'s spare capacity and `control`, which are
+        // live and exclusively borrowed for the whole call, with their true lengths.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         match Errno::result(n) {
             Err(Errno::EINTR) => continue,
@@ -673,9 +677,13 @@ pub(crate) fn recv_record(
                     "the socket failed; the connection was closed",
                 ));
             }
-            Ok(n) => break n as usize,
+            Ok(n) => break (n as usize).min(iov.iov_len),
         }
     };
+    // SAFETY: without MSG_TRUNC in its flags recvmsg returns how many bytes it copied into
+    // the one iovec, so the first `received` bytes of the spare capacity (at most its
+    // length, as clamped above) are initialized.
+    unsafe { buf.set_len(received) };
     take_descriptors(&msg, fds);
     Ok(Io::Done(Received {
         len: received,

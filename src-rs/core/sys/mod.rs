@@ -158,14 +158,15 @@ mod tests {
             send_record(a.as_fd(), &[Bytes::from(b"x")], &[]).unwrap(),
             Io::Done(1)
         );
-        let mut buf = [0u8; 16];
+        let mut buf = Vec::with_capacity(16);
         let mut control = control_buffer(4);
         let mut fds = Vec::new();
         let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap()
         else {
             panic!("no record")
         };
-        assert_eq!(&buf[..got.len], b"onetwo");
+        assert_eq!(buf, b"onetwo");
+        assert_eq!(got.len, 6);
         assert_eq!(fds.len(), 3);
         for (mine, theirs) in files.iter().zip(&fds) {
             let (m, t) = (
@@ -179,7 +180,7 @@ mod tests {
         else {
             panic!("no record")
         };
-        assert_eq!(&buf[..got.len], b"x");
+        assert_eq!(buf, b"x");
         assert_eq!(
             recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap(),
             Io::WouldBlock
@@ -195,6 +196,29 @@ mod tests {
     }
 
     #[test]
+    fn a_record_longer_than_the_room_is_truncated_to_it() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_record(a.as_fd(), &[Bytes::from(b"0123456789")], &[]).unwrap();
+        send_record(a.as_fd(), &[Bytes::from(b"ab")], &[]).unwrap();
+        let mut buf = Vec::with_capacity(4);
+        let mut control = control_buffer(1);
+        let Io::Done(got) =
+            recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()
+        else {
+            panic!("no record")
+        };
+        assert!(got.data_truncated);
+        assert_eq!((got.len, buf.as_slice()), (4, b"0123".as_slice()));
+        let Io::Done(got) =
+            recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()
+        else {
+            panic!("no record")
+        };
+        assert!(!got.data_truncated);
+        assert_eq!(buf, b"ab", "the longer record's bytes are not part of the next");
+    }
+
+    #[test]
     fn more_descriptors_than_offered_room_truncate_and_the_arrived_ones_are_owned() {
         let (a, b) = seqpacket_pair().unwrap();
         let files: Vec<OwnedFd> = (0..3)
@@ -202,7 +226,7 @@ mod tests {
             .collect();
         let raw: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
         send_record(a.as_fd(), &[Bytes::from(b"three")], &raw).unwrap();
-        let mut buf = [0u8; 16];
+        let mut buf = Vec::with_capacity(16);
         let mut control = control_buffer(1);
         let mut fds = Vec::new();
         let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut fds).unwrap()
@@ -223,7 +247,7 @@ mod tests {
         );
         let (c, d) = seqpacket_pair().unwrap();
         shutdown_both(d.as_fd());
-        let mut buf = [0u8; 16];
+        let mut buf = Vec::with_capacity(16);
         let mut control = control_buffer(1);
         let Io::Done(got) =
             recv_record(c.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()

@@ -103,7 +103,7 @@ pub(crate) fn send_record(
 
 pub(crate) fn recv_record(
     _sock: BorrowedFd<'_>,
-    _buf: &mut [u8],
+    _buf: &mut Vec<u8>,
     _control: &mut [u64],
     _max_fds: usize,
     _fds: &mut Vec<OwnedFd>,
