@@ -173,6 +173,22 @@ pub enum Event {
     Closed(Error),
 }
 
+/// What a driving event loop does after a call that did not come from it
+/// ([`Endpoint::settle`]).
+#[derive(Debug)]
+pub enum Settle {
+    /// Deliver this notice, then ask again.
+    Notice(Event),
+    /// Nothing to deliver: wait for `interest`, and keep the endpoint (and the loop)
+    /// alive while `awaited`.
+    Wait {
+        /// What to wait for ([`Endpoint::interest`]).
+        interest: Interest,
+        /// Whether the application waits for something ([`Endpoint::is_awaited`]).
+        awaited: bool,
+    },
+}
+
 /// Traffic counters of one connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -888,25 +904,30 @@ impl Endpoint {
     /// The next event that is not a message, without reading the socket: what a call
     /// that did not come from the event loop (a blocking send, `close`) produced.
     pub fn poll_notice(&self) -> Option<Event> {
-        let mut conn = self.conn();
-        if let Some(notice) = conn.notices.pop_front() {
-            return Some(notice);
-        }
-        if conn.sent_through > conn.reported_through {
-            conn.reported_through = conn.sent_through;
-            return Some(Event::Sent {
-                through: conn.sent_through,
-            });
-        }
-        None
+        self.conn().next_notice()
     }
 
     /// Whether the application waits for something from this endpoint: a receive, every
     /// message (a listener), or a queued send. An event loop keeps such an endpoint, and
     /// itself, alive.
     pub fn is_awaited(&self) -> bool {
-        let conn = self.conn();
-        conn.is_open() && (conn.wants_message() || !conn.outbox.is_empty())
+        self.conn().is_awaited()
+    }
+
+    /// [`Endpoint::poll_notice`], and when there is no notice [`Endpoint::interest`] and
+    /// [`Endpoint::is_awaited`], in one step: what a driver asks after every call the
+    /// application makes, so a synchronous send or receive takes the endpoint's lock
+    /// twice rather than four times.
+    pub fn settle(&self) -> Settle {
+        let mut conn = self.conn();
+        if let Some(notice) = conn.next_notice() {
+            return Settle::Notice(notice);
+        }
+        conn.arm_loop();
+        Settle::Wait {
+            interest: conn.interest(),
+            awaited: conn.is_awaited(),
+        }
     }
 }
 
@@ -941,6 +962,23 @@ impl Conn {
             }
             Status::Ended(_) => Err(Error::closed(op)),
         }
+    }
+
+    fn next_notice(&mut self) -> Option<Event> {
+        if let Some(notice) = self.notices.pop_front() {
+            return Some(notice);
+        }
+        if self.sent_through > self.reported_through {
+            self.reported_through = self.sent_through;
+            return Some(Event::Sent {
+                through: self.sent_through,
+            });
+        }
+        None
+    }
+
+    fn is_awaited(&self) -> bool {
+        self.is_open() && (self.wants_message() || !self.outbox.is_empty())
     }
 
     fn interest(&self) -> Interest {

@@ -54,7 +54,7 @@ pub mod wire;
 
 pub use bytes::Bytes;
 pub use endpoint::{
-    DEFAULT_BUSY_POLL, Endpoint, Event, Options, PeerFilter, Stats, Submitted, Ticket,
+    DEFAULT_BUSY_POLL, Endpoint, Event, Options, PeerFilter, Settle, Stats, Submitted, Ticket,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use limits::{

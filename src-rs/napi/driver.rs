@@ -19,7 +19,7 @@ use std::sync::Arc;
 use napi::bindgen_prelude::{BufferSlice, Either3, FromNapiValue, ToNapiValue};
 use napi::{Env, sys};
 use napi_derive::napi;
-use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region};
+use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region, Settle};
 
 use crate::buffer::{Handover, Staging};
 use crate::error::{ErrorInfo, after_teardown, check};
@@ -382,16 +382,27 @@ impl Core {
     /// readiness (a blocking send, `close`), from inside that JavaScript call, and
     /// re-arms the backend (unless a readiness callback delivering now will).
     pub fn settle(&self) {
-        if let Target::Endpoint(endpoint) = &self.target {
-            while !self.closing.get() {
+        let endpoint = match &self.target {
+            Target::Endpoint(endpoint) => endpoint,
+            Target::Listener(_) => {
+                if !self.pumping.get() {
+                    self.update();
+                }
+                return;
+            }
+        };
+        while !self.closing.get() {
+            if self.pumping.get() {
                 match endpoint.poll_notice() {
                     Some(event) => self.dispatch(endpoint, event),
-                    None => break,
+                    None => return,
                 }
+                continue;
             }
-        }
-        if !self.pumping.get() {
-            self.update();
+            match endpoint.settle() {
+                Settle::Notice(event) => self.dispatch(endpoint, event),
+                Settle::Wait { interest, awaited } => return self.watch(interest, awaited),
+            }
         }
     }
 
@@ -538,7 +549,11 @@ impl Core {
         if self.closing.get() {
             return;
         }
-        let interest = self.target.interest();
+        self.watch(self.target.interest(), self.target.awaited());
+    }
+
+    /// Has the backend wait for `interest` and holds the endpoint while `awaited`.
+    fn watch(&self, interest: Interest, awaited: bool) {
         let watched = match self.backend.borrow().as_ref() {
             Some(backend) => backend.watch(interest),
             None => Ok(()),
@@ -552,7 +567,7 @@ impl Core {
             self.close();
             return;
         }
-        self.refresh_hold();
+        self.hold_while(awaited);
     }
 
     /// Something JavaScript waits for that the core does not know about.
@@ -570,10 +585,15 @@ impl Core {
     /// While the application waits for something, handlers are held strongly (the object
     /// cannot be collected) and, unless unref'ed, the loop stays alive.
     fn refresh_hold(&self) {
+        self.hold_while(self.target.awaited());
+    }
+
+    /// [`Core::refresh_hold`] with the core's `awaited` already asked.
+    fn hold_while(&self, awaited: bool) {
         if self.closing.get() {
             return;
         }
-        let strong = self.js_hold.get() || self.target.awaited();
+        let strong = self.js_hold.get() || awaited;
         if self.strong.replace(strong) != strong {
             for &handler in &self.handlers {
                 let mut count = 0;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use shmlink::{
-    Attach, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Region,
-    Submitted,
+    Attach, Endpoint, ErrorKind, Event, Interest, Limits, ListenOptions, Listener, Options,
+    PeerFilter, Region, Settle, Submitted,
 };
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
@@ -289,6 +289,45 @@ fn a_full_socket_queues_in_order_and_loses_nothing() {
             expected
         );
     }
+}
+
+/// Every notice [`Endpoint::settle`] gives before it says what to wait for, and that.
+fn settle_all(endpoint: &Endpoint) -> (Vec<Event>, Interest, bool) {
+    let mut notices = Vec::new();
+    loop {
+        match endpoint.settle() {
+            Settle::Notice(event) => notices.push(event),
+            Settle::Wait { interest, awaited } => return (notices, interest, awaited),
+        }
+    }
+}
+
+#[test]
+fn settle_reports_each_notice_then_what_the_loop_waits_for() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    a.attach_driver();
+    let payload = vec![1u8; 60_000];
+    while a.send(&payload, &[]).unwrap() == Submitted::Sent {}
+    let (notices, interest, awaited) = settle_all(&a);
+    assert!(
+        !notices.iter().any(|e| matches!(e, Event::Sent { .. })),
+        "nothing left the queue yet: {notices:?}"
+    );
+    assert!(interest.writable && awaited, "a queued send waits for room");
+    while b.try_recv().is_ok() {}
+    a.on_ready(Interest::WRITABLE);
+    let (notices, interest, awaited) = settle_all(&a);
+    assert!(
+        matches!(notices.as_slice(), [Event::Sent { through: 1 }]),
+        "the queued send is reported once: {notices:?}"
+    );
+    assert!(!interest.writable && !awaited, "nothing left to send or await");
+    b.on_ready(Interest::READABLE);
+    assert!(b.recv_or_want().unwrap().is_some(), "the message that waited in the queue");
+    assert!(b.recv_or_want().unwrap().is_none());
+    let (_, interest, awaited) = settle_all(&b);
+    assert!(interest.readable && awaited, "a wanted message keeps the loop waiting");
 }
 
 #[test]
