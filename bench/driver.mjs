@@ -198,7 +198,8 @@ async function measureTransports(results) {
     new MemcpyTransport(),
     new CFirstTransport(new CProcess(path.join(BUILD, 'first'), cArgs()), FIRST_DEFAULT),
     new CPoolStreamTransport(new CProcess(path.join(BUILD, 'pool'), cArgs())),
-    new ShmlinkPoolStreamTransport('transfer'),
+    // Transferred frames take milliseconds each (a new view per frame): a shorter warm-up.
+    new ShmlinkPoolStreamTransport('transfer', { warmFrames: 500 }),
     new ShmlinkPoolStreamTransport('shared'),
     new JsPoolTouchTransport(),
     new CSpinTransport(new CProcess(path.join(BUILD, 'spin'), cArgs()), SPIN.cLimit),

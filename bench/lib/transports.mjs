@@ -314,6 +314,18 @@ export class ShmlinkTransport {
   }
 }
 
+/**
+ * Frames in the warm-up block of the pooled-stream rows (the first block after prepare(),
+ * discarded), however few rounds the plan gives 64 MiB. A few thousand frames, as the small
+ * sizes' 4 000 warm-up rounds (bench/lib/plan.mjs): V8 optimizes the per-frame JavaScript
+ * only after thousands of calls, and the consumer's young generation grows meanwhile, which
+ * shows as page faults. With 100 warm-up frames, 2 400 measured frames counted 1.09 faults per
+ * frame in the consumer; a 12 s stream of 18 800 frames counted 0.097, and over 5 s of a
+ * stream already running `perf record -c 1 -e page-faults` saw 237 faults in about 8 500
+ * frames, from TurboFan's compiler and malloc, none in the regions.
+ */
+const POOL_WARM_FRAMES = 3000
+
 /** Writes `value` at offset 0, 4096, ... of `bytes` (the producer's part of a pooled frame). */
 function stampPages(bytes, value) {
   for (let k = 0; k < bytes.length; k += PAGE) bytes[k] = value
@@ -330,8 +342,9 @@ function stampPages(bytes, value) {
  * (sent without transfer; the pool's acquire/release is the only discipline).
  */
 export class ShmlinkPoolStreamTransport {
-  constructor(handBack, { count = 3, depth = 3, framesPerRound = 50, sizes = [64 * 1024 * 1024] } = {}) {
+  constructor(handBack, { count = 3, depth = 3, framesPerRound = 50, sizes = [64 * 1024 * 1024], warmFrames = POOL_WARM_FRAMES } = {}) {
     this.handBack = handBack
+    this.warmFrames = warmFrames
     this.count = count
     this.depth = depth
     this.framesPerRound = framesPerRound
@@ -339,7 +352,7 @@ export class ShmlinkPoolStreamTransport {
     this.id = handBack === 'transfer' ? 'shmlink-pool-stream-transfer' : 'shmlink-pool-stream'
     this.family = 'shmlink'
     this.label = `shmlink pooled stream (RegionPool of ${count}, ${handBack === 'transfer' ? 'each frame transferred to the consumer and back' : 'frames sent without transfer and sent back'}); per frame one byte per page written and read, at most ${depth} in flight; time per frame`
-    this.meta = { count, depth, frames_per_round: framesPerRound, hand_back: handBack, sample: 'interval between successive hand-backs seen by the producer (the stream period)' }
+    this.meta = { count, depth, frames_per_round: framesPerRound, warmup_frames: warmFrames, hand_back: handBack, sample: 'interval between successive hand-backs seen by the producer (the stream period)' }
   }
 
   supports(size) {
@@ -389,7 +402,7 @@ export class ShmlinkPoolStreamTransport {
   }
 
   async runBlock(n) {
-    const frames = Math.max(n * this.framesPerRound, this.depth + 2)
+    const frames = Math.max(n * this.framesPerRound, this.depth + 2, this.warmUp ? this.warmFrames : 0)
     const ep = this.endpoint
     const pool = this.pool
     const transfer = this.handBack === 'transfer'
@@ -1053,7 +1066,7 @@ export class CPoolStreamTransport {
     this.id = 'c-pool-stream'
     this.family = 'floor'
     this.label = `C pooled stream: ${count} memfd regions mapped once on both sides; per frame the producer writes one byte per page of a free region and sends its index, the consumer reads one byte per page and hands the index back (at most ${depth} in flight); time per frame`
-    this.meta = { count, depth, frames_per_round: framesPerRound, sample: 'interval between successive hand-backs seen by the producer (the stream period)' }
+    this.meta = { count, depth, frames_per_round: framesPerRound, warmup_frames: POOL_WARM_FRAMES, sample: 'interval between successive hand-backs seen by the producer (the stream period)' }
   }
 
   supports(size) {
@@ -1072,7 +1085,7 @@ export class CPoolStreamTransport {
   }
 
   async runBlock(n) {
-    const frames = Math.max(n * this.framesPerRound, this.depth + 2)
+    const frames = Math.max(n * this.framesPerRound, this.depth + 2, this.warmUp ? POOL_WARM_FRAMES : 0)
     const { samples, series } = await this.proc.runSeries(`stream ${frames} ${this.depth}`)
     if (this.warmUp) {
       this.warmUp = false
@@ -1119,7 +1132,7 @@ export class JsPoolTouchTransport {
     this.id = 'js-pool-touch'
     this.family = 'floor'
     this.label = `JavaScript floor of the pooled stream: the same page loops on ${count} shmlink regions in one process, no IPC; per frame one byte per page written, then one byte per page read of the region written two frames before`
-    this.meta = { count, frames_per_round: framesPerRound, sample: 'one frame' }
+    this.meta = { count, frames_per_round: framesPerRound, warmup_frames: POOL_WARM_FRAMES, sample: 'one frame' }
   }
 
   supports(size) {
@@ -1133,10 +1146,13 @@ export class JsPoolTouchTransport {
 
   async prepare(size) {
     await this.proc.run(`setup ${size} ${this.count}`)
+    this.warmUp = true
   }
 
   async runBlock(n) {
-    return this.proc.run(`frames ${Math.max(n * this.framesPerRound, this.count)}`)
+    const frames = Math.max(n * this.framesPerRound, this.count, this.warmUp ? POOL_WARM_FRAMES : 0)
+    this.warmUp = false
+    return this.proc.run(`frames ${frames}`)
   }
 
   async barrier() {}
