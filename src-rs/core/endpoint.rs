@@ -1119,11 +1119,9 @@ impl Conn {
             Io::Disconnected => return Ok(Io::Disconnected),
         }
         drop(files);
-        let binder = Weak::clone(&self.binder);
-        self.session.message_sent(attachments, plan, &binder);
-        let fate = std::sync::Arc::clone(self.session.fate());
+        self.session.message_sent(attachments, plan, &self.binder);
         for attach in attachments.iter().filter(|a| a.transfer) {
-            attach.region.send_away(&fate);
+            attach.region.send_away(self.session.fate());
         }
         self.stats.messages_out += 1;
         self.stats.bytes_out += payload.len() as u64;
