@@ -48,6 +48,8 @@ for await (const line of createInterface({ input: process.stdin, crlfDelay: Infi
   try {
     if (command === 'setup') {
       for (const region of held) region.close()
+      held = []
+      regions = []
       const size = Number(a)
       const count = Number(b)
       if (!(size > 0 && size % PAGE === 0 && count >= 2)) throw new Error('usage: setup <size, a multiple of 4096> <count, at least 2>')

@@ -1375,14 +1375,8 @@ impl Conn {
                 self.demand = self.demand.saturating_sub(1);
                 return Some(Event::Message(message));
             }
-            if let Some(notice) = self.notices.pop_front() {
+            if let Some(notice) = self.next_notice() {
                 return Some(notice);
-            }
-            if self.sent_through > self.reported_through {
-                self.reported_through = self.sent_through;
-                return Some(Event::Sent {
-                    through: self.sent_through,
-                });
             }
             let may_read = self.is_open()
                 && (self.readable || self.ring_pending())

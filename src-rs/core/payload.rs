@@ -222,7 +222,10 @@ mod tests {
         drop(payload);
         let reused = spares.take();
         assert_eq!(reused.as_ptr(), address, "the buffer was reused");
-        assert!(reused.is_empty(), "a reused buffer holds nothing of its last record");
+        assert!(
+            reused.is_empty(),
+            "a reused buffer holds nothing of its last record"
+        );
         let payload = Payload::within(b"header: hello".to_vec(), 8..13, spares.clone());
         assert_eq!(payload.into_vec(), b"hello");
     }

@@ -392,14 +392,16 @@ impl Core {
             }
         };
         while !self.closing.get() {
-            if self.pumping.get() {
+            // While a readiness callback delivers, it re-arms the backend when it is done.
+            let settled = if self.pumping.get() {
                 match endpoint.poll_notice() {
-                    Some(event) => self.dispatch(endpoint, event),
+                    Some(event) => Settle::Notice(event),
                     None => return,
                 }
-                continue;
-            }
-            match endpoint.settle() {
+            } else {
+                endpoint.settle()
+            };
+            match settled {
                 Settle::Notice(event) => self.dispatch(endpoint, event),
                 Settle::Wait { interest, awaited } => return self.watch(interest, awaited),
             }

@@ -144,6 +144,14 @@ mod tests {
         assert!(super::seals(fd.as_fd()).unwrap().unwrap().write);
     }
 
+    /// What a call that had to complete returned.
+    fn done<T: std::fmt::Debug>(io: Io<T>) -> T {
+        match io {
+            Io::Done(value) => value,
+            other => panic!("the call did not complete: {other:?}"),
+        }
+    }
+
     #[test]
     fn records_keep_their_boundaries_and_descriptors_arrive_in_order() {
         let (a, b) = seqpacket_pair().unwrap();
@@ -161,10 +169,7 @@ mod tests {
         let mut buf = Vec::with_capacity(16);
         let mut control = control_buffer(4);
         let mut fds = Vec::new();
-        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap()
-        else {
-            panic!("no record")
-        };
+        let got = done(recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap());
         assert_eq!(buf, b"onetwo");
         assert_eq!(got.len, 6);
         assert_eq!(fds.len(), 3);
@@ -176,10 +181,7 @@ mod tests {
             assert_eq!(m.identity, t.identity);
         }
         fds.clear();
-        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap()
-        else {
-            panic!("no record")
-        };
+        let got = done(recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap());
         assert_eq!(buf, b"x");
         assert_eq!(
             recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap(),
@@ -202,20 +204,15 @@ mod tests {
         send_record(a.as_fd(), &[Bytes::from(b"ab")], &[]).unwrap();
         let mut buf = Vec::with_capacity(4);
         let mut control = control_buffer(1);
-        let Io::Done(got) =
-            recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()
-        else {
-            panic!("no record")
-        };
+        let got = done(recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap());
         assert!(got.data_truncated);
         assert_eq!((got.len, buf.as_slice()), (4, b"0123".as_slice()));
-        let Io::Done(got) =
-            recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()
-        else {
-            panic!("no record")
-        };
+        let got = done(recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap());
         assert!(!got.data_truncated);
-        assert_eq!(buf, b"ab", "the longer record's bytes are not part of the next");
+        assert_eq!(
+            buf, b"ab",
+            "the longer record's bytes are not part of the next"
+        );
     }
 
     #[test]
@@ -229,10 +226,7 @@ mod tests {
         let mut buf = Vec::with_capacity(16);
         let mut control = control_buffer(1);
         let mut fds = Vec::new();
-        let Io::Done(got) = recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut fds).unwrap()
-        else {
-            panic!("no record")
-        };
+        let got = done(recv_record(b.as_fd(), &mut buf, &mut control, 1, &mut fds).unwrap());
         assert!(got.control_truncated);
         assert!(fds.len() <= 1);
     }
@@ -249,11 +243,7 @@ mod tests {
         shutdown_both(d.as_fd());
         let mut buf = Vec::with_capacity(16);
         let mut control = control_buffer(1);
-        let Io::Done(got) =
-            recv_record(c.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap()
-        else {
-            panic!("no end-of-file")
-        };
+        let got = done(recv_record(c.as_fd(), &mut buf, &mut control, 1, &mut Vec::new()).unwrap());
         assert_eq!(got.len, 0);
     }
 

@@ -322,12 +322,21 @@ fn settle_reports_each_notice_then_what_the_loop_waits_for() {
         matches!(notices.as_slice(), [Event::Sent { through: 1 }]),
         "the queued send is reported once: {notices:?}"
     );
-    assert!(!interest.writable && !awaited, "nothing left to send or await");
+    assert!(
+        !interest.writable && !awaited,
+        "nothing left to send or await"
+    );
     b.on_ready(Interest::READABLE);
-    assert!(b.recv_or_want().unwrap().is_some(), "the message that waited in the queue");
+    assert!(
+        b.recv_or_want().unwrap().is_some(),
+        "the message that waited in the queue"
+    );
     assert!(b.recv_or_want().unwrap().is_none());
     let (_, interest, awaited) = settle_all(&b);
-    assert!(interest.readable && awaited, "a wanted message keeps the loop waiting");
+    assert!(
+        interest.readable && awaited,
+        "a wanted message keeps the loop waiting"
+    );
 }
 
 #[test]
