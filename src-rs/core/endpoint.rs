@@ -756,10 +756,17 @@ impl Endpoint {
     /// Puts back a delivered message nobody took: it is received next, and deliveries
     /// stop until the application asks again.
     pub fn unreceive(&self, message: Message) {
+        self.put_back(message);
+        self.conn().demand = 0;
+    }
+
+    /// Puts back a message a receive took but its caller could not hold (a payload longer
+    /// than the buffer it offered): it is the next message any receive gets, a wanted
+    /// delivery included.
+    pub fn put_back(&self, message: Message) {
         let mut conn = self.conn();
         conn.inbox_bytes += message.payload.footprint();
         conn.inbox.push_front(message);
-        conn.demand = 0;
     }
 
     /// Receives one message, waiting up to `timeout` (`None`: forever).
@@ -986,10 +993,15 @@ impl Conn {
             return Interest::default();
         }
         let established = self.session.is_established();
+        // Writable readiness comes at once: it turns the loop for a kicked ring and for a
+        // message that was put back while a receive waits for one.
         Interest {
             readable: !established || self.inbox_has_room(),
             writable: established
-                && (!self.outbox.is_empty() || self.session.has_control() || self.rings.kick()),
+                && (!self.outbox.is_empty()
+                    || self.session.has_control()
+                    || self.rings.kick()
+                    || (self.wants_message() && !self.inbox.is_empty())),
         }
     }
 

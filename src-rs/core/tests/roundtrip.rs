@@ -340,6 +340,36 @@ fn settle_reports_each_notice_then_what_the_loop_waits_for() {
 }
 
 #[test]
+fn a_message_put_back_comes_next_and_turns_the_loop_for_a_waiting_receive() {
+    let _serial = serial();
+    let (a, b) = Endpoint::pair().unwrap();
+    b.attach_driver();
+    a.send(b"first", &[]).unwrap();
+    a.send(b"second", &[]).unwrap();
+    let first = b.recv_timeout(WAIT).unwrap();
+    b.put_back(first);
+    assert_eq!(b.recv_timeout(WAIT).unwrap().payload, b"first");
+    assert!(b.recv_or_want().unwrap().is_some(), "the second message");
+    assert!(b.recv_or_want().unwrap().is_none(), "a receive now waits");
+    a.send(b"third", &[]).unwrap();
+    let third = b.recv_timeout(WAIT).unwrap();
+    b.put_back(third);
+    let (_, interest, awaited) = settle_all(&b);
+    assert!(
+        interest.writable && awaited,
+        "the waiting receive's message is in the inbox, not on the socket: the loop must turn"
+    );
+    b.on_ready(Interest::WRITABLE);
+    let delivered = std::iter::from_fn(|| b.poll_event()).find_map(|event| match event {
+        Event::Message(message) => Some(message),
+        _ => None,
+    });
+    assert_eq!(delivered.map(|m| m.payload), Some(b"third".to_vec().into()));
+    let (_, interest, _) = settle_all(&b);
+    assert!(!interest.writable, "nothing left to turn the loop for");
+}
+
+#[test]
 fn send_blocking_waits_for_room() {
     let _serial = serial();
     let (a, b) = Endpoint::pair().unwrap();
