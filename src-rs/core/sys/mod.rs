@@ -183,6 +183,8 @@ mod tests {
         fds.clear();
         let got = done(recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap());
         assert_eq!(buf, b"x");
+        assert_eq!(got.len, 1);
+        assert!(fds.is_empty(), "the second record carried no descriptors");
         assert_eq!(
             recv_record(b.as_fd(), &mut buf, &mut control, 4, &mut fds).unwrap(),
             Io::WouldBlock
