@@ -25,6 +25,7 @@ import type {
   NativePool,
   NativeRegion,
   PeerFilterInit,
+  ReceivedInto,
   ReceivedMessage,
 } from './binding'
 
@@ -121,6 +122,12 @@ function toBytes(data: unknown, name: string): Uint8Array {
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
   if (data instanceof ArrayBuffer || data instanceof SharedArrayBuffer) return new Uint8Array(data)
   throw invalid(`${name} must be a string, Buffer, TypedArray, DataView or ArrayBuffer`)
+}
+
+/** Memory to copy into, as the binding takes it: a view of it, never a copy. */
+function toView(data: unknown, name: string): Uint8Array {
+  if (typeof data === 'string') throw invalid(`${name} must be a Buffer, TypedArray, DataView or ArrayBuffer, not a string`)
+  return toBytes(data, name)
 }
 
 let zeroCopyAvailable: boolean | undefined
@@ -327,6 +334,14 @@ export interface RecvOptions {
 export interface RecvSyncOptions {
   /** How long to wait; forever when absent, 0 to take only what is already there. */
   timeoutMs?: number
+  /**
+   * Memory to receive the payload into, reused from call to call: the message's `payload`
+   * is then a `Buffer` over its first bytes, and no memory is allocated for it. A payload
+   * longer than `into` is not received: the call throws `ERR_SHMLINK_PAYLOAD_TOO_LARGE`
+   * and the message stays first in line. One of the endpoint's `maxPayload` bytes (64 KiB
+   * unless changed) holds any payload.
+   */
+  into?: ArrayBufferView | ArrayBuffer
 }
 
 /** Limits on what a peer may send and make this side hold (docs/SECURITY.md). */
@@ -416,11 +431,23 @@ const STAGED_TRANSFERRED = 4
 function toMessage(native: NativeEndpoint, staging: Staging | undefined, received: Received): Message {
   if (typeof received === 'number' || Buffer.isBuffer(received)) {
     const payload = typeof received === 'number' ? unstage(staging!.payload, received) : received
-    const count = staging?.regions[0] ?? 0
-    if (count === 0) return { payload, regions: [], descriptors: [] }
-    return withRegions(native, payload, stagedRegions(staging!.regions, count))
+    return withStagedRegions(native, staging, payload)
   }
   return withRegions(native, received.payload, received.regions)
+}
+
+/** The message `recvSync` received into `into`: its length, and its regions staged or listed. */
+function intoMessage(native: NativeEndpoint, staging: Staging | undefined, into: ArrayBufferView, received: number | ReceivedInto): Message {
+  const length = typeof received === 'number' ? received : received.length
+  const payload = Buffer.from(into.buffer, into.byteOffset, length)
+  if (typeof received === 'number') return withStagedRegions(native, staging, payload)
+  return withRegions(native, payload, received.regions)
+}
+
+function withStagedRegions(native: NativeEndpoint, staging: Staging | undefined, payload: Buffer): Message {
+  const count = staging?.regions[0] ?? 0
+  if (count === 0) return { payload, regions: [], descriptors: [] }
+  return withRegions(native, payload, stagedRegions(staging!.regions, count))
 }
 
 /** The `count` region descriptions in the staging memory, read out before any other call. */
@@ -793,8 +820,10 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   /** Receives the next message, blocking the thread (for CLIs and worker threads). */
   recvSync(options: RecvSyncOptions = {}): Message {
     const timeoutMs = checkTimeout(options.timeoutMs)
+    const into = options.into === undefined ? undefined : toView(options.into, 'options.into')
     const native = this.#live()
-    return toMessage(native, this.#staging, this.#calls.recvSync(timeoutMs))
+    if (into === undefined) return toMessage(native, this.#staging, this.#calls.recvSync(timeoutMs))
+    return intoMessage(native, this.#staging, into, this.#calls.recvSync(timeoutMs, into))
   }
 
   /**

@@ -260,7 +260,18 @@ fn recv(env: &Env, state: &EndpointState, _args: &Args) -> napi::Result<sys::nap
 fn recv_sync(env: &Env, state: &EndpointState, args: &Args) -> napi::Result<sys::napi_value> {
     // SAFETY: `args` holds values of `env` in the current callback's scope.
     let timeout_ms = unsafe { f64::from_napi_value(env.raw(), args.get(0)) }?;
-    let received = state.recv_sync(env, timeout_ms)?;
+    let Some(into) = args.optional(1) else {
+        let received = state.recv_sync(env, timeout_ms)?;
+        // SAFETY: converting into a value of `env` in the current scope.
+        return unsafe { ToNapiValue::to_napi_value(env.raw(), received) };
+    };
+    let (data, len) =
+        crate::buffer::view_bytes(env.raw(), into, "recvSync").map_err(|e| throw(env, e))?;
+    // SAFETY: `into` is an argument of the current call, valid for `len` bytes of writes
+    // until JavaScript can run again: `recv_sync_into` copies into it before it settles
+    // events (which may call handlers) and not after.
+    let into = unsafe { crate::buffer::Destination::from_raw(data, len) };
+    let received = state.recv_sync_into(env, timeout_ms, &into)?;
     // SAFETY: converting into a value of `env` in the current scope.
     unsafe { ToNapiValue::to_napi_value(env.raw(), received) }
 }

@@ -307,6 +307,41 @@ pub fn view_bytes(
     Ok((data.cast(), if data.is_null() { 0 } else { len }))
 }
 
+/// The memory of a view JavaScript passed to the current call, to copy bytes into. It
+/// may alias memory another thread or process writes (a `SharedArrayBuffer`, a region's
+/// `bytes`), so it is written through its raw pointer only, never through a `&mut [u8]`.
+pub struct Destination<'call> {
+    data: *mut u8,
+    len: usize,
+    _call: std::marker::PhantomData<&'call ()>,
+}
+
+impl Destination<'_> {
+    /// # Safety
+    /// `data` is valid for writes of `len` bytes for as long as the value is used (the
+    /// memory of a view passed to the current call, which nothing detaches before it
+    /// returns).
+    pub unsafe fn from_raw(data: *mut u8, len: usize) -> Self {
+        Destination {
+            data,
+            len,
+            _call: std::marker::PhantomData,
+        }
+    }
+
+    /// Copies `bytes` to the start; false, copying nothing, when they do not fit.
+    pub fn put(&self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.len {
+            return false;
+        }
+        // SAFETY: `data` is valid for `len` writes (`from_raw`'s contract) and `bytes` is
+        // not longer. A copy that tolerates overlap, though `bytes` is a message's own
+        // buffer and the destination JavaScript memory.
+        unsafe { ptr::copy(bytes.as_ptr(), self.data, bytes.len()) };
+        true
+    }
+}
+
 fn element_size(kind: sys::napi_typedarray_type) -> usize {
     match kind {
         sys::TypedarrayType::int16_array | sys::TypedarrayType::uint16_array => 2,

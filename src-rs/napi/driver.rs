@@ -16,7 +16,7 @@ use std::ptr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{BufferSlice, Either3, FromNapiValue, ToNapiValue};
+use napi::bindgen_prelude::{BufferSlice, Either, Either3, FromNapiValue, ToNapiValue};
 use napi::{Env, sys};
 use napi_derive::napi;
 use shmlink::{Endpoint, Event, Interest, Listener, Message, Payload, Region, Settle};
@@ -83,16 +83,7 @@ pub fn received<'env>(
     let staged = staging
         .as_ref()
         .filter(|staging| staging.put_regions(&message.regions));
-    if !message.regions.is_empty() {
-        let mut regions = arrived.regions.borrow_mut();
-        regions.clear();
-        regions.extend(
-            message
-                .regions
-                .iter()
-                .map(|incoming| incoming.region.clone()),
-        );
-    }
+    keep_regions(message, arrived);
     if let Some(staging) = staged
         && staging.put(&message.payload)
     {
@@ -110,7 +101,58 @@ pub fn received<'env>(
     if staged.is_some() || message.regions.is_empty() {
         return Ok(Either3::B(payload));
     }
-    let descriptions = message
+    Ok(Either3::C(ReceivedMessage {
+        payload,
+        regions: descriptions(message),
+    }))
+}
+
+/// A received message whose payload `recvSync` copied into the caller's buffer, where
+/// there is no staging memory to describe its regions in.
+#[napi(object)]
+pub struct ReceivedInto {
+    /// Bytes of payload at the start of the caller's buffer.
+    pub length: u32,
+    pub regions: Vec<IncomingRegion>,
+}
+
+/// Describes the regions of `message`, whose payload was copied into the caller's buffer:
+/// in the staging memory (then the value is the payload's length), or in an object where
+/// there is none.
+pub fn received_into(message: &Message, arrived: &Arrived) -> Either<u32, ReceivedInto> {
+    // At most the endpoint's `maxPayload`, a u32.
+    let length = message.payload.len() as u32;
+    let staging = arrived.staging.borrow();
+    let staged = staging
+        .as_ref()
+        .is_some_and(|staging| staging.put_regions(&message.regions));
+    keep_regions(message, arrived);
+    if staged {
+        Either::A(length)
+    } else {
+        Either::B(ReceivedInto {
+            length,
+            regions: descriptions(message),
+        })
+    }
+}
+
+/// Keeps `message`'s regions, if it has any, for `takeRegion`.
+fn keep_regions(message: &Message, arrived: &Arrived) {
+    if !message.regions.is_empty() {
+        let mut regions = arrived.regions.borrow_mut();
+        regions.clear();
+        regions.extend(
+            message
+                .regions
+                .iter()
+                .map(|incoming| incoming.region.clone()),
+        );
+    }
+}
+
+fn descriptions(message: &Message) -> Vec<IncomingRegion> {
+    message
         .regions
         .iter()
         .map(|incoming| IncomingRegion {
@@ -120,11 +162,7 @@ pub fn received<'env>(
             frozen: incoming.frozen,
             transferred: incoming.transferred,
         })
-        .collect();
-    Ok(Either3::C(ReceivedMessage {
-        payload,
-        regions: descriptions,
-    }))
+        .collect()
 }
 
 /// What happened on a connection, besides messages.

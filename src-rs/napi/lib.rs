@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use napi::Env;
-use napi::bindgen_prelude::{BufferSlice, FnArgs, Function, JsValue, Object, Uint8ArraySlice};
+use napi::bindgen_prelude::{
+    BufferSlice, Either, FnArgs, Function, JsValue, Object, Uint8ArraySlice,
+};
 use napi_derive::napi;
 use shmlink::{
     Attach, Bytes, Endpoint, ErrorKind, Limits, ListenOptions, Listener, Options, PeerFilter, Pool,
@@ -26,7 +28,7 @@ use shmlink::{
 };
 
 use crate::buffer::Handover;
-use crate::driver::{Arrived, Driver, EndpointEvent, Received, Target};
+use crate::driver::{Arrived, Driver, EndpointEvent, Received, ReceivedInto, Target};
 use crate::error::throw;
 
 thread_local! {
@@ -553,6 +555,45 @@ impl EndpointState {
         let message = received.map_err(|e| throw(env, e))?;
         self.received(env, message, Handover::Copy)
     }
+
+    /// [`EndpointState::recv_sync`] that copies the payload into `into`. A longer payload
+    /// is not received: its message stays first in line and the call fails with
+    /// `ERR_SHMLINK_PAYLOAD_TOO_LARGE`.
+    pub(crate) fn recv_sync_into(
+        &self,
+        env: &Env,
+        timeout_ms: f64,
+        into: &buffer::Destination,
+    ) -> napi::Result<Either<u32, ReceivedInto>> {
+        const OP: &str = "recvSync";
+        let timeout = to_timeout(env, OP, timeout_ms)?;
+        let mut stop = backend::interrupt_check(env.raw());
+        // The copy comes before `settle`, which may run JavaScript (event handlers) that
+        // could detach the view.
+        let copied = self
+            .endpoint
+            .recv_interruptible(timeout, &mut stop)
+            .and_then(|message| {
+                if into.put(&message.payload) {
+                    return Ok(message);
+                }
+                let length = message.payload.len();
+                self.endpoint.put_back(message);
+                Err(shmlink::Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    OP,
+                    format!(
+                        "the next message's payload is {length} bytes, more than `into` \
+                         holds; it stays queued: receive it into a buffer of at least \
+                         {length} bytes (one of the endpoint's maxPayload bytes holds any \
+                         payload), or without `into`"
+                    ),
+                ))
+            });
+        self.settle();
+        let message = copied.map_err(|e| throw(env, e))?;
+        Ok(driver::received_into(&message, &self.arrived))
+    }
 }
 
 #[napi]
@@ -709,9 +750,11 @@ impl NativeEndpoint {
     /// when the message left, otherwise its ticket, which a `sent` or `sendFailed` event
     /// settles; `sendSync` waits behind whatever is queued, up to `timeoutMs` (negative:
     /// forever). Attached regions come in order, and `transfers[i]` hands region `i`
-    /// over (unusable here until the peer sends it back).
+    /// over (unusable here until the peer sends it back). `recvSync` given `into` (a view)
+    /// copies the payload there and answers its length (or, without staging memory, a
+    /// `ReceivedInto`).
     #[napi(
-        ts_return_type = "{ send(payload: Uint8Array, regions?: NativeRegion[], transfers?: boolean[]): number; sendSync(payload: Uint8Array, timeoutMs: number, regions?: NativeRegion[], transfers?: boolean[]): void; recv(): number | Buffer | ReceivedMessage | null; recvSync(timeoutMs: number): number | Buffer | ReceivedMessage }"
+        ts_return_type = "{ send(payload: Uint8Array, regions?: NativeRegion[], transfers?: boolean[]): number; sendSync(payload: Uint8Array, timeoutMs: number, regions?: NativeRegion[], transfers?: boolean[]): void; recv(): number | Buffer | ReceivedMessage | null; recvSync(timeoutMs: number): number | Buffer | ReceivedMessage; recvSync(timeoutMs: number, into: ArrayBufferView): number | ReceivedInto }"
     )]
     pub fn bound_calls(&self, env: Env) -> napi::Result<Object<'_>> {
         bound::create(env.raw(), &self.shared)
