@@ -180,11 +180,15 @@ async function measureTransports(results) {
   const sync = new ShmlinkConn('sync')
   const ringLoop = new ShmlinkConn('loop', true)
   const ringSync = new ShmlinkConn('sync', true)
+  const syncInto = new ShmlinkConn('sync', false, true)
+  const ringSyncInto = new ShmlinkConn('sync', true, true)
   let transports = [
     new ShmlinkTransport(loop, 'inline'),
     new ShmlinkTransport(sync, 'inline'),
     new ShmlinkTransport(ringLoop, 'inline'),
     new ShmlinkTransport(ringSync, 'inline'),
+    new ShmlinkTransport(syncInto, 'inline'),
+    new ShmlinkTransport(ringSyncInto, 'inline'),
     new ShmlinkTransport(loop, 'first'),
     new ShmlinkTransport(loop, 'known'),
     new ShmlinkTransport(sync, 'known'),

@@ -57,6 +57,7 @@ const SPLIT_QUICK = [
   'js-spin',
   'shmlink-ring-inline',
   'shmlink-ring-inline-sync',
+  'shmlink-ring-inline-sync-into',
 ]
 /** Placements that run the driver under taskset -c 0. */
 const ON_CPU0 = new Set(['pinned', 'split'])

@@ -2,6 +2,7 @@
 // spawnWithEndpoint). argv[2] is the receive mode (argv[3] 'ring': offer a ring):
 //   loop: the event-loop API (await endpoint.recv() / await endpoint.send())
 //   sync: endpoint.recvSync() / endpoint.sendSync(), never returning to the event loop
+//   sync-into: the same, each payload received into one reused buffer (recvSync({ into }))
 //
 // Each data message is either inline (the payload is the data) or a 16-byte header with a
 // region attached (byte 1 bit 0: close the region after acking: a first-time handoff;
@@ -77,11 +78,11 @@ async function loop() {
   }
 }
 
-function sync() {
+function sync(options) {
   for (;;) {
     let message
     try {
-      message = endpoint.recvSync()
+      message = endpoint.recvSync(options)
     } catch (error) {
       if (isEnd(error)) return
       throw error
@@ -93,7 +94,8 @@ function sync() {
 }
 
 try {
-  if (mode === 'sync') sync()
+  if (mode === 'sync') sync({})
+  else if (mode === 'sync-into') sync({ into: Buffer.alloc(64 * 1024) })
   else await loop()
   endpoint.close()
 } catch (error) {

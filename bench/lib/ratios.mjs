@@ -30,6 +30,7 @@ export const RING_TARGETS = [
 export const RING_DEFINITIONS = {
   overhead_ring_rtt16_sync_split_vs_js_spin: 'shmlink-ring-inline-sync 16 B ÷ js-spin 16 B, both in the split placement',
   overhead_ring_rtt16_sync_split_vs_c_spin: 'shmlink-ring-inline-sync 16 B ÷ c-spin 16 B, both in the split placement',
+  overhead_ring_rtt16_sync_into_split_vs_js_spin: 'shmlink-ring-inline-sync-into 16 B ÷ js-spin 16 B, both in the split placement: recvSync into a reused buffer',
   speedup_ring_rtt16_loop_split_vs_c_socket_pinned: 'c-seqpacket-inline 16 B in the pinned placement ÷ shmlink-ring-inline 16 B in the split placement',
   overhead_ring_rtt16_pinned_vs_socket_pinned: 'shmlink-ring-inline 16 B ÷ shmlink-inline 16 B, both in the pinned placement',
   ring_idle_cpu_percent: 'CPU time of both processes over 5 s of idleness right after a stream of 16-byte messages through the ring, as a percent of one CPU; the highest of the placements measured (ring_idle in each placement)',
@@ -48,6 +49,7 @@ export function ringRatios(placements) {
   return {
     overhead_ring_rtt16_sync_split_vs_js_spin: quotient(median(split, 'shmlink-ring-inline-sync', 16), median(split, 'js-spin', 16)),
     overhead_ring_rtt16_sync_split_vs_c_spin: quotient(median(split, 'shmlink-ring-inline-sync', 16), median(split, 'c-spin', 16)),
+    overhead_ring_rtt16_sync_into_split_vs_js_spin: quotient(median(split, 'shmlink-ring-inline-sync-into', 16), median(split, 'js-spin', 16)),
     speedup_ring_rtt16_loop_split_vs_c_socket_pinned: quotient(median(pinned, 'c-seqpacket-inline', 16), median(split, 'shmlink-ring-inline', 16)),
     overhead_ring_rtt16_pinned_vs_socket_pinned: quotient(median(pinned, 'shmlink-ring-inline', 16), median(pinned, 'shmlink-inline', 16)),
     ring_idle_cpu_percent: worstIdle(placements),
@@ -96,6 +98,8 @@ export const DEFINITIONS = {
   c_floor_handoff64m_vs_rtt16: 'c-seqpacket-shared 64 MiB ÷ c-seqpacket-inline 16 B: the same quotient as overhead_handoff64m_vs_rtt16, for C',
   overhead_handoff64m_vs_c_floor: 'shmlink-known 64 MiB ÷ c-seqpacket-shared 64 MiB',
   overhead_handoff64m_sync_vs_c_floor: 'shmlink-known-sync 64 MiB ÷ c-seqpacket-shared 64 MiB',
+  overhead_inline64k_sync_vs_c: 'shmlink-inline-sync 64 KiB ÷ c-seqpacket-inline 64 KiB: recvSync copies each payload into a new Buffer',
+  overhead_inline64k_sync_into_vs_c: 'shmlink-inline-sync-into 64 KiB ÷ c-seqpacket-inline 64 KiB: recvSync into a reused buffer',
   speedup_rtt16_sync_vs_cp_json: 'child_process-json 16 B ÷ shmlink-inline-sync 16 B',
   speedup_rtt16_vs_cp_advanced: 'child_process-advanced 16 B ÷ shmlink-inline 16 B',
   speedup_handoff64m_vs_net: 'net-unix 64 MiB ÷ shmlink-known 64 MiB',
@@ -158,6 +162,8 @@ export function computeRatios(p) {
     c_floor_handoff64m_vs_rtt16: quotient(median(t, 'c-seqpacket-shared', M64), median(t, 'c-seqpacket-inline', 16)),
     overhead_handoff64m_vs_c_floor: quotient(median(t, 'shmlink-known', M64), median(t, 'c-seqpacket-shared', M64)),
     overhead_handoff64m_sync_vs_c_floor: quotient(median(t, 'shmlink-known-sync', M64), median(t, 'c-seqpacket-shared', M64)),
+    overhead_inline64k_sync_vs_c: quotient(median(t, 'shmlink-inline-sync', 64 * 1024), median(t, 'c-seqpacket-inline', 64 * 1024)),
+    overhead_inline64k_sync_into_vs_c: quotient(median(t, 'shmlink-inline-sync-into', 64 * 1024), median(t, 'c-seqpacket-inline', 64 * 1024)),
     speedup_rtt16_sync_vs_cp_json: quotient(median(t, 'child_process-json', 16), median(t, 'shmlink-inline-sync', 16)),
     speedup_rtt16_vs_cp_advanced: quotient(median(t, 'child_process-advanced', 16), median(t, 'shmlink-inline', 16)),
     speedup_handoff64m_vs_net: quotient(median(t, 'net-unix', M64), median(t, 'shmlink-known', M64)),

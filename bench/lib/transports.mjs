@@ -114,17 +114,22 @@ const COMMAND = (letter) => Buffer.from(`${letter}\0\0\0`)
 
 /** One child process (bench/children/shmlink-child.mjs) in one receive mode. */
 export class ShmlinkConn {
-  /** ring: both ends offer a ring (docs/PROTOCOL.md §9), with the default busy-poll window. */
-  constructor(mode, ring = false) {
+  /**
+   * ring: both ends offer a ring (docs/PROTOCOL.md §9), with the default busy-poll window.
+   * into (sync mode only): both ends receive with recvSync({ into }), each into one buffer
+   * of 64 KiB reused for every message.
+   */
+  constructor(mode, ring = false, into = false) {
     this.mode = mode // 'loop' | 'sync'
     this.ring = ring
+    this.into = into
     this.users = 0
   }
 
   async start() {
     if (this.endpoint !== undefined) return
     const { child, endpoint } = spawnWithEndpoint(
-      ...onChildCpu(process.execPath, [...nodeArgs, CHILD('shmlink-child.mjs'), this.mode, this.ring ? 'ring' : 'socket']),
+      ...onChildCpu(process.execPath, [...nodeArgs, CHILD('shmlink-child.mjs'), this.into ? 'sync-into' : this.mode, this.ring ? 'ring' : 'socket']),
       { stdio: ['ignore', 'inherit', 'inherit'], ring: this.ring },
     )
     this.child = track(child)
@@ -173,7 +178,7 @@ export class ShmlinkTransport {
     this.conn = conn
     this.kind = kind
     const sync = conn.mode === 'sync'
-    this.id = `shmlink${conn.ring ? '-ring' : ''}-${kind}${sync ? '-sync' : ''}`
+    this.id = `shmlink${conn.ring ? '-ring' : ''}-${kind}${sync ? '-sync' : ''}${conn.into ? '-into' : ''}`
     this.family = 'shmlink'
     this.label =
       {
@@ -183,7 +188,7 @@ export class ShmlinkTransport {
         copy: 'shmlink copy mode (Electron): region.write() in, readInto() out, region known to the peer',
       }[kind] +
       (conn.ring ? ', through the ring (busy-poll 50 µs)' : '') +
-      (sync ? ' (recvSync)' : ' (await recv)')
+      (sync ? (conn.into ? ' (recvSync into a reused buffer)' : ' (recvSync)') : ' (await recv)')
   }
 
   supports(size) {
@@ -223,7 +228,7 @@ export class ShmlinkTransport {
     if (this.conn.mode === 'sync') {
       const data = this.data
       const region = this.region
-      const recvOptions = { timeoutMs: SYNC_TIMEOUT_MS }
+      const recvOptions = this.conn.into ? { timeoutMs: SYNC_TIMEOUT_MS, into: Buffer.alloc(MAX_INLINE) } : { timeoutMs: SYNC_TIMEOUT_MS }
       if (this.kind === 'inline') {
         for (let i = 0; i <= n; i++) {
           const t0 = now()
