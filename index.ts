@@ -436,10 +436,18 @@ function toMessage(native: NativeEndpoint, staging: Staging | undefined, receive
   return withRegions(native, received.payload, received.regions)
 }
 
+/** Memory `recvSync` receives into: the caller's `into`, a byte view of it, and where that view lies. */
+interface Target {
+  source: ArrayBufferView | ArrayBuffer
+  view: Uint8Array
+  buffer: ArrayBufferLike
+  offset: number
+}
+
 /** The message `recvSync` received into `into`: its length, and its regions staged or listed. */
-function intoMessage(native: NativeEndpoint, staging: Staging | undefined, into: ArrayBufferView, received: number | ReceivedInto): Message {
+function intoMessage(native: NativeEndpoint, staging: Staging | undefined, into: Target, received: number | ReceivedInto): Message {
   const length = typeof received === 'number' ? received : received.length
-  const payload = Buffer.from(into.buffer, into.byteOffset, length)
+  const payload = Buffer.from(into.buffer, into.offset, length)
   if (typeof received === 'number') return withStagedRegions(native, staging, payload)
   return withRegions(native, payload, received.regions)
 }
@@ -567,6 +575,8 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   readonly #calls: ReturnType<NativeEndpoint['boundCalls']>
   /** Where the binding leaves short payloads and region descriptions; undefined in a memory cage. */
   readonly #staging: Staging | undefined
+  /** The `into` of the last `recvSync` given one. */
+  #lastTarget: Target | undefined
   /** Why the connection ended, once it has. */
   #ended: ShmlinkError | undefined
   readonly #waiters: Waiter<Message>[] = []
@@ -820,10 +830,19 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   /** Receives the next message, blocking the thread (for CLIs and worker threads). */
   recvSync(options: RecvSyncOptions = {}): Message {
     const timeoutMs = checkTimeout(options.timeoutMs)
-    const into = options.into === undefined ? undefined : toView(options.into, 'options.into')
+    const into = options.into === undefined ? undefined : this.#target(options.into)
     const native = this.#live()
     if (into === undefined) return toMessage(native, this.#staging, this.#calls.recvSync(timeoutMs))
-    return intoMessage(native, this.#staging, into, this.#calls.recvSync(timeoutMs, into))
+    return intoMessage(native, this.#staging, into, this.#calls.recvSync(timeoutMs, into.view))
+  }
+
+  /** `into` as recvSync uses it, kept while the same one comes back: reading `.buffer` costs a call into V8's runtime. */
+  #target(into: ArrayBufferView | ArrayBuffer): Target {
+    if (this.#lastTarget?.source !== into) {
+      const view = toView(into, 'options.into')
+      this.#lastTarget = { source: into, view, buffer: view.buffer, offset: view.byteOffset }
+    }
+    return this.#lastTarget
   }
 
   /**
@@ -865,6 +884,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
     this.#closing = true
     native.close()
     this.#native = undefined
+    this.#lastTarget = undefined
     this.#end(undefined)
   }
 
