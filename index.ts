@@ -336,10 +336,12 @@ export interface RecvSyncOptions {
   timeoutMs?: number
   /**
    * Memory to receive the payload into, reused from call to call: the message's `payload`
-   * is then a `Buffer` over its first bytes, and no memory is allocated for it. A payload
-   * longer than `into` is not received: the call throws `ERR_SHMLINK_PAYLOAD_TOO_LARGE`
-   * and the message stays first in line. One of the endpoint's `maxPayload` bytes (64 KiB
-   * unless changed) holds any payload.
+   * is then a `Buffer` over its first bytes, and no memory is allocated for it. That
+   * `Buffer` shows what the next receive into the same memory writes there: copy out
+   * what you keep. A payload longer than `into` is not received: the call throws
+   * `ERR_SHMLINK_PAYLOAD_TOO_LARGE` and the message stays first in line. One of the
+   * endpoint's `maxPayload` bytes (64 KiB unless changed) holds any payload. A region's
+   * `bytes` work too, but the peer sharing that region can then change the payload.
    */
   into?: ArrayBufferView | ArrayBuffer
 }
@@ -447,7 +449,8 @@ interface Target {
 /** The message `recvSync` received into `into`: its length, and its regions staged or listed. */
 function intoMessage(native: NativeEndpoint, staging: Staging | undefined, into: Target, received: number | ReceivedInto): Message {
   const length = typeof received === 'number' ? received : received.length
-  const payload = Buffer.from(into.buffer, into.offset, length)
+  // An empty payload needs none of into's memory, which may even be detached.
+  const payload = length === 0 ? Buffer.alloc(0) : Buffer.from(into.buffer, into.offset, length)
   if (typeof received === 'number') return withStagedRegions(native, staging, payload)
   return withRegions(native, payload, received.regions)
 }

@@ -185,9 +185,10 @@ test('recvSync({ into }) receives every size into the caller’s memory, reused 
       a.sendSync(pattern(size, i))
       const { payload } = b.recvSync({ into, timeoutMs: 5000 })
       t.true(payload.equals(pattern(size, i)), `ring ${ring}: ${size} bytes`)
+      t.true(Buffer.from(memory, 100, size).equals(pattern(size, i)))
+      if (size === 0) continue
       t.is(payload.buffer, memory, 'the payload is the caller’s memory')
       t.is(payload.byteOffset, 100)
-      t.true(Buffer.from(memory, 100, size).equals(pattern(size, i)))
     }
     a.close()
     b.close()
@@ -207,6 +208,13 @@ test('recvSync({ into }) takes any view or ArrayBuffer, and refuses what is not 
     a.sendSync(sent)
     t.true(b.recvSync({ into }).payload.equals(sent), what)
   }
+  const detached = new Uint8Array(16)
+  structuredClone(detached.buffer, { transfer: [detached.buffer] })
+  a.sendSync('')
+  t.is(b.recvSync({ into: detached }).payload.length, 0, 'an empty payload into a detached buffer')
+  a.sendSync('abc')
+  t.throws(() => b.recvSync({ into: detached }), { code: 'ERR_SHMLINK_PAYLOAD_TOO_LARGE' })
+  t.is(b.recvSync({ into: new Uint8Array(3) }).payload.toString(), 'abc')
   for (const into of ['text', 5, {}, [1, 2]]) {
     t.throws(() => b.recvSync({ into: into as never, timeoutMs: 0 }), { code: 'ERR_SHMLINK_INVALID_ARG', instanceOf: TypeError })
   }
