@@ -767,6 +767,9 @@ impl Endpoint {
         let mut conn = self.conn();
         conn.inbox_bytes += message.payload.footprint();
         conn.inbox.push_front(message);
+        // The next blocking receive must look before it waits: nothing on the socket
+        // announces this message.
+        conn.last_receive_waited = false;
     }
 
     /// Receives one message, waiting up to `timeout` (`None`: forever).

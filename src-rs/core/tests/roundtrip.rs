@@ -344,11 +344,18 @@ fn a_message_put_back_comes_next_and_turns_the_loop_for_a_waiting_receive() {
     let _serial = serial();
     let (a, b) = Endpoint::pair().unwrap();
     b.attach_driver();
+    let timed_out = b.recv_timeout(Some(Duration::from_millis(1))).unwrap_err();
+    assert_eq!(timed_out.kind(), ErrorKind::TimedOut);
     a.send(b"first", &[]).unwrap();
-    a.send(b"second", &[]).unwrap();
     let first = b.recv_timeout(WAIT).unwrap();
     b.put_back(first);
-    assert_eq!(b.recv_timeout(WAIT).unwrap().payload, b"first");
+    let again = b.recv_timeout(Some(Duration::from_millis(100)));
+    assert_eq!(
+        again.map(|m| m.payload).ok(),
+        Some(b"first".to_vec().into()),
+        "a receive that waited before looks at the inbox first"
+    );
+    a.send(b"second", &[]).unwrap();
     assert!(b.recv_or_want().unwrap().is_some(), "the second message");
     assert!(b.recv_or_want().unwrap().is_none(), "a receive now waits");
     a.send(b"third", &[]).unwrap();
