@@ -438,9 +438,8 @@ function toMessage(native: NativeEndpoint, staging: Staging | undefined, receive
   return withRegions(native, received.payload, received.regions)
 }
 
-/** Memory `recvSync` receives into: the caller's `into`, a byte view of it, and where that view lies. */
+/** Memory `recvSync` receives into: a byte view of the caller's `into`, and where it lies. */
 interface Target {
-  source: ArrayBufferView | ArrayBuffer
   view: Uint8Array
   buffer: ArrayBufferLike
   offset: number
@@ -833,18 +832,18 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   /** Receives the next message, blocking the thread (for CLIs and worker threads). */
   recvSync(options: RecvSyncOptions = {}): Message {
     const timeoutMs = checkTimeout(options.timeoutMs)
-    const into = options.into === undefined ? undefined : this.#target(options.into)
+    const into = options.into === undefined ? undefined : this.#target(toView(options.into, 'options.into'))
     const native = this.#live()
     if (into === undefined) return toMessage(native, this.#staging, this.#calls.recvSync(timeoutMs))
     return intoMessage(native, this.#staging, into, this.#calls.recvSync(timeoutMs, into.view))
   }
 
-  /** `into` as recvSync uses it, kept while the same one comes back: reading `.buffer` costs a call into V8's runtime. */
-  #target(into: ArrayBufferView | ArrayBuffer): Target {
-    if (this.#lastTarget?.source !== into) {
-      const view = toView(into, 'options.into')
-      this.#lastTarget = { source: into, view, buffer: view.buffer, offset: view.byteOffset }
-    }
+  /**
+   * Where `view` lies, kept while the same view comes back (a Buffer or Uint8Array passed
+   * as `into` is its own view): reading `.buffer` is a call into V8's runtime.
+   */
+  #target(view: Uint8Array): Target {
+    if (this.#lastTarget?.view !== view) this.#lastTarget = { view, buffer: view.buffer, offset: view.byteOffset }
     return this.#lastTarget
   }
 

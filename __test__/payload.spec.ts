@@ -8,6 +8,12 @@ import { settle } from './helpers'
 
 const SIZES = [0, 1, 16, 32 * 1024 - 1, 32 * 1024, 48 * 1024 + 5, 64 * 1024]
 
+/** A resizable ArrayBuffer (ES2024, newer than the lib these tests compile against). */
+function resizable(length: number, maxByteLength: number): ArrayBuffer & { resize(length: number): void } {
+  const Resizable = ArrayBuffer as unknown as new (length: number, options: { maxByteLength: number }) => ArrayBuffer & { resize(length: number): void }
+  return new Resizable(length, { maxByteLength })
+}
+
 function pattern(size: number, seed: number): Buffer {
   const bytes = Buffer.alloc(size)
   for (let i = 0; i < size; i++) bytes[i] = (i * 31 + seed) & 0xff
@@ -208,6 +214,14 @@ test('recvSync({ into }) takes any view or ArrayBuffer, and refuses what is not 
     a.sendSync(sent)
     t.true(b.recvSync({ into }).payload.equals(sent), what)
   }
+  // A view over a resizable buffer follows it: the same view object holds more once the
+  // buffer grew.
+  const growing = resizable(8, 64)
+  const tracking = new Float64Array(growing)
+  a.sendSync(sent)
+  t.throws(() => b.recvSync({ into: tracking }), { code: 'ERR_SHMLINK_PAYLOAD_TOO_LARGE' })
+  growing.resize(24)
+  t.true(b.recvSync({ into: tracking }).payload.equals(sent), 'the grown buffer holds it')
   const detached = new Uint8Array(16)
   structuredClone(detached.buffer, { transfer: [detached.buffer] })
   a.sendSync('')
