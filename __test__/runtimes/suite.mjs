@@ -82,6 +82,17 @@ await check('sync calls', async () => {
   a.sendSync('too long for it')
   throws(() => b.recvSync({ into, timeoutMs: 1000 }), 'ERR_SHMLINK_PAYLOAD_TOO_LARGE')
   expect(b.recvSync({ timeoutMs: 1000 }).payload.toString() === 'too long for it', 'the message that did not fit, next')
+  // Put back while a recv() waits: the wake-up backend must turn the loop for it.
+  const waiting = b.recv()
+  a.sendSync('for the waiting recv')
+  throws(() => b.recvSync({ into, timeoutMs: 1000 }), 'ERR_SHMLINK_PAYLOAD_TOO_LARGE')
+  let timer
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error('expected the waiting recv() to get it within 5 s')), 5000)
+  })
+  const got = await Promise.race([waiting, late])
+  clearTimeout(timer)
+  expect(got.payload.toString() === 'for the waiting recv', 'the waiting recv() got it')
   a.close()
   throws(() => b.recvSync(), 'ERR_SHMLINK_PEER_CLOSED')
 })
