@@ -318,9 +318,9 @@ pub struct Destination<'call> {
 
 impl Destination<'_> {
     /// # Safety
-    /// `data` is valid for writes of `len` bytes for as long as the value is used (the
-    /// memory of a view passed to the current call, which nothing detaches before it
-    /// returns).
+    /// `data` is valid for writes of `len` bytes for as long as the value is used: the
+    /// memory of a view passed to the current call, used only before any JavaScript can
+    /// run again (which could detach it).
     pub unsafe fn from_raw(data: *mut u8, len: usize) -> Self {
         Destination {
             data,
