@@ -548,11 +548,7 @@ impl EndpointState {
         env: &'env Env,
         timeout_ms: f64,
     ) -> napi::Result<Received<'env>> {
-        let timeout = to_timeout(env, "recvSync", timeout_ms)?;
-        let mut stop = backend::interrupt_check(env.raw());
-        let received = self.endpoint.recv_interruptible(timeout, &mut stop);
-        self.settle();
-        let message = received.map_err(|e| throw(env, e))?;
+        let message = self.recv_blocking(env, timeout_ms, Ok)?;
         self.received(env, message, Handover::Copy)
     }
 
@@ -565,34 +561,42 @@ impl EndpointState {
         timeout_ms: f64,
         into: &buffer::Destination,
     ) -> napi::Result<Either<u32, ReceivedInto>> {
-        const OP: &str = "recvSync";
-        let timeout = to_timeout(env, OP, timeout_ms)?;
+        let message = self.recv_blocking(env, timeout_ms, |message| {
+            if into.put(&message.payload) {
+                return Ok(message);
+            }
+            let length = message.payload.len();
+            self.endpoint.put_back(message);
+            Err(shmlink::Error::new(
+                ErrorKind::PayloadTooLarge,
+                "recvSync",
+                format!(
+                    "the next message's payload is {length} bytes, more than `into` holds; \
+                     it stays queued: receive it into a buffer of at least {length} bytes \
+                     (one of the endpoint's maxPayload bytes holds any payload), or without \
+                     `into`"
+                ),
+            ))
+        })?;
+        Ok(driver::received_into(&message, &self.arrived))
+    }
+
+    /// The next message, waiting up to `timeoutMs`, once `take` has had it: `take` runs
+    /// before events are settled, which may run JavaScript handlers.
+    fn recv_blocking(
+        &self,
+        env: &Env,
+        timeout_ms: f64,
+        take: impl FnOnce(shmlink::Message) -> shmlink::Result<shmlink::Message>,
+    ) -> napi::Result<shmlink::Message> {
+        let timeout = to_timeout(env, "recvSync", timeout_ms)?;
         let mut stop = backend::interrupt_check(env.raw());
-        // The copy comes before `settle`, which may run JavaScript (event handlers) that
-        // could detach the view.
-        let copied = self
+        let taken = self
             .endpoint
             .recv_interruptible(timeout, &mut stop)
-            .and_then(|message| {
-                if into.put(&message.payload) {
-                    return Ok(message);
-                }
-                let length = message.payload.len();
-                self.endpoint.put_back(message);
-                Err(shmlink::Error::new(
-                    ErrorKind::PayloadTooLarge,
-                    OP,
-                    format!(
-                        "the next message's payload is {length} bytes, more than `into` \
-                         holds; it stays queued: receive it into a buffer of at least \
-                         {length} bytes (one of the endpoint's maxPayload bytes holds any \
-                         payload), or without `into`"
-                    ),
-                ))
-            });
+            .and_then(take);
         self.settle();
-        let message = copied.map_err(|e| throw(env, e))?;
-        Ok(driver::received_into(&message, &self.arrived))
+        taken.map_err(|e| throw(env, e))
     }
 }
 
