@@ -332,7 +332,10 @@ export interface RecvOptions {
 }
 
 export interface RecvSyncOptions {
-  /** How long to wait; forever when absent, 0 to take only what is already there. */
+  /**
+   * How long to wait; forever when absent, 0 to take only what is already there. Counted
+   * from when the call has to wait; with a ring it never spins longer than this.
+   */
   timeoutMs?: number
   /**
    * Memory to receive the payload into, reused from call to call: the message's `payload`
@@ -361,9 +364,9 @@ export interface RingOptions {
   /** Offer a ring in the handshake; small messages then skip the socket. Default false. */
   ring?: boolean
   /**
-   * With a ring: how long (µs) a waiting receive spins before it sleeps, and how long the
-   * event loop keeps polling the ring after delivering messages. Adaptive up to this; 0
-   * never spins. Default 50, except in an Electron main process (0: it runs the UI).
+   * With a ring: how long (µs) a waiting receive spins before it sleeps (never longer
+   * than its `timeoutMs`), and how long the event loop keeps polling the ring after
+   * delivering messages. Adaptive up to this; 0 never spins. Default 50, except in an Electron main process (0: it runs the UI).
    */
   busyPollUs?: number
 }

@@ -105,8 +105,8 @@ pub struct Options {
     /// peer offers one too, small messages travel without a system call. Off by default:
     /// it pays only with [`Options::busy_poll`], which costs CPU time while waiting.
     pub ring: bool,
-    /// With a ring: how long a waiting receive spins (adaptively, up to this) before it
-    /// sleeps, and how long an event loop keeps polling the ring after delivering
+    /// With a ring: how long a waiting receive spins (adaptively, up to this, and never
+    /// longer than its timeout) before it sleeps, and how long an event loop keeps polling the ring after delivering
     /// messages before it goes back to sleep. `Duration::ZERO` never spins.
     pub busy_poll: Duration,
 }
@@ -252,6 +252,36 @@ impl Queued {
             if transfer {
                 region.keep();
             }
+        }
+    }
+}
+
+/// When a blocking call gives up: its timeout, counted from the first time the call has
+/// to wait. A call that finds its message or its room at once never reads the clock (a
+/// fifth of a ring round trip's native time went to those reads).
+struct Deadline {
+    timeout: Option<Duration>,
+    at: Option<Option<Instant>>,
+}
+
+impl Deadline {
+    fn after(timeout: Option<Duration>) -> Deadline {
+        Deadline { timeout, at: None }
+    }
+
+    /// The instant to give up at (`None`: never), fixed by the first call.
+    fn get(&mut self) -> Option<Instant> {
+        let timeout = self.timeout;
+        *self
+            .at
+            .get_or_insert_with(|| timeout.map(|t| Instant::now() + t))
+    }
+
+    /// How long is left (`None`: no limit), without fixing the deadline.
+    fn left(&self) -> Option<Duration> {
+        match self.at {
+            None => self.timeout,
+            Some(at) => at.map(|at| at.saturating_duration_since(Instant::now())),
         }
     }
 }
@@ -677,7 +707,7 @@ impl Endpoint {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<()> {
         const OP: &str = "sendSync";
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut deadline = Deadline::after(timeout);
         let ticket = match self.conn().submit(OP, payload, regions, true)? {
             Submitted::Sent => return Ok(()),
             Submitted::Queued(ticket) => ticket,
@@ -691,7 +721,7 @@ impl Endpoint {
                 }
                 conn.blocking_interest()
             };
-            if let Err(e) = self.wait(interest, deadline, OP, interrupted) {
+            if let Err(e) = self.wait(interest, deadline.get(), OP, interrupted) {
                 let mut conn = self.conn();
                 if conn.cancel(ticket) {
                     return Err(e);
@@ -772,7 +802,8 @@ impl Endpoint {
         conn.last_receive_waited = false;
     }
 
-    /// Receives one message, waiting up to `timeout` (`None`: forever).
+    /// Receives one message, waiting up to `timeout` (`None`: forever; zero: only what
+    /// is there), counted from when it first has to wait.
     pub fn recv_timeout(&self, timeout: Option<Duration>) -> Result<Message> {
         self.recv_interruptible(timeout, &mut || false)
     }
@@ -785,13 +816,13 @@ impl Endpoint {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Message> {
         const OP: &str = "recvSync";
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut wait_first = self.conn().last_receive_waited;
+        let mut deadline = Deadline::after(timeout);
+        let mut conn = self.conn();
+        let mut wait_first = conn.last_receive_waited;
         loop {
             if wait_first {
-                self.wait_inbound(deadline, OP, interrupted)?;
+                conn = self.wait_inbound(conn, &mut deadline, OP, interrupted)?;
             }
-            let mut conn = self.conn();
             conn.readable = true;
             match conn.take_message(OP) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {

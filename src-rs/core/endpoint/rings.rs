@@ -4,10 +4,10 @@
 //! and waits, as the rest of the endpoint does for the socket.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Arrival, Conn, Endpoint, RawFrame, Received, Source, in_slices};
+use super::{Arrival, Conn, Deadline, Endpoint, RawFrame, Received, Source, in_slices};
 use crate::bytes::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ring::{self, Consumer, LOOP, Mapped, Placement, Producer, Spin};
@@ -430,29 +430,41 @@ impl Endpoint {
     /// Waits until something may be received: with the peer's ring, by spinning on it
     /// (adaptively), then parking on its futex in slices that also look at the socket, so
     /// a frame there, the end-of-file or a dead peer (whose socket closes) is noticed.
-    /// Otherwise, on the socket.
-    pub(super) fn wait_inbound(
-        &self,
-        deadline: Option<Instant>,
+    /// Otherwise, on the socket. Takes the caller's lock and hands it back, held again:
+    /// a message that comes while this side spins is taken without locking twice more.
+    pub(super) fn wait_inbound<'a>(
+        &'a self,
+        mut conn: MutexGuard<'a, Conn>,
+        deadline: &mut Deadline,
         op: &'static str,
         interrupted: &mut dyn FnMut() -> bool,
-    ) -> Result<()> {
-        let (waiter, (budget, woke_peer)) = {
-            let mut conn = self.conn();
-            let on_ring =
-                conn.rings.held.is_none() && !conn.rings.eof && !conn.session.owes_socket_frames();
-            match &conn.rings.inbound {
-                Some(consumer) if on_ring => (consumer.waiter(), conn.rings.spin_plan()),
-                _ => {
-                    drop(conn);
-                    return self.wait(Interest::READABLE, deadline, op, interrupted);
-                }
+    ) -> Result<MutexGuard<'a, Conn>> {
+        let on_ring =
+            conn.rings.held.is_none() && !conn.rings.eof && !conn.session.owes_socket_frames();
+        let (waiter, (budget, woke_peer)) = match &conn.rings.inbound {
+            Some(consumer) if on_ring => (consumer.waiter(), conn.rings.spin_plan()),
+            _ => {
+                drop(conn);
+                self.wait(Interest::READABLE, deadline.get(), op, interrupted)?;
+                return Ok(self.conn());
             }
         };
+        drop(conn);
+        // A receive that may wait less than the spin budget spins only that long (a poll
+        // with a zero timeout not at all), and such a short spin that finds nothing says
+        // nothing about what spinning earns.
+        let (budget, cut) = match deadline.left() {
+            Some(left) if left < budget => (left, true),
+            _ => (budget, false),
+        };
         let found = ring::spin_until(budget, &mut || waiter.has_data());
-        self.conn().rings.spin.record(found, woke_peer);
         if found {
-            return Ok(());
+            let mut conn = self.conn();
+            conn.rings.spin.record(found, woke_peer);
+            return Ok(conn);
+        }
+        if !cut {
+            self.conn().rings.spin.record(found, woke_peer);
         }
         let socket_ready = || {
             let conn = self.conn();
@@ -461,9 +473,10 @@ impl Endpoint {
                 None => true,
             }
         };
-        in_slices(deadline, op, interrupted, |slice| {
+        in_slices(deadline.get(), op, interrupted, |slice| {
             waiter.park(slice, &mut || socket_ready());
             Ok(waiter.has_data() || socket_ready())
-        })
+        })?;
+        Ok(self.conn())
     }
 }

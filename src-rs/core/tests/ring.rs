@@ -168,6 +168,41 @@ fn a_parked_receiver_is_woken_by_the_ring_and_by_the_socket() {
     }
 }
 
+/// A receive never spins longer than it may wait: with a busy-poll window far longer than
+/// its timeout, a receive that times out returns after about its timeout, and a poll
+/// (timeout 0) at once, also after a receive that waited (which makes the next one wait
+/// for the ring first).
+#[test]
+fn a_receive_spins_no_longer_than_its_timeout() {
+    let options = || Options {
+        busy_poll: Duration::from_secs(4),
+        ..with_ring(true)
+    };
+    let (x, fd) = Endpoint::pair_for_child(options()).unwrap();
+    let y = Endpoint::from_fd(fd, options()).unwrap();
+    x.handshake(Some(Duration::from_secs(5))).unwrap();
+    y.handshake(Some(Duration::from_secs(5))).unwrap();
+    // The first messages may leave before the sender's RING, on the socket.
+    for _ in 0..50 {
+        x.send_blocking(&[1u8], &[], None).unwrap();
+        assert_eq!(recv(&y).payload, [1]);
+    }
+    assert!(y.stats().ring_messages_in > 0, "{:?}", y.stats());
+    for timeout in [Duration::from_millis(20), Duration::ZERO, Duration::ZERO] {
+        let started = Instant::now();
+        let error = y.recv_timeout(Some(timeout)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TimedOut);
+        // Spinning the whole window would take 4 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a receive with a timeout of {timeout:?} took {:?}",
+            started.elapsed()
+        );
+    }
+    x.send_blocking(&[2u8], &[], None).unwrap();
+    assert_eq!(recv(&y).payload, [2]);
+}
+
 /// The peer's end, clean or not, reaches a receiver parked on the ring's futex, after
 /// every message the peer published before it.
 #[test]
