@@ -217,6 +217,8 @@ export class Region implements Disposable {
    * write the region, this is memory another process changes at any time, like a
    * `SharedArrayBuffer`: copy with `read()` before decoding or parsing untrusted data.
    * Writes to a frozen region's view change a private copy that nobody else sees.
+   * V8 counts each new view as external memory: the first view of a region of 64 MiB or
+   * more starts a garbage collection; a {@link RegionPool} makes its views once.
    */
   get bytes(): Uint8Array {
     if (!zeroCopy()) {
