@@ -1,7 +1,9 @@
 import test from 'ava'
 
-import { Endpoint, Region } from '../index'
-import { fdCount, regionMappingCount, settle } from './helpers'
+import { once } from 'node:events'
+
+import { Endpoint, Region, spawnWithEndpoint } from '../index'
+import { fdCount, fixture, regionMappingCount, settle } from './helpers'
 
 // Serial: each test counts this process's descriptors and mappings.
 
@@ -54,6 +56,8 @@ test.serial('100 000 messages, some with new regions, leave descriptors and mapp
   await settle()
   t.true(fdCount() <= fds, `descriptors grew from ${fds} to ${fdCount()}`)
   t.is(regionMappingCount(), regionMaps, 'region mappings')
+  // Used to the end: a region nothing holds any more is released and unmapped.
+  shared.close()
   a.close()
   b.close()
 })
@@ -89,4 +93,38 @@ test.serial('a long-lived region does not keep the endpoints it was sent on aliv
   await settle(6)
   t.is(gone.filter((ref) => ref.deref() !== undefined).length, 0)
   region.close()
+})
+
+test.serial('frames a child hands back and lets go of are released: the README pattern, looped', async (t) => {
+  // Without this, the child's id for each frame it sent back kept the frame alive in both
+  // processes (a descriptor here, a mapping there) until the connection ended.
+  const { child, endpoint } = spawnWithEndpoint(process.execPath, ['--expose-gc', fixture('hand-back-child.cjs')], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  })
+  await settle()
+  const fds = fdCount()
+  for (const transfer of [true, false]) {
+    for (let i = 0; i < 40; i++) {
+      const frame = Region.create(1024 * 1024)
+      frame.bytes.fill(42)
+      await endpoint.send(`frame ${i}`, transfer ? { transfer: [frame] } : { regions: [frame] })
+      const { payload, regions } = await endpoint.recv()
+      t.is(payload.toString(), 'done')
+      t.is(regions[0], frame)
+      t.is(frame.bytes[0], 43)
+      frame.close()
+    }
+    await endpoint.send('collect')
+    t.is((await endpoint.recv()).payload.toString(), 'collected')
+    await settle()
+    t.deepEqual(
+      { peerRegions: endpoint.stats().peerRegions, ownRegions: endpoint.stats().ownRegions },
+      { peerRegions: 0, ownRegions: 0 },
+      `transfer: ${transfer}`,
+    )
+    t.true(fdCount() <= fds, `descriptors grew from ${fds} to ${fdCount()} (transfer: ${transfer})`)
+    t.is(regionMappingCount(), 0)
+  }
+  endpoint.close()
+  await once(child, 'exit')
 })

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::bytes::Bytes;
@@ -23,7 +23,7 @@ use crate::payload::{KEEP_BUFFER_AT, Payload, Spares};
 use crate::region::{Binder, Realm, Region};
 use crate::session::{Attach, Control, Inbound, Message, Record, Session};
 use crate::socket::Socket;
-use crate::sync::{AtomicU64, Ordering, fence};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, fence};
 use crate::sys::{self, Credentials, Interest, Io};
 use crate::wire::Announced;
 
@@ -406,6 +406,10 @@ struct Conn {
 struct Shared {
     id: u64,
     conn: Mutex<Conn>,
+    /// Regions sent over this connection whose last handle was dropped while the
+    /// connection was locked (serial and size), released by the next lock.
+    dropped: Mutex<Vec<(u64, usize)>>,
+    any_dropped: AtomicBool,
 }
 
 impl Binder for Shared {
@@ -417,15 +421,52 @@ impl Binder for Shared {
             let _ = conn.send_control();
         }
     }
+
+    fn region_dropped(&self, serial: u64, size: usize) {
+        lock_ignoring_poison(&self.dropped).push((serial, size));
+        self.any_dropped.store(true, Ordering::Release);
+        // Dropping a binding under the lock can drop a region's last handle: then that
+        // thread (or another holding the lock) is busy here, and the next lock releases it.
+        let conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        drop(self.release_dropped(conn));
+    }
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Conn> {
         // Every critical section leaves the state consistent before anything can panic.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let conn = lock_ignoring_poison(&self.conn);
+        if self.any_dropped.load(Ordering::Acquire) {
+            return self.release_dropped(conn);
+        }
+        conn
     }
+
+    /// Releases the regions dropped since the last time, and sends the RELEASE.
+    fn release_dropped<'a>(&self, mut conn: MutexGuard<'a, Conn>) -> MutexGuard<'a, Conn> {
+        self.any_dropped.store(false, Ordering::Release);
+        let dropped = std::mem::take(&mut *lock_ignoring_poison(&self.dropped));
+        let mut released = false;
+        for (serial, size) in dropped {
+            released |= conn.session.release_dropped(serial, size);
+        }
+        if released && conn.is_open() {
+            // As in `region_closed`: a full socket keeps it for later.
+            let _ = conn.send_control();
+        }
+        conn
+    }
+}
+
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the state consistent before anything can panic.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One side of a connection.
@@ -590,6 +631,8 @@ impl Endpoint {
                     socket: Socket::new(fd),
                     rings: rings::Rings::new(options.busy_poll),
                 }),
+                dropped: Mutex::new(Vec::new()),
+                any_dropped: AtomicBool::new(false),
             }
         });
         let endpoint = Endpoint { shared };

@@ -111,9 +111,14 @@ struct Lent {
 }
 
 /// Something that bound a region in its own id namespace and must be told when the
-/// region closes (a connection, which then sends RELEASE).
+/// region closes, or when its last handle is dropped (a connection, which then sends
+/// RELEASE).
 pub(crate) trait Binder: Send + Sync {
     fn region_closed(&self, region: &Region);
+    /// The region with `serial` and `size` is gone: no handle to it is left in this
+    /// process. May run while the binder's own lock is held (a binding being dropped), so
+    /// it must not wait for that lock.
+    fn region_dropped(&self, serial: u64, size: usize);
 }
 
 /// How a connection ended, as the regions transferred over it need to know
@@ -237,13 +242,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut registry = registry();
-        let key = (self.realm, self.identity);
-        if registry
-            .get(&key)
-            .is_some_and(|weak| weak.strong_count() == 0)
         {
-            registry.remove(&key);
+            let mut registry = registry();
+            let key = (self.realm, self.identity);
+            if registry
+                .get(&key)
+                .is_some_and(|weak| weak.strong_count() == 0)
+            {
+                registry.remove(&key);
+            }
+        }
+        // Nothing here can send the region again: the connections that bound it let the
+        // peer unmap it (a closed region told them already and left no binders).
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for binder in state.binders.drain(..).filter_map(|b| b.upgrade()) {
+            binder.region_dropped(self.serial, self.size);
         }
     }
 }
@@ -252,7 +268,9 @@ impl Drop for Inner {
 ///
 /// Cloning gives another handle to the same region. The file is closed and the memory
 /// unmapped by [`Region::close`], or when the last handle and the last [`Mapping`] a
-/// binding holds are dropped.
+/// binding holds are dropped. A connection keeps a region alive only while the peer's id
+/// names it; this side's ids do not: once the last handle here is dropped, each
+/// connection that sent it releases it (RELEASE), so the peer can unmap it too.
 #[derive(Debug, Clone)]
 pub struct Region {
     inner: Arc<Inner>,

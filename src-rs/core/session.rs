@@ -536,14 +536,19 @@ impl Session {
     /// Forgets this side's id for `region` and queues its RELEASE. False when the peer
     /// had nothing of it bound.
     pub(crate) fn release(&mut self, region: &Region) -> bool {
-        let Some(id) = self.table.unbind_own(region) else {
+        self.release_dropped(region.serial(), region.size())
+    }
+
+    /// [`Session::release`] for a region that no longer exists here: its serial and size.
+    pub(crate) fn release_dropped(&mut self, serial: u64, size: usize) -> bool {
+        let Some(id) = self.table.unbind_own(serial) else {
             return false;
         };
         if !self.ended {
             self.releases.push(Descriptor {
                 id,
                 flags: 0,
-                size: region.size() as u64,
+                size: size as u64,
             });
         }
         true
@@ -883,6 +888,7 @@ mod tests {
     struct NoBinder;
     impl Binder for NoBinder {
         fn region_closed(&self, _region: &Region) {}
+        fn region_dropped(&self, _serial: u64, _size: usize) {}
     }
 
     fn binder() -> Weak<dyn Binder> {

@@ -2,8 +2,10 @@
 //! (`docs/PROTOCOL.md` §5.2, §6), kept in step in one place.
 //!
 //! This side's namespace maps ids to the regions it sent (so it knows what the peer has
-//! mapped and can RELEASE it); the peer's namespace maps the peer's ids to the regions
-//! they resolved to, each with its own reference to the memory file so that a region
+//! mapped and can RELEASE it), without keeping them alive: a region the application has
+//! let go of everywhere is released to the peer (`Session::release_dropped`), where an
+//! id held it for nothing, since nothing here can send it again. The peer's namespace
+//! maps the peer's ids to the regions they resolved to, each with its own reference to the memory file so that a region
 //! this process closed can be mapped again if the peer refers to it once more. The table
 //! also counts what the peer's bindings hold, for the connection's limits.
 
@@ -32,7 +34,8 @@ struct Held {
 
 #[derive(Debug)]
 pub(crate) struct RegionTable {
-    own: HashMap<u32, Region>,
+    /// This side's ids, each with the serial of its region.
+    own: HashMap<u32, u64>,
     own_by_serial: HashMap<u64, u32>,
     next_id: u32,
     peer: HashMap<u32, PeerBinding>,
@@ -74,13 +77,14 @@ impl RegionTable {
     /// Binds `id` to `region` in this side's namespace.
     pub(crate) fn bind_own(&mut self, id: u32, region: &Region) {
         self.own_by_serial.insert(region.serial(), id);
-        self.own.insert(id, region.clone());
+        self.own.insert(id, region.serial());
         self.next_id = id.wrapping_add(1);
     }
 
-    /// Forgets this side's id for `region`; returns the id, for the RELEASE frame.
-    pub(crate) fn unbind_own(&mut self, region: &Region) -> Option<u32> {
-        let id = self.own_by_serial.remove(&region.serial())?;
+    /// Forgets this side's id for the region with `serial`; returns the id, for the
+    /// RELEASE frame.
+    pub(crate) fn unbind_own(&mut self, serial: u64) -> Option<u32> {
+        let id = self.own_by_serial.remove(&serial)?;
         self.own.remove(&id);
         Some(id)
     }
@@ -159,13 +163,13 @@ impl RegionTable {
         }
     }
 
-    /// Forgets everything (the connection ended); returns the regions this side had bound.
-    pub(crate) fn clear(&mut self) -> Vec<Region> {
+    /// Forgets everything (the connection ended).
+    pub(crate) fn clear(&mut self) {
+        self.own.clear();
         self.own_by_serial.clear();
         self.peer.clear();
         self.held.clear();
         self.held_bytes = 0;
-        self.own.drain().map(|(_, region)| region).collect()
     }
 }
 
@@ -198,10 +202,12 @@ mod tests {
             2,
             "wraps past 0 to the first free id"
         );
-        assert_eq!(table.unbind_own(&a), Some(1));
-        assert_eq!(table.unbind_own(&a), None);
+        assert_eq!(table.unbind_own(a.serial()), Some(1));
+        assert_eq!(table.unbind_own(a.serial()), None);
         assert_eq!(table.own_id(&a), None);
-        assert_eq!(table.clear().len(), 1);
+        assert_eq!(table.own_bound(), 1);
+        table.clear();
+        assert_eq!(table.own_bound(), 0);
     }
 
     #[test]

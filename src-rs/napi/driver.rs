@@ -137,18 +137,16 @@ pub fn received_into(message: &Message, arrived: &Arrived) -> Either<u32, Receiv
     }
 }
 
-/// Keeps `message`'s regions, if it has any, for `takeRegion`.
+/// Keeps `message`'s regions for `takeRegion`, in place of the last message's.
 fn keep_regions(message: &Message, arrived: &Arrived) {
-    if !message.regions.is_empty() {
-        let mut regions = arrived.regions.borrow_mut();
-        regions.clear();
-        regions.extend(
-            message
-                .regions
-                .iter()
-                .map(|incoming| incoming.region.clone()),
-        );
-    }
+    let mut regions = arrived.regions.borrow_mut();
+    regions.clear();
+    regions.extend(
+        message
+            .regions
+            .iter()
+            .map(|incoming| Some(incoming.region.clone())),
+    );
 }
 
 fn descriptions(message: &Message) -> Vec<IncomingRegion> {
@@ -238,12 +236,14 @@ pub struct Core {
 }
 
 /// What the message last delivered to JavaScript (by the driver or a receive call) left
-/// for it to pick up, until the next one: its regions (`takeRegion` hands out handles to
-/// them), and in the staging memory, once JavaScript has asked for one, a short payload
-/// and the regions' descriptions.
+/// for it to pick up, until the next one: its regions (`takeRegion` hands each out once;
+/// one JavaScript already holds is not asked for), and in the staging memory, once
+/// JavaScript has asked for one, a short payload and the regions' descriptions. Kept no
+/// longer than that: a region held here outlives every handle the application let go of
+/// (and with it this side's ids for it, which the peer would keep mapped).
 #[derive(Default)]
 pub struct Arrivals {
-    pub regions: RefCell<Vec<Region>>,
+    pub regions: RefCell<Vec<Option<Region>>>,
     pub staging: RefCell<Option<Rc<Staging>>>,
 }
 

@@ -780,15 +780,20 @@ impl NativeEndpoint {
         Some(Object::from_raw(env.raw(), views))
     }
 
-    /// A handle to region `index` of the message last received.
+    /// A handle to region `index` of the message last received (once).
     #[napi]
     pub fn take_region(&self, env: Env, index: u32) -> napi::Result<NativeRegion> {
-        let region = self.arrived.regions.borrow().get(index as usize).cloned();
+        let region = self
+            .arrived
+            .regions
+            .borrow_mut()
+            .get_mut(index as usize)
+            .and_then(Option::take);
         region.map(|region| NativeRegion { region }).ok_or_else(|| {
             invalid(
                 &env,
                 "recv",
-                format!("no region {index} in the last message"),
+                format!("no region {index} left in the last message"),
             )
         })
     }

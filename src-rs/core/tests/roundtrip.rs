@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use shmlink::{
     Attach, Endpoint, ErrorKind, Event, Interest, Limits, ListenOptions, Listener, Options,
-    PeerFilter, Region, Settle, Submitted,
+    PeerFilter, Realm, Region, Settle, Submitted,
 };
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(10));
@@ -677,4 +677,57 @@ fn regions_are_created_and_received_under_every_memfd_noexec_setting() {
     });
     std::fs::write(setting, original.trim()).unwrap();
     outcome.unwrap();
+}
+
+/// The README's pattern, looped: a parent hands a new region to a child, the child hands it
+/// back and lets go of it, the parent closes it. Nothing may pile up: the child's id for
+/// the region it sent back must not keep it (its last handle is gone), so the child
+/// releases it and the parent closes its descriptor, frame after frame.
+#[test]
+fn a_region_handed_back_and_let_go_of_is_released_frame_after_frame() {
+    let _serial = serial();
+    // Two realms: each end resolves regions as a process of its own would.
+    let (parent_realm, child_realm) = (Realm::unique(), Realm::unique());
+    let side = |realm| Options {
+        realm,
+        ..Options::trusted()
+    };
+    let (parent, fd) = Endpoint::pair_for_child(side(parent_realm)).unwrap();
+    let child = Endpoint::from_fd(fd, side(child_realm)).unwrap();
+    for transfer in [true, false] {
+        assert_no_fd_leak(|| {
+            for frame in 0..100u32 {
+                let region = Region::create_in(64 * 1024, parent_realm).unwrap();
+                region.write(0, &frame.to_le_bytes()).unwrap();
+                let attach = |r| {
+                    if transfer {
+                        Attach::transfer(r)
+                    } else {
+                        Attach::share(r)
+                    }
+                };
+                parent.send(b"frame", &[attach(&region)]).unwrap();
+                let mut got = child.recv_timeout(WAIT).unwrap();
+                let theirs = got.regions.remove(0).region;
+                child.send(b"done", &[attach(&theirs)]).unwrap();
+                drop((got, theirs));
+                let back = parent.recv_timeout(WAIT).unwrap();
+                assert!(back.regions[0].region.same_as(&region));
+                drop(back);
+                region.close();
+                // The child takes the parent's RELEASE (which drops the region's last
+                // handle there), and the parent the child's.
+                parent.send(b"sync", &[]).unwrap();
+                assert_eq!(child.recv_timeout(WAIT).unwrap().payload, b"sync");
+                child.send(b"sync", &[]).unwrap();
+                assert_eq!(parent.recv_timeout(WAIT).unwrap().payload, b"sync");
+                let (p, c) = (parent.stats(), child.stats());
+                assert_eq!(
+                    (p.peer_regions, p.own_regions, c.peer_regions, c.own_regions),
+                    (0, 0, 0, 0),
+                    "frame {frame} (transfer: {transfer}): {p:?} {c:?}"
+                );
+            }
+        });
+    }
 }
