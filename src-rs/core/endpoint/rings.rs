@@ -16,6 +16,10 @@ use crate::socket::Socket;
 use crate::sys::{self, Interest, Io};
 use crate::wire;
 
+/// The longest a receive spins on the ring without looking at the socket and its caller:
+/// below the 25 ms a parked thread waits between looks (`docs/PROTOCOL.md` §9.5).
+const SPIN_SLICE: Duration = Duration::from_millis(10);
+
 /// The WAKE frame (§9.5).
 const WAKE: [u8; wire::HEADER_LEN] = [wire::KIND_WAKE, 0, 0, 0, 0, 0, 0, 0];
 /// How long one turn of an event loop may busy-poll in all, however many messages keep
@@ -439,8 +443,13 @@ impl Endpoint {
         op: &'static str,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<MutexGuard<'a, Conn>> {
-        let on_ring =
-            conn.rings.held.is_none() && !conn.rings.eof && !conn.session.owes_socket_frames();
+        if conn.session.owes_socket_frames() {
+            // The frames an entry counted before it were sent before it was published
+            // (§9.4): they are in the socket now, or never come, which the next read
+            // finds without waiting.
+            return Ok(conn);
+        }
+        let on_ring = conn.rings.held.is_none() && !conn.rings.eof;
         let (waiter, (budget, woke_peer)) = match &conn.rings.inbound {
             Some(consumer) if on_ring => (consumer.waiter(), conn.rings.spin_plan()),
             _ => {
@@ -453,11 +462,33 @@ impl Endpoint {
         // A receive that may wait less than the spin budget spins only that long (a poll
         // with a zero timeout not at all), and such a short spin that finds nothing says
         // nothing about what spinning earns.
-        let (budget, cut) = match deadline.left() {
+        let (mut budget, mut cut) = match deadline.left() {
             Some(left) if left < budget => (left, true),
             _ => (budget, false),
         };
-        let found = ring::spin_until(budget, &mut || waiter.has_data());
+        let socket_ready = || {
+            let conn = self.conn();
+            match conn.socket.borrow() {
+                Some(fd) => sys::wait(fd, Interest::READABLE, Some(Duration::ZERO)).unwrap_or(true),
+                None => true,
+            }
+        };
+        // A long window spins in slices, looking at the socket and the caller in between
+        // as a parked thread does: a dead peer's end-of-file is noticed while spinning.
+        let found = loop {
+            let slice = budget.min(SPIN_SLICE);
+            if ring::spin_until(slice, &mut || waiter.has_data()) {
+                break true;
+            }
+            budget = budget.saturating_sub(slice);
+            if budget.is_zero() {
+                break false;
+            }
+            if socket_ready() || interrupted() {
+                cut = true;
+                break false;
+            }
+        };
         if found {
             let mut conn = self.conn();
             conn.rings.spin.record(found, woke_peer);
@@ -466,13 +497,6 @@ impl Endpoint {
         if !cut {
             self.conn().rings.spin.record(found, woke_peer);
         }
-        let socket_ready = || {
-            let conn = self.conn();
-            match conn.socket.borrow() {
-                Some(fd) => sys::wait(fd, Interest::READABLE, Some(Duration::ZERO)).unwrap_or(true),
-                None => true,
-            }
-        };
         in_slices(deadline.get(), op, interrupted, |slice| {
             waiter.park(slice, &mut || socket_ready());
             Ok(waiter.has_data() || socket_ready())

@@ -34,6 +34,7 @@ fn recv(endpoint: &Endpoint) -> shmlink::Message {
 
 #[test]
 fn small_messages_take_the_ring_only_when_both_sides_offer_it() {
+    let _serial = serial();
     for (a, b, expect_ring) in [
         (true, true, true),
         (true, false, false),
@@ -73,6 +74,7 @@ fn small_messages_take_the_ring_only_when_both_sides_offer_it() {
 /// ring, interleaved, arrive in the order they were sent, and so do RELEASEs.
 #[test]
 fn one_ordered_stream_across_ring_and_socket() {
+    let _serial = serial();
     let (x, y) = pair(true, true);
     x.handshake(Some(Duration::from_secs(5))).unwrap();
     const COUNT: u32 = 300;
@@ -134,6 +136,7 @@ fn one_ordered_stream_across_ring_and_socket() {
 /// first message; with no busy-poll it parks at once.
 #[test]
 fn a_parked_receiver_is_woken_by_the_ring_and_by_the_socket() {
+    let _serial = serial();
     for busy_poll in [Duration::ZERO, Duration::from_micros(50)] {
         let options = || Options {
             busy_poll,
@@ -174,6 +177,7 @@ fn a_parked_receiver_is_woken_by_the_ring_and_by_the_socket() {
 /// for the ring first).
 #[test]
 fn a_receive_spins_no_longer_than_its_timeout() {
+    let _serial = serial();
     let options = || Options {
         busy_poll: Duration::from_secs(4),
         ..with_ring(true)
@@ -203,10 +207,44 @@ fn a_receive_spins_no_longer_than_its_timeout() {
     assert_eq!(recv(&y).payload, [2]);
 }
 
+/// A receiver spinning through a long busy-poll window notices the peer's end within
+/// a slice, not at the end of the window.
+#[test]
+fn a_spinning_receiver_notices_the_end_before_its_window_runs_out() {
+    let _serial = serial();
+    let options = || Options {
+        busy_poll: Duration::from_secs(4),
+        ..with_ring(true)
+    };
+    let (x, fd) = Endpoint::pair_for_child(options()).unwrap();
+    let y = Endpoint::from_fd(fd, options()).unwrap();
+    x.handshake(Some(Duration::from_secs(5))).unwrap();
+    y.handshake(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..50 {
+        x.send_blocking(&[1u8], &[], None).unwrap();
+        assert_eq!(recv(&y).payload, [1]);
+    }
+    assert!(y.stats().ring_messages_in > 0, "{:?}", y.stats());
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let started = Instant::now();
+            let error = y.recv_timeout(None).unwrap_err();
+            (error.kind(), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(x);
+        let (kind, took) = waiter.join().unwrap();
+        assert_eq!(kind, ErrorKind::PeerClosed);
+        // Spinning the whole window would take 4 s.
+        assert!(took < Duration::from_secs(2), "noticed after {took:?}");
+    });
+}
+
 /// The peer's end, clean or not, reaches a receiver parked on the ring's futex, after
 /// every message the peer published before it.
 #[test]
 fn a_parked_receiver_notices_the_end_after_the_last_message() {
+    let _serial = serial();
     let (x, y) = pair(true, true);
     x.handshake(Some(Duration::from_secs(5))).unwrap();
     y.handshake(Some(Duration::from_secs(5))).unwrap();
@@ -378,6 +416,31 @@ fn socket_frames_come_where_the_ring_entries_put_them() {
     // A socket frame after the last entry comes after it.
     send_raw(&ring.raw, &message(&[], b"last"), &[]);
     assert_eq!(recv(&ring.endpoint).payload, b"last");
+}
+
+/// An entry that counts more socket frames before it than came is a violation as soon as
+/// the socket runs dry, also for a receive that waited last time (and so would wait for
+/// the socket first): those frames were sent before the entry was published.
+#[test]
+fn an_entry_counting_frames_that_never_came_fails_at_once_after_a_wait() {
+    let _serial = serial();
+    let ring = hostile_ring();
+    let timed_out = ring
+        .endpoint
+        .recv_timeout(Some(Duration::from_millis(20)))
+        .unwrap_err();
+    assert_eq!(timed_out.kind(), ErrorKind::TimedOut);
+    send_raw(&ring.raw, &message(&[], b"socket"), &[]);
+    let in_ring = message(&[], b"ring");
+    ring.entry(0, in_ring.len() as u32, 1000, &in_ring, 24);
+    assert_eq!(recv(&ring.endpoint).payload, b"socket");
+    let started = Instant::now();
+    assert_eq!(refusal(&ring), ErrorKind::Protocol);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused after {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
