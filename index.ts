@@ -283,6 +283,8 @@ export class Region implements Disposable {
   close(): void {
     this.#native.close()
     this.#view = undefined
+    // A pooled region that closes frees its place: an acquire waiting for one gets it now.
+    for (const serve of poolsWaiting) serve()
   }
 
   [Symbol.dispose](): void {
@@ -368,15 +370,56 @@ export interface RingOptions {
   /**
    * With a ring: how long (µs) a waiting receive spins before it sleeps (never longer
    * than its `timeoutMs`), and how long the event loop keeps polling the ring after
-   * delivering messages. Adaptive up to this; 0 never spins. Default 50, except in an Electron main process (0: it runs the UI).
+   * delivering messages. Adaptive up to this; 0 never spins. Default 50, except in an
+   * Electron main process (0: it runs the UI).
    */
   busyPollUs?: number
 }
 
-/** `options`' ring settings, with the default busy-poll window of this process type. */
-function ringOptions(options: RingOptions): RingOptions {
+/** The limits' names; the first three are 32-bit counts in the protocol. */
+const LIMIT_NAMES = ['maxRegions', 'maxPayload', 'maxBoundRegions', 'maxRegionSize', 'maxMappedBytes'] as const
+
+/**
+ * The endpoint options the binding takes, their types checked here so that a wrong one
+ * fails with a code, and the busy-poll window defaulted for this process type.
+ */
+function endpointOptions(options: EndpointOptionsInit): EndpointOptionsInit {
+  if (typeof options !== 'object' || options === null) throw invalid('options must be an object')
+  const { acceptWritable, ring } = options
+  checkBoolean(acceptWritable, 'options.acceptWritable')
+  checkBoolean(ring, 'options.ring')
+  const busyPollUs = options.busyPollUs === undefined ? undefined : checkInteger(options.busyPollUs, 'options.busyPollUs', 0)
   const electronMain = (process as { type?: string }).type === 'browser'
-  return { ring: options.ring, busyPollUs: options.busyPollUs ?? (electronMain ? 0 : undefined) }
+  return {
+    acceptWritable,
+    limits: checkLimits(options.limits),
+    ring,
+    busyPollUs: busyPollUs ?? (electronMain ? 0 : undefined),
+  }
+}
+
+function checkBoolean(value: unknown, name: string): void {
+  if (value !== undefined && typeof value !== 'boolean') throw invalid(`${name} must be a boolean, not ${typeof value}`)
+}
+
+function checkLimits(limits: Limits | undefined): Limits | undefined {
+  if (limits === undefined) return undefined
+  if (typeof limits !== 'object' || limits === null) throw invalid('options.limits must be an object')
+  for (const [name, value] of Object.entries(limits)) {
+    const index = LIMIT_NAMES.indexOf(name as (typeof LIMIT_NAMES)[number])
+    if (index < 0) throw invalid(`options.limits.${name} is not a limit; the limits are ${LIMIT_NAMES.join(', ')}`)
+    if (value === undefined) continue
+    if (index < 3) checkCount32(value, `options.limits.${name}`)
+    else checkInteger(value, `options.limits.${name}`, 0)
+  }
+  return limits
+}
+
+/** A count the binding takes as 32 bits (larger ones would wrap around there). */
+function checkCount32(value: unknown, name: string): number {
+  const count = checkInteger(value, name, 0)
+  if (count > 0xffff_ffff) throw invalid(`${name} must be at most 4294967295, not ${count}`, RangeError)
+  return count
 }
 
 export interface ConnectOptions extends RecvOptions, RingOptions {
@@ -413,7 +456,9 @@ export interface PeerCredentials {
 function peerFilter(filter: PeerFilter | undefined): PeerFilterInit | undefined {
   if (filter === undefined || filter === 'same-user') return undefined
   if (filter === 'any-user') return { anyUser: true }
-  if (typeof filter === 'object' && Array.isArray(filter.uids)) return { uids: [...filter.uids] }
+  if (typeof filter === 'object' && filter !== null && Array.isArray(filter.uids)) {
+    return { uids: filter.uids.map((uid, i) => checkCount32(uid, `uids[${i}]`)) }
+  }
   throw invalid("a peer filter is 'same-user', 'any-user' or { uids: [...] }")
 }
 
@@ -610,7 +655,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
 
   /** A connected pair of endpoints, for worker threads or a process you spawn yourself. */
   static pair(options: EndpointOptionsInit = {}): [Endpoint, Endpoint] {
-    const [a, b] = binding.NativeEndpoint.pair({ ...options, ...ringOptions(options) })
+    const [a, b] = binding.NativeEndpoint.pair(endpointOptions(options))
     return [new Endpoint(a), new Endpoint(b)]
   }
 
@@ -622,13 +667,9 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
    */
   static async connect(path: string, options: ConnectOptions = {}): Promise<Endpoint> {
     if (typeof path !== 'string') throw invalid('path must be a string')
+    const common = endpointOptions(options)
     checkSignal(options.signal)
-    const native = binding.NativeEndpoint.connect(path, {
-      server: peerFilter(options.server),
-      acceptWritable: options.acceptWritable,
-      limits: options.limits,
-      ...ringOptions(options),
-    })
+    const native = binding.NativeEndpoint.connect(path, { server: peerFilter(options.server), ...common })
     const endpoint = new Endpoint(native)
     try {
       await endpoint.#handshake(options.signal)
@@ -644,7 +685,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
    * endpoint), such as one a parent process passed down.
    */
   static fromFd(fd: number, options: EndpointOptionsInit = {}): Endpoint {
-    return new Endpoint(binding.NativeEndpoint.fromFd(checkInteger(fd, 'fd', 0), { ...options, ...ringOptions(options) }))
+    return new Endpoint(binding.NativeEndpoint.fromFd(checkInteger(fd, 'fd', 0), endpointOptions(options)))
   }
 
   /**
@@ -652,7 +693,7 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
    * `SHMLINK_FD`, docs/LANGUAGES.md): the endpoint its parent passed down.
    */
   static inherited(options: EndpointOptionsInit = {}): Endpoint {
-    const endpoint = new Endpoint(binding.NativeEndpoint.inherited({ ...options, ...ringOptions(options) }))
+    const endpoint = new Endpoint(binding.NativeEndpoint.inherited(endpointOptions(options)))
     delete process.env.SHMLINK_FD
     return endpoint
   }
@@ -660,13 +701,12 @@ export class Endpoint extends EventEmitter<EndpointEvents> implements AsyncItera
   /** Listens at `path`; the server is an async iterable of accepted endpoints. */
   static listen(path: string, options: ListenOptions = {}): Server {
     if (typeof path !== 'string') throw invalid('path must be a string')
+    const common = endpointOptions(options)
     return newServer(
       binding.NativeListener.bind(path, {
         allow: peerFilter(options.allow),
-        acceptWritable: options.acceptWritable,
-        limits: options.limits,
-        maxPending: options.maxPending,
-        ...ringOptions(options),
+        maxPending: options.maxPending === undefined ? undefined : checkCount32(options.maxPending, 'options.maxPending'),
+        ...common,
       }),
     )
   }
@@ -1074,8 +1114,10 @@ export type PoolStats = binding.PoolStats
  *
  * A region goes back with {@link RegionPool.release} once it is here again (the peer sent
  * it back); one transferred over a connection the peer then ended is taken back by the
- * next acquire, as `reclaim()` would. Closing or freezing a pooled region makes it leave
- * the pool and frees its place. A reused region holds what was last written to it.
+ * next acquire, as `reclaim()` would. Closing a pooled region makes it leave the pool and
+ * frees its place at once (a waiting acquire gets a new one); a frozen region, which
+ * cannot be written again, leaves when it is released (it is closed then). A reused region
+ * holds what was last written to it.
  */
 export class RegionPool implements Disposable {
   readonly #native: NativePool
@@ -1086,6 +1128,7 @@ export class RegionPool implements Disposable {
 
   /** A pool of at most `capacity` (default 4) regions of `size` bytes each; none is created yet. */
   constructor(options: { size: number; capacity?: number }) {
+    if (typeof options !== 'object' || options === null) throw invalid('RegionPool takes { size, capacity? }')
     this.#native = new binding.NativePool(checkInteger(options.size, 'size', 1), checkInteger(options.capacity ?? 4, 'capacity', 1))
   }
 
@@ -1098,8 +1141,9 @@ export class RegionPool implements Disposable {
   /** A region, once one is free: waits while all are handed out. `signal` withdraws the wait. */
   acquire(options: { signal?: AbortSignal } = {}): Promise<Region> {
     const { signal } = options
-    if (signal?.aborted) return Promise.reject(abortError(signal))
     try {
+      checkSignal(signal)
+      if (signal?.aborted) return Promise.reject(abortError(signal))
       const region = this.tryAcquire()
       if (region !== undefined) return Promise.resolve(region)
     } catch (error) {
@@ -1194,8 +1238,9 @@ export function spawnWithEndpoint(
   args: readonly string[] = [],
   options: SpawnOptions & EndpointOptionsInit = {},
 ): { child: ChildProcess; endpoint: Endpoint } {
+  if (typeof options !== 'object' || options === null) throw invalid('options must be an object')
   const { acceptWritable, limits, ring, busyPollUs, ...spawnOptions } = options
-  const [mine, theirs] = binding.NativeEndpoint.pairForChild({ acceptWritable, limits, ...ringOptions({ ring, busyPollUs }) })
+  const [mine, theirs] = binding.NativeEndpoint.pairForChild(endpointOptions({ acceptWritable, limits, ring, busyPollUs }))
   const base: StdioOptions = spawnOptions.stdio ?? 'inherit'
   const stdio = typeof base === 'string' ? [base, base, base] : [...base]
   const index = stdio.length

@@ -2,7 +2,7 @@ import test from 'ava'
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
 
-import { Endpoint, Region, type Message } from '../index'
+import { Endpoint, Region, spawnWithEndpoint, type Message } from '../index'
 import { runNode, socketPath, fixture } from './helpers'
 
 test('a message with a region arrives with the region contents', async (t) => {
@@ -217,6 +217,36 @@ test('bad arguments are refused with a code before anything is sent', async (t) 
   await t.throwsAsync(b.recv({ signal: 'no' as unknown as AbortSignal }), { code: 'ERR_SHMLINK_INVALID_ARG' })
   await a.send('still fine')
   t.is((await b.recv()).payload.toString(), 'still fine')
+  a.close()
+  b.close()
+})
+
+test('endpoint options of the wrong type or range are refused with a code, by every constructor', async (t) => {
+  const bad: [string, unknown][] = [
+    ['options.ring', { ring: 1 }],
+    ['options.acceptWritable', { acceptWritable: 'yes' }],
+    ['options.busyPollUs', { busyPollUs: '50' }],
+    ['options.busyPollUs', { busyPollUs: -1 }],
+    ['options.limits', { limits: 5 }],
+    ['options.limits.maxPayload', { limits: { maxPayload: 'x' } }],
+    ['options.limits.maxPayload', { limits: { maxPayload: 2 ** 32 } }],
+    ['options.limits.maxRegions', { limits: { maxRegions: -1 } }],
+    ['options.limits.maxPayloads', { limits: { maxPayloads: 5 } }],
+    ['options must be an object', null],
+  ]
+  type Options = Parameters<typeof Endpoint.pair>[0]
+  for (const [name, options] of bad) {
+    const expect = { code: 'ERR_SHMLINK_INVALID_ARG', message: new RegExp(name.replace(/[.]/g, '[.]')) }
+    t.throws(() => Endpoint.pair(options as Options), expect, `pair ${JSON.stringify(options)}`)
+    t.throws(() => spawnWithEndpoint(process.execPath, ['-e', ''], options as Options), expect, `spawnWithEndpoint ${JSON.stringify(options)}`)
+    t.throws(() => Endpoint.listen(socketPath('bad-options'), options as Options), expect, `listen ${JSON.stringify(options)}`)
+    await t.throwsAsync(Endpoint.connect(socketPath('bad-options'), options as Options), expect, `connect ${JSON.stringify(options)}`)
+  }
+  t.throws(() => Endpoint.listen(socketPath('bad-options'), { allow: { uids: ['0' as unknown as number] } }), {
+    code: 'ERR_SHMLINK_INVALID_ARG',
+  })
+  t.throws(() => Endpoint.listen(socketPath('bad-options'), { maxPending: 2 ** 32 }), { code: 'ERR_SHMLINK_INVALID_ARG' })
+  const [a, b] = Endpoint.pair({ ring: true, busyPollUs: 0, limits: { maxPayload: 1024, maxMappedBytes: 2 ** 40 } })
   a.close()
   b.close()
 })

@@ -62,6 +62,40 @@ test('release refuses regions it cannot take back, each with its code', async (t
   pool.close()
 })
 
+test('an acquire waiting for a place gets a new region as soon as a handed-out one is closed', async (t) => {
+  const pool = new RegionPool({ size: PAGE, capacity: 1 })
+  const first = pool.tryAcquire()!
+  const waiting = pool.acquire()
+  first.close()
+  const second = await waiting
+  t.not(second, first)
+  t.false(second.closed)
+  t.like(pool.stats(), { regions: 1, free: 0, created: 2 })
+  pool.close()
+})
+
+test('a frozen pooled region keeps its place until it is released, then closes', async (t) => {
+  const pool = new RegionPool({ size: PAGE, capacity: 1 })
+  const frozen = pool.tryAcquire()!
+  frozen.freeze()
+  t.is(pool.tryAcquire(), undefined)
+  const waiting = pool.acquire()
+  pool.release(frozen)
+  t.true(frozen.closed)
+  t.not(await waiting, frozen)
+  pool.close()
+})
+
+test('pool arguments of the wrong type fail with a code', async (t) => {
+  const Pool = RegionPool as unknown as new (options?: unknown) => RegionPool
+  t.throws(() => new Pool(), { code: 'ERR_SHMLINK_INVALID_ARG' })
+  t.throws(() => new Pool({ size: '4096' }), { code: 'ERR_SHMLINK_INVALID_ARG' })
+  const pool = new RegionPool({ size: PAGE, capacity: 1 })
+  await t.throwsAsync(pool.acquire({ signal: 5 as unknown as AbortSignal }), { code: 'ERR_SHMLINK_INVALID_ARG' })
+  t.truthy(await pool.acquire(), 'a refused acquire waits for nothing')
+  pool.close()
+})
+
 test('closing or freezing a pooled region frees its place; closing the pool fails waiting acquires', async (t) => {
   const pool = new RegionPool({ size: PAGE, capacity: 1 })
   const first = pool.tryAcquire()!

@@ -23,8 +23,8 @@ const RECLAIM_RECHECK: Duration = Duration::from_millis(20);
 /// on every connection it was sent over) or creates one while the pool holds fewer than
 /// `capacity`. A region goes back with [`Pool::release`]; one transferred to a peer whose
 /// connection then ended is taken back by the next acquire (as [`Region::reclaim`] would).
-/// A pooled region the program closes, or freezes (frozen memory cannot be written
-/// again), leaves the pool and frees its place.
+/// A pooled region the program closes leaves the pool and frees its place; a frozen one
+/// (frozen memory cannot be written again) leaves when it is released, closed.
 ///
 /// Clones share the pool. The contents of a reused region are what was last written.
 ///
