@@ -1108,7 +1108,7 @@ export type PoolStats = binding.PoolStats
  * for (const frame of frames) {
  *   const region = await pool.acquire()   // waits while all 3 are with the consumer
  *   region.write(0, frame)
- *   await endpoint.send('frame', { transfer: [region] })
+ *   await endpoint.send('frame', { regions: [region] })   // the consumer sends it back when done
  * }
  * ```
  *

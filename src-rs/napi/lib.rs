@@ -565,16 +565,18 @@ impl EndpointState {
             if into.put(&message.payload) {
                 return Ok(message);
             }
-            let length = message.payload.len();
+            let length = match message.payload.len() {
+                1 => "1 byte".to_owned(),
+                n => format!("{n} bytes"),
+            };
             self.endpoint.put_back(message);
             Err(shmlink::Error::new(
                 ErrorKind::PayloadTooLarge,
                 "recvSync",
                 format!(
-                    "the next message's payload is {length} bytes, more than `into` holds; \
-                     it stays queued: receive it into a buffer of at least {length} bytes \
-                     (one of the endpoint's maxPayload bytes holds any payload), or without \
-                     `into`"
+                    "the next message's payload is {length}, more than `into` holds; it \
+                     stays queued: receive it into a buffer of at least {length} (one of \
+                     the endpoint's maxPayload bytes holds any payload), or without `into`"
                 ),
             ))
         })?;
