@@ -257,8 +257,8 @@ impl Queued {
 }
 
 /// When a blocking call gives up: its timeout, counted from the first time the call has
-/// to wait. A call that finds its message or its room at once never reads the clock (a
-/// fifth of a ring round trip's native time went to those reads).
+/// to wait (for a spin, from its first clock read). A call that finds its message or its
+/// room at once never reads the clock.
 struct Deadline {
     timeout: Option<Duration>,
     at: Option<Option<Instant>>,
@@ -275,6 +275,12 @@ impl Deadline {
         *self
             .at
             .get_or_insert_with(|| timeout.map(|t| Instant::now() + t))
+    }
+
+    /// Fixes the deadline at `timeout` after `started`, unless it is fixed already.
+    fn start_at(&mut self, started: Instant) {
+        let timeout = self.timeout;
+        self.at.get_or_insert_with(|| timeout.map(|t| started + t));
     }
 
     /// How long is left (`None`: no limit), without fixing the deadline.

@@ -637,20 +637,28 @@ const POLLS_PER_CLOCK_READ: u32 = 32;
 /// message that comes sooner, as most do in a conversation, costs no clock read (25 ns
 /// here, a tenth of a Rust round trip through the ring).
 pub(crate) fn spin_until(budget: Duration, ready: &mut dyn FnMut() -> bool) -> bool {
+    spin_until_timed(budget, ready).0
+}
+
+/// [`spin_until`], also returning when the budget started counting, if the clock was read.
+pub(crate) fn spin_until_timed(
+    budget: Duration,
+    ready: &mut dyn FnMut() -> bool,
+) -> (bool, Option<Instant>) {
     if budget.is_zero() {
-        return ready();
+        return (ready(), None);
     }
     let mut started = None;
     loop {
         for _ in 0..POLLS_PER_CLOCK_READ {
             if ready() {
-                return true;
+                return (true, started);
             }
             std::hint::spin_loop();
         }
-        let started = *started.get_or_insert_with(Instant::now);
-        if started.elapsed() >= budget {
-            return false;
+        let since = *started.get_or_insert_with(Instant::now);
+        if since.elapsed() >= budget {
+            return (false, started);
         }
     }
 }

@@ -477,7 +477,12 @@ impl Endpoint {
         // as a parked thread does: a dead peer's end-of-file is noticed while spinning.
         let found = loop {
             let slice = budget.min(SPIN_SLICE);
-            if ring::spin_until(slice, &mut || waiter.has_data()) {
+            let (found, started) = ring::spin_until_timed(slice, &mut || waiter.has_data());
+            // The timeout counts from the spin's first clock read, about 1 µs in.
+            if let Some(started) = started {
+                deadline.start_at(started);
+            }
+            if found {
                 break true;
             }
             budget = budget.saturating_sub(slice);

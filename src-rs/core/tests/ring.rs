@@ -203,6 +203,17 @@ fn a_receive_spins_no_longer_than_its_timeout() {
             started.elapsed()
         );
     }
+    // Spinning then parking waits the timeout once, not once for each.
+    let started = Instant::now();
+    let error = y
+        .recv_timeout(Some(Duration::from_millis(500)))
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::TimedOut);
+    assert!(
+        started.elapsed() < Duration::from_millis(950),
+        "a receive with a timeout of 500 ms took {:?}",
+        started.elapsed()
+    );
     x.send_blocking(&[2u8], &[], None).unwrap();
     assert_eq!(recv(&y).payload, [2]);
 }
