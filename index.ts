@@ -1223,7 +1223,8 @@ export function processStats(): binding.ProcessStats {
 
 /** Sets the process-wide limits (docs/SECURITY.md). */
 export function setProcessLimits(limits: { maxMappedBytes: number; maxRegions: number }): void {
-  binding.setProcessLimits(limits.maxMappedBytes, limits.maxRegions)
+  if (typeof limits !== 'object' || limits === null) throw invalid('setProcessLimits takes { maxMappedBytes, maxRegions }')
+  binding.setProcessLimits(checkInteger(limits.maxMappedBytes, 'maxMappedBytes', 0), checkInteger(limits.maxRegions, 'maxRegions', 0))
 }
 
 /**

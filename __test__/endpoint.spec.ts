@@ -2,7 +2,7 @@ import test from 'ava'
 import { statSync } from 'node:fs'
 import { join } from 'node:path'
 
-import { Endpoint, Region, spawnWithEndpoint, type Message } from '../index'
+import { Endpoint, Region, setProcessLimits, spawnWithEndpoint, type Message } from '../index'
 import { runNode, socketPath, fixture } from './helpers'
 
 test('a message with a region arrives with the region contents', async (t) => {
@@ -246,6 +246,9 @@ test('endpoint options of the wrong type or range are refused with a code, by ev
     code: 'ERR_SHMLINK_INVALID_ARG',
   })
   t.throws(() => Endpoint.listen(socketPath('bad-options'), { maxPending: 2 ** 32 }), { code: 'ERR_SHMLINK_INVALID_ARG' })
+  const setLimits = setProcessLimits as (limits?: unknown) => void
+  t.throws(() => setLimits(), { code: 'ERR_SHMLINK_INVALID_ARG' })
+  t.throws(() => setLimits({ maxMappedBytes: '1', maxRegions: 5 }), { code: 'ERR_SHMLINK_INVALID_ARG' })
   const [a, b] = Endpoint.pair({ ring: true, busyPollUs: 0, limits: { maxPayload: 1024, maxMappedBytes: 2 ** 40 } })
   a.close()
   b.close()

@@ -106,8 +106,9 @@ pub struct Options {
     /// it pays only with [`Options::busy_poll`], which costs CPU time while waiting.
     pub ring: bool,
     /// With a ring: how long a waiting receive spins (adaptively, up to this, and never
-    /// longer than its timeout) before it sleeps, and how long an event loop keeps polling the ring after delivering
-    /// messages before it goes back to sleep. `Duration::ZERO` never spins.
+    /// longer than its timeout) before it sleeps, and how long an event loop keeps polling
+    /// the ring after delivering messages before it goes back to sleep. `Duration::ZERO`
+    /// never spins.
     pub busy_poll: Duration,
 }
 
