@@ -270,12 +270,12 @@ impl Deadline {
         Deadline { timeout, at: None }
     }
 
-    /// The instant to give up at (`None`: never), fixed by the first call.
+    /// The instant to give up at (`None`: never), fixed now unless it is already.
     fn get(&mut self) -> Option<Instant> {
-        let timeout = self.timeout;
-        *self
-            .at
-            .get_or_insert_with(|| timeout.map(|t| Instant::now() + t))
+        if self.at.is_none() {
+            self.start_at(Instant::now());
+        }
+        self.at.flatten()
     }
 
     /// Fixes the deadline at `timeout` after `started`, unless it is fixed already.

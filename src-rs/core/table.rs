@@ -9,8 +9,8 @@
 //! this process closed can be mapped again if the peer refers to it once more. The table
 //! also counts what the peer's bindings hold, for the connection's limits.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -34,8 +34,8 @@ struct Held {
 
 #[derive(Debug)]
 pub(crate) struct RegionTable {
-    /// This side's ids, each with the serial of its region.
-    own: HashMap<u32, u64>,
+    /// This side's bound ids (`own_by_serial` maps the other way).
+    own: HashSet<u32>,
     own_by_serial: HashMap<u64, u32>,
     next_id: u32,
     peer: HashMap<u32, PeerBinding>,
@@ -46,7 +46,7 @@ pub(crate) struct RegionTable {
 impl Default for RegionTable {
     fn default() -> Self {
         RegionTable {
-            own: HashMap::new(),
+            own: HashSet::new(),
             own_by_serial: HashMap::new(),
             next_id: 1,
             peer: HashMap::new(),
@@ -67,7 +67,7 @@ impl RegionTable {
     pub(crate) fn next_free_id(&self, taken: &[u32]) -> u32 {
         let mut id = self.next_id;
         loop {
-            if id != 0 && !self.own.contains_key(&id) && !taken.contains(&id) {
+            if id != 0 && !self.own.contains(&id) && !taken.contains(&id) {
                 return id;
             }
             id = id.wrapping_add(1);
@@ -77,7 +77,7 @@ impl RegionTable {
     /// Binds `id` to `region` in this side's namespace.
     pub(crate) fn bind_own(&mut self, id: u32, region: &Region) {
         self.own_by_serial.insert(region.serial(), id);
-        self.own.insert(id, region.serial());
+        self.own.insert(id);
         self.next_id = id.wrapping_add(1);
     }
 

@@ -171,13 +171,9 @@ fn a_parked_receiver_is_woken_by_the_ring_and_by_the_socket() {
     }
 }
 
-/// A receive never spins longer than it may wait: with a busy-poll window far longer than
-/// its timeout, a receive that times out returns after about its timeout, and a poll
-/// (timeout 0) at once, also after a receive that waited (which makes the next one wait
-/// for the ring first).
-#[test]
-fn a_receive_spins_no_longer_than_its_timeout() {
-    let _serial = serial();
+/// A pair with a ring each way in use and a 4 s busy-poll window: a receive that spun
+/// its whole window would show.
+fn spinning_pair() -> (Endpoint, Endpoint) {
     let options = || Options {
         busy_poll: Duration::from_secs(4),
         ..with_ring(true)
@@ -192,6 +188,17 @@ fn a_receive_spins_no_longer_than_its_timeout() {
         assert_eq!(recv(&y).payload, [1]);
     }
     assert!(y.stats().ring_messages_in > 0, "{:?}", y.stats());
+    (x, y)
+}
+
+/// A receive never spins longer than it may wait: with a busy-poll window far longer than
+/// its timeout, a receive that times out returns after about its timeout, and a poll
+/// (timeout 0) at once, also after a receive that waited (which makes the next one wait
+/// for the ring first).
+#[test]
+fn a_receive_spins_no_longer_than_its_timeout() {
+    let _serial = serial();
+    let (x, y) = spinning_pair();
     for timeout in [Duration::from_millis(20), Duration::ZERO, Duration::ZERO] {
         let started = Instant::now();
         let error = y.recv_timeout(Some(timeout)).unwrap_err();
@@ -223,19 +230,7 @@ fn a_receive_spins_no_longer_than_its_timeout() {
 #[test]
 fn a_spinning_receiver_notices_the_end_before_its_window_runs_out() {
     let _serial = serial();
-    let options = || Options {
-        busy_poll: Duration::from_secs(4),
-        ..with_ring(true)
-    };
-    let (x, fd) = Endpoint::pair_for_child(options()).unwrap();
-    let y = Endpoint::from_fd(fd, options()).unwrap();
-    x.handshake(Some(Duration::from_secs(5))).unwrap();
-    y.handshake(Some(Duration::from_secs(5))).unwrap();
-    for _ in 0..50 {
-        x.send_blocking(&[1u8], &[], None).unwrap();
-        assert_eq!(recv(&y).payload, [1]);
-    }
-    assert!(y.stats().ring_messages_in > 0, "{:?}", y.stats());
+    let (x, y) = spinning_pair();
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| {
             let started = Instant::now();
